@@ -1,0 +1,1 @@
+"""HTTP layer: wire types, routes, middleware. Knows nothing about torch."""

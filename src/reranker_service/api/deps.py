@@ -1,0 +1,56 @@
+"""Named dependencies so route signatures read as sentences."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from reranker_service.api.errors import ApiError
+from reranker_service.api.state import ServiceState
+from reranker_service.engine.service import RerankEngine
+from reranker_service.settings import Settings
+
+_RETRY_SOON = {"Retry-After": "5"}
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_service_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ServiceStateDep = Annotated[ServiceState, Depends(get_service_state)]
+
+
+def get_engine(state: ServiceStateDep) -> RerankEngine:
+    if state.phase == "draining":
+        raise ApiError(503, "draining", "the service is shutting down", headers=_RETRY_SOON)
+    if state.phase != "ready" or state.engine is None:
+        raise ApiError(503, "not_ready", "the model is still loading", headers=_RETRY_SOON)
+    return state.engine
+
+
+EngineDep = Annotated[RerankEngine, Depends(get_engine)]
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """Bearer-key check for the rerank routes; constant-time, and the key is never echoed."""
+    if settings.api_key is None:
+        return
+    scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+    expected = settings.api_key.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), expected):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing or invalid API key: send 'Authorization: Bearer <key>'",
+            field="Authorization",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -1,0 +1,136 @@
+"""Every error leaves as ``{"error": {type, message, field, limit, value, details}}``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from reranker_service.api.middleware import BodyTooLargeError
+from reranker_service.api.protocol import ErrorBody, ErrorDetail, ErrorResponse
+
+logger = structlog.get_logger(__name__)
+
+_MAX_ECHOED_CHARS = 100
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status_code: int,
+        error_type: str,
+        message: str,
+        *,
+        field: str | None = None,
+        limit: int | float | None = None,
+        value: int | float | str | bool | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = ErrorBody(
+            type=error_type, message=message, field=field, limit=limit, value=value
+        )
+        self.headers = dict(headers or {})
+
+
+def error_response(
+    status_code: int, body: ErrorBody, request: Request, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    body.request_id = getattr(request.state, "request_id", None)
+    return JSONResponse(
+        ErrorResponse(error=body).model_dump(mode="json", exclude_none=True),
+        status_code=status_code,
+        headers=dict(headers or {}),
+    )
+
+
+def _echo(value: Any) -> int | float | str | bool | None:
+    """A short, JSON-safe rendering of the offending input."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no inf/nan
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = value if isinstance(value, str) else type(value).__name__
+    return text if len(text) <= _MAX_ECHOED_CHARS else text[:_MAX_ECHOED_CHARS] + "..."
+
+
+def _field_path(location: tuple[Any, ...]) -> str:
+    parts = [str(part) for part in location if part != "body"]
+    return ".".join(parts) or "body"
+
+
+def _limit(error: Mapping[str, Any]) -> int | float | None:
+    context = error.get("ctx") or {}
+    for key in ("ge", "gt", "le", "lt", "min_length", "max_length"):
+        bound = context.get(key)
+        if isinstance(bound, int | float):
+            return bound
+    return None
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    malformed = next((error for error in errors if error.get("type") == "json_invalid"), None)
+    if malformed is not None:
+        position = malformed["loc"][-1]
+        reason = (malformed.get("ctx") or {}).get("error", "JSON decode error")
+        body = ErrorBody(
+            type="invalid_json",
+            message=f"request body is not valid JSON: {reason} at character {position}",
+            field="body",
+        )
+        return error_response(400, body, request)
+    details = [
+        ErrorDetail(
+            field=_field_path(tuple(error.get("loc", ()))),
+            message=error.get("msg", "invalid"),
+            limit=_limit(error),
+            value=_echo(error.get("input")),
+        )
+        for error in errors
+    ]
+    first = details[0] if details else ErrorDetail(message="invalid request")
+    body = ErrorBody(
+        type="validation",
+        message=f"{first.field}: {first.message}" if first.field else first.message,
+        field=first.field,
+        limit=first.limit,
+        value=first.value,
+        details=details,
+    )
+    return error_response(422, body, request)
+
+
+async def _on_api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status_code, exc.body.model_copy(), request, exc.headers)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, BodyTooLargeError):
+        return error_response(413, exc.body(), request)
+    names = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+    body = ErrorBody(type=names.get(exc.status_code, "http_error"), message=str(exc.detail))
+    return error_response(exc.status_code, body, request, exc.headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled_exception", path=request.url.path, exc_info=exc)
+    body = ErrorBody(type="internal", message="internal server error")
+    return error_response(500, body, request)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

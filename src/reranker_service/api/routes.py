@@ -1,0 +1,108 @@
+"""Thin routes: validation (by the types) -> serving call -> response model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from reranker_service import __version__
+from reranker_service.api import serving
+from reranker_service.api.deps import (
+    EngineDep,
+    ServiceStateDep,
+    SettingsDep,
+    require_api_key,
+)
+from reranker_service.api.protocol import (
+    ErrorResponse,
+    HealthResponse,
+    InfoResponse,
+    ReadyResponse,
+    RerankRequest,
+    RerankResponse,
+)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": description}
+    for code, description in {
+        400: "Malformed JSON",
+        401: "Missing or wrong API key",
+        413: "Too many documents or too large a body",
+        422: "Invalid field",
+        429: "Overloaded; retry after the Retry-After header",
+        503: "Loading or shutting down",
+    }.items()
+}
+
+rerank_router = APIRouter(
+    tags=["rerank"], dependencies=[Depends(require_api_key)], responses=_ERRORS
+)
+ops_router = APIRouter(tags=["operations"])
+
+
+def _request_id(request: Request) -> str:
+    return str(request.state.request_id)
+
+
+def _rerank_endpoint(api_version: str) -> Any:
+    async def endpoint(
+        body: RerankRequest, engine: EngineDep, settings: SettingsDep, request: Request
+    ) -> RerankResponse:
+        return await serving.rerank(
+            body, engine, settings, request_id=_request_id(request), api_version=api_version
+        )
+
+    return endpoint
+
+
+for _path, _api_version, _summary in (
+    ("/rerank", "1", "Rerank documents (Cohere v1 / Jina shape)"),
+    ("/v1/rerank", "1", "Rerank documents (Cohere v1 / Jina shape)"),
+    ("/v2/rerank", "2", "Rerank documents (Cohere v2 shape)"),
+):
+    rerank_router.add_api_route(
+        _path,
+        _rerank_endpoint(_api_version),
+        methods=["POST"],
+        response_model=RerankResponse,
+        response_model_exclude_none=True,
+        summary=_summary,
+        operation_id="rerank" + _path.replace("/", "_").removesuffix("_rerank"),
+    )
+
+
+@ops_router.get("/health", response_model=HealthResponse, summary="Liveness")
+async def health() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@ops_router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "Loading or draining"}},
+    summary="Readiness: 200 once the model is loaded and warm",
+)
+async def ready(state: ServiceStateDep) -> JSONResponse:
+    status_code = 200 if state.phase == "ready" else 503
+    return JSONResponse({"status": state.phase}, status_code=status_code)
+
+
+@ops_router.get("/info", response_model=InfoResponse, summary="What is served, with its limits")
+async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
+    model = engine.description
+    return InfoResponse(
+        model=model.model,
+        revision=model.revision,
+        device=model.device,
+        dtype=model.dtype,
+        max_length=engine.limits.max_length,
+        max_documents=settings.max_documents,
+        max_batch_tokens=engine.limits.max_batch_tokens,
+        max_queued_pairs=engine.limits.max_queued_pairs,
+        max_request_bytes=settings.max_request_bytes,
+        default_instruction=settings.default_instruction,
+        auth_required=settings.api_key is not None,
+        version=__version__,
+    )

@@ -1,0 +1,137 @@
+"""Rerank request handling: limits, engine call, ordering, response, outcome log line."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import structlog
+
+from reranker_service.api.errors import ApiError
+from reranker_service.api.protocol import (
+    ApiVersion,
+    BilledUnits,
+    Meta,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    ResultDocument,
+    Usage,
+)
+from reranker_service.engine.batcher import EngineStoppedError, QueueFullError
+from reranker_service.engine.service import RerankEngine, RerankOutcome
+from reranker_service.settings import Settings
+
+logger = structlog.get_logger(__name__)
+
+
+def _check_limits(body: RerankRequest, settings: Settings) -> None:
+    count = len(body.documents)
+    if count > settings.max_documents:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"too many documents: {count} > {settings.max_documents}",
+            field="documents",
+            limit=settings.max_documents,
+            value=count,
+        )
+
+
+async def _score(engine: RerankEngine, body: RerankRequest, settings: Settings) -> RerankOutcome:
+    instruction = body.instruction or settings.default_instruction
+    try:
+        return await engine.rerank(instruction, body.query, body.document_texts())
+    except QueueFullError as exc:
+        raise ApiError(
+            429,
+            "overloaded",
+            f"server busy: {exc.queued} pairs queued, limit {exc.limit}; retry shortly",
+            field="documents",
+            limit=exc.limit,
+            value=exc.queued + exc.requested,
+            headers={"Retry-After": "1"},
+        ) from None
+    except EngineStoppedError:
+        raise ApiError(
+            503, "draining", "the service is shutting down", headers={"Retry-After": "5"}
+        ) from None
+
+
+def build_response(
+    body: RerankRequest,
+    outcome: RerankOutcome,
+    *,
+    request_id: str,
+    model_name: str,
+    api_version: str,
+) -> RerankResponse:
+    scores = outcome.scores
+    # Stable sort: equal scores keep request order.
+    ranking = sorted(range(len(scores)), key=lambda index: -scores[index])
+    if body.top_n is not None:
+        ranking = ranking[: body.top_n]
+    texts = body.document_texts() if body.return_documents else None
+    results = [
+        RerankResult(
+            index=index,
+            relevance_score=scores[index],
+            document=ResultDocument(text=texts[index]) if texts is not None else None,
+        )
+        for index in ranking
+    ]
+    tokens = outcome.total_tokens
+    return RerankResponse(
+        id=request_id,
+        model=model_name,
+        results=results,
+        usage=Usage(total_tokens=tokens, prompt_tokens=tokens),
+        meta=Meta(
+            api_version=ApiVersion(version=api_version),
+            billed_units=BilledUnits(search_units=1, input_tokens=tokens),
+        ),
+    )
+
+
+async def rerank(
+    body: RerankRequest,
+    engine: RerankEngine,
+    settings: Settings,
+    *,
+    request_id: str,
+    api_version: str,
+) -> RerankResponse:
+    started = time.perf_counter()
+    doc_count = len(body.documents)
+    try:
+        _check_limits(body, settings)
+        logger.debug("rerank_started", doc_count=doc_count)
+        outcome = await _score(engine, body, settings)
+    except ApiError as exc:
+        logger.warning(
+            "request_failed",
+            error_type=exc.body.type,
+            doc_count=doc_count,
+            query_chars=len(body.query),
+        )
+        raise
+    response = build_response(
+        body,
+        outcome,
+        request_id=request_id,
+        model_name=engine.description.model,
+        api_version=api_version,
+    )
+    scores = outcome.scores
+    logger.info(
+        "request_completed",
+        doc_count=doc_count,
+        tokens=outcome.total_tokens,
+        latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        queue_ms=round(outcome.queue_seconds * 1000, 3),
+        inference_ms=round(outcome.inference_seconds * 1000, 3),
+        top1_score=max(scores) if scores else None,
+        score_std=statistics.pstdev(scores) if scores else None,
+        top_n=body.top_n,
+    )
+    return response

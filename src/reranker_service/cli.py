@@ -1,0 +1,78 @@
+"""Command-line flags derived from the ``Settings`` fields, so the two never drift apart."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+
+from reranker_service import __version__
+from reranker_service.settings import Settings
+
+ENV_PREFIX = "RERANKER_"
+
+
+class SettingsError(Exception):
+    """Configuration that cannot be used; the message is meant for the operator."""
+
+
+def _flag_type(annotation: Any) -> type:
+    """The scalar type argparse should convert a flag's text to."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _flag_type(members[0])
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    if annotation is SecretStr:
+        return str
+    if annotation in (int, float, str):
+        return typing.cast(type, annotation)
+    raise TypeError(f"no CLI conversion for {annotation!r}")
+
+
+def _describe(name: str, field: FieldInfo) -> str:
+    default = "unset" if field.default is None else repr(field.default)
+    return f"{field.description} [env {ENV_PREFIX}{name.upper()}; default {default}]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reranker-service",
+        description=(
+            "Serve Qwen3-Reranker over HTTP. Every flag can also be given as an environment "
+            "variable; flags win over the environment."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    for name, field in Settings.model_fields.items():
+        choices = None
+        annotation = field.annotation
+        if typing.get_origin(annotation) is typing.Literal:
+            choices = list(typing.get_args(annotation))
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=_flag_type(annotation),
+            choices=choices,
+            default=argparse.SUPPRESS,
+            help=_describe(name, field),
+        )
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Environment first, flags on top; raise ``SettingsError`` naming every bad value."""
+    flags = vars(build_parser().parse_args(argv))
+    try:
+        return Settings(**flags)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

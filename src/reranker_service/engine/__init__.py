@@ -1,0 +1,1 @@
+"""Model engine: prompt, model, batching. Knows nothing about HTTP."""

@@ -1,0 +1,296 @@
+"""Dynamic batching: one worker thread owns the model and serves pairs from every request.
+
+Requests put their tokenized pairs on a length-sorted queue and wait on a future. The worker
+takes the next batch (see ``batch_policy``), runs the forward pass off the event loop, writes the
+scores into each request's slot and resolves a request's future, on its own loop, once its last
+pair is scored. A pair's score depends only on its own tokens, so a request's results do not
+depend on which other requests shared its batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from reranker_service.engine.batch_policy import select_window
+
+logger = structlog.get_logger(__name__)
+
+
+class PairScorer(Protocol):
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]: ...
+
+
+class QueueFullError(Exception):
+    """Accepting the request would put more pairs in the queue than allowed."""
+
+    def __init__(self, requested: int, queued: int, limit: int) -> None:
+        super().__init__(f"{requested} pairs requested, {queued} already queued, limit {limit}")
+        self.requested = requested
+        self.queued = queued
+        self.limit = limit
+
+
+class EngineStoppedError(Exception):
+    """The batcher is shutting down or stopped and takes no new work."""
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one forward pass did; handed to the observer from the worker thread."""
+
+    pairs: int
+    requests: int
+    real_tokens: int
+    padded_tokens: int
+    queue_wait_seconds: tuple[float, ...]
+    inference_seconds: float
+    failed: bool
+
+
+@dataclass(frozen=True)
+class JobResult:
+    scores: list[float]
+    queue_seconds: float
+    """From submission until the request's first pair entered a forward pass."""
+    inference_seconds: float
+    """Summed forward-pass time of the batches that carried the request's pairs."""
+
+
+BatchObserver = Callable[[BatchReport], None]
+
+
+class ScoringJob:
+    """One request's pairs. Scores are written by the worker thread only; the future is
+    resolved on the owning event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self._loop = loop
+        self.future: asyncio.Future[JobResult] = loop.create_future()
+        self.scores: list[float] = [0.0] * size
+        self.remaining = size
+        self.submitted_at = time.perf_counter()
+        self.first_batch_at: float | None = None
+        self.inference_seconds = 0.0
+        self.closed = False  # failed or withdrawn: the worker ignores its pairs
+
+    def _resolve(self) -> None:
+        if not self.future.done():
+            started = self.first_batch_at or self.submitted_at
+            self.future.set_result(
+                JobResult(self.scores, started - self.submitted_at, self.inference_seconds)
+            )
+
+    def _fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+    def resolve_threadsafe(self) -> None:
+        self._loop.call_soon_threadsafe(self._resolve)
+
+    def fail_threadsafe(self, error: BaseException) -> None:
+        self._loop.call_soon_threadsafe(self._fail, error)
+
+
+@dataclass(slots=True)
+class _QueuedPair:
+    length: int
+    order: int
+    tokens: Sequence[int]
+    job: ScoringJob
+    position: int
+    enqueued_at: float
+    taken: bool = field(default=False)
+
+
+def _sort_key(pair: _QueuedPair) -> tuple[int, int]:
+    return pair.length, pair.order
+
+
+class _Lengths(Sequence[int]):
+    """Read-only view of the queue's lengths; the policy only looks near the anchor."""
+
+    def __init__(self, pairs: list[_QueuedPair]) -> None:
+        self._pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __getitem__(self, index: int) -> int:  # type: ignore[override]
+        return self._pairs[index].length
+
+
+class Batcher:
+    def __init__(
+        self,
+        scorer: PairScorer,
+        *,
+        max_batch_tokens: int,
+        overhead_tokens: int,
+        max_queued_pairs: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self._scorer = scorer
+        self.max_batch_tokens = max_batch_tokens
+        self.overhead_tokens = overhead_tokens
+        self.max_queued_pairs = max_queued_pairs
+        self._observer = observer
+        self._lock = threading.Lock()
+        self._work_available = threading.Condition(self._lock)
+        self._by_length: list[_QueuedPair] = []
+        self._by_arrival: deque[_QueuedPair] = deque()
+        self._next_order = 0
+        self._accepting = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def queued_pairs(self) -> int:
+        return len(self._by_length)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("batcher already started")
+        self._thread = threading.Thread(target=self._run, name="reranker-batcher", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Refuse new work, let queued pairs finish, then end the worker."""
+        with self._lock:
+            self._accepting = False
+            self._work_available.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+
+    def submit(self, sequences: Sequence[Sequence[int]]) -> ScoringJob:
+        """Queue a request's pairs; call from the event loop that will await the job."""
+        job = ScoringJob(asyncio.get_running_loop(), len(sequences))
+        if not sequences:
+            job._resolve()
+            return job
+        now = time.perf_counter()
+        with self._lock:
+            if not self._accepting:
+                raise EngineStoppedError("the engine is shutting down")
+            queued = len(self._by_length)
+            if queued + len(sequences) > self.max_queued_pairs:
+                raise QueueFullError(len(sequences), queued, self.max_queued_pairs)
+            for position, tokens in enumerate(sequences):
+                pair = _QueuedPair(len(tokens), self._next_order, tokens, job, position, now)
+                self._next_order += 1
+                bisect.insort(self._by_length, pair, key=_sort_key)
+                self._by_arrival.append(pair)
+            self._work_available.notify()
+        return job
+
+    async def score(self, sequences: Sequence[Sequence[int]]) -> JobResult:
+        job = self.submit(sequences)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self.withdraw(job)
+            raise
+
+    def withdraw(self, job: ScoringJob) -> None:
+        """Drop a job's pairs that have not reached a forward pass yet."""
+        with self._lock:
+            self._withdraw_locked(job)
+
+    def _withdraw_locked(self, job: ScoringJob) -> None:
+        job.closed = True
+        kept = []
+        for pair in self._by_length:
+            if pair.job is job:
+                pair.taken = True
+            else:
+                kept.append(pair)
+        self._by_length = kept
+
+    def _take_batch_locked(self) -> list[_QueuedPair]:
+        while self._by_arrival[0].taken:
+            self._by_arrival.popleft()
+        anchor = self._by_arrival[0]
+        anchor_index = bisect.bisect_left(self._by_length, _sort_key(anchor), key=_sort_key)
+        start, stop = select_window(
+            _Lengths(self._by_length), anchor_index, self.max_batch_tokens, self.overhead_tokens
+        )
+        batch = self._by_length[start:stop]
+        del self._by_length[start:stop]
+        for pair in batch:
+            pair.taken = True
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._by_length and self._accepting:
+                    self._work_available.wait()
+                if not self._by_length:
+                    return
+                batch = self._take_batch_locked()
+            try:
+                self._execute(batch)
+            except Exception as exc:  # a bug here must not strand every waiting request
+                logger.exception("batch_failed", pairs=len(batch))
+                self._fail_jobs(list({id(p.job): p.job for p in batch}.values()), exc)
+
+    def _execute(self, batch: list[_QueuedPair]) -> None:
+        started = time.perf_counter()
+        error: Exception | None = None
+        scores: list[float] = []
+        try:
+            scores = self._scorer.score([pair.tokens for pair in batch])
+        except Exception as exc:
+            error = exc
+        elapsed = time.perf_counter() - started
+        jobs: dict[int, ScoringJob] = {}
+        for pair in batch:
+            jobs[id(pair.job)] = pair.job
+            if pair.job.first_batch_at is None:
+                pair.job.first_batch_at = started
+        for job in jobs.values():
+            job.inference_seconds += elapsed
+        if error is not None:
+            self._fail_jobs(list(jobs.values()), error)
+        else:
+            for pair, score in zip(batch, scores, strict=True):
+                job = pair.job
+                if job.closed:
+                    continue
+                job.scores[pair.position] = score
+                job.remaining -= 1
+                if job.remaining == 0:
+                    job.resolve_threadsafe()
+        if self._observer is not None:
+            self._report(
+                BatchReport(
+                    pairs=len(batch),
+                    requests=len(jobs),
+                    real_tokens=sum(pair.length for pair in batch),
+                    padded_tokens=len(batch) * max(pair.length for pair in batch),
+                    queue_wait_seconds=tuple(started - pair.enqueued_at for pair in batch),
+                    inference_seconds=elapsed,
+                    failed=error is not None,
+                )
+            )
+
+    def _report(self, report: BatchReport) -> None:
+        assert self._observer is not None
+        try:
+            self._observer(report)
+        except Exception:
+            logger.exception("batch_observer_failed")
+
+    def _fail_jobs(self, jobs: list[ScoringJob], error: Exception) -> None:
+        with self._lock:
+            for job in jobs:
+                if not job.closed:
+                    self._withdraw_locked(job)
+                    job.fail_threadsafe(error)

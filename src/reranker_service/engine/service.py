@@ -1,0 +1,130 @@
+"""The engine as the HTTP layer sees it: tokenize off the loop, batch, score.
+
+Importing this module does not import torch; the model arrives already loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from reranker_service.engine.batcher import Batcher, BatchObserver
+from reranker_service.engine.calibration import measure_pass_overhead
+
+if TYPE_CHECKING:
+    from reranker_service.engine.model import ModelDescription, ScoringModel
+
+logger = structlog.get_logger(__name__)
+
+# Padded tokens per forward pass when the operator sets no budget: a GPU needs big batches to be
+# busy; a CPU gains little from them. The fixed cost of a pass is measured at start-up; these
+# are only the fallbacks for when that measurement is noise.
+_DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
+_FALLBACK_PASS_OVERHEAD_TOKENS = {"cuda": 2048, "cpu": 64}
+
+_WARM_UP_DOCUMENTS = ("warm-up", "a longer warm-up document " * 8)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch_tokens: int | None
+    max_queued_pairs: int
+    tokenizer_threads: int
+
+
+@dataclass(frozen=True)
+class RerankOutcome:
+    scores: list[float]
+    """One score per document, in request order."""
+    pair_tokens: list[int]
+    """Tokens fed to the model for each pair: prompt-wrapped and truncated."""
+    queue_seconds: float
+    inference_seconds: float
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.pair_tokens)
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    max_length: int
+    max_batch_tokens: int
+    max_queued_pairs: int
+
+
+class RerankEngine:
+    def __init__(
+        self, model: ScoringModel, config: EngineConfig, observer: BatchObserver | None = None
+    ) -> None:
+        device_type = "cuda" if model.description.device.startswith("cuda") else "cpu"
+        max_length = model.description.max_length
+        max_batch_tokens = config.max_batch_tokens or max(
+            _DEFAULT_BATCH_TOKENS[device_type], max_length
+        )
+        self._model = model
+        self._encoder = model.encoder
+        self._batcher = Batcher(
+            model,
+            max_batch_tokens=max_batch_tokens,
+            overhead_tokens=_FALLBACK_PASS_OVERHEAD_TOKENS[device_type],
+            max_queued_pairs=config.max_queued_pairs,
+            observer=observer,
+        )
+        self._tokenizer_pool = ThreadPoolExecutor(
+            max_workers=config.tokenizer_threads, thread_name_prefix="reranker-tokenize"
+        )
+        self.description: ModelDescription = model.description
+        self.limits = EngineLimits(max_length, max_batch_tokens, config.max_queued_pairs)
+
+    @property
+    def queued_pairs(self) -> int:
+        return self._batcher.queued_pairs
+
+    @property
+    def pass_overhead_tokens(self) -> int:
+        """Fixed cost of a forward pass in token-equivalents, as the batch policy uses it."""
+        return self._batcher.overhead_tokens
+
+    async def start(self) -> None:
+        """Calibrate the batch policy on the model (which also warms it up), start the worker,
+        then send one request through the whole path so the first client pays no setup."""
+        measured = await asyncio.to_thread(
+            measure_pass_overhead, self._model, self._encoder.prefix_ids
+        )
+        if measured is not None:
+            self._batcher.overhead_tokens = min(round(measured), self.limits.max_batch_tokens)
+        logger.info(
+            "batch_policy_calibrated",
+            pass_overhead_tokens=self._batcher.overhead_tokens,
+            measured=measured is not None,
+        )
+        self._batcher.start()
+        await self.rerank("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
+
+    async def stop(self) -> None:
+        await self._batcher.stop()
+        self._tokenizer_pool.shutdown(wait=True)
+
+    async def tokenize(
+        self, instruction: str, query: str, documents: Sequence[str]
+    ) -> list[list[int]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._tokenizer_pool, self._encoder.encode, instruction, query, documents
+        )
+
+    async def rerank(self, instruction: str, query: str, documents: Sequence[str]) -> RerankOutcome:
+        token_ids = await self.tokenize(instruction, query, documents)
+        result = await self._batcher.score(token_ids)
+        return RerankOutcome(
+            scores=result.scores,
+            pair_tokens=[len(ids) for ids in token_ids],
+            queue_seconds=result.queue_seconds,
+            inference_seconds=result.inference_seconds,
+        )

@@ -1,0 +1,93 @@
+"""Service configuration: every knob is a ``RERANKER_*`` variable and a CLI flag."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class Settings(BaseSettings):
+    """Validated once at startup; a bad value stops the process with a clear message."""
+
+    model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", frozen=True)
+
+    model: str = Field(DEFAULT_MODEL, description="Hugging Face model id or local directory")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: DType = Field("auto", description="auto (bf16 on GPU, fp32 on CPU) or a torch dtype")
+    host: str = Field("0.0.0.0", description="listen address")
+    port: int = Field(8000, ge=0, le=65535, description="listen port")
+    max_length: int = Field(
+        8192, ge=64, le=131072, description="tokens per (query, document) pair, prompt included"
+    )
+    max_documents: int = Field(1000, ge=1, description="documents per request")
+    max_batch_tokens: int | None = Field(
+        None, ge=1, description="padded tokens per forward pass; unset = chosen per device"
+    )
+    max_queued_pairs: int | None = Field(
+        None, ge=1, description="pairs waiting before new work is refused with 429; unset = chosen"
+    )
+    max_request_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="largest accepted request body"
+    )
+    default_instruction: str = Field(
+        DEFAULT_INSTRUCTION, min_length=1, description="instruction used when a request has none"
+    )
+    tokenizer_threads: int = Field(2, ge=1, le=64, description="threads that tokenize requests")
+    api_key: SecretStr | None = Field(
+        None, description="if set, /rerank routes need 'Authorization: Bearer <key>'"
+    )
+    shutdown_grace_seconds: int = Field(
+        30, gt=0, description="time in-flight requests get to finish after SIGTERM"
+    )
+    log_level: LogLevel = Field("info", description="debug, info, warning or error")
+    log_format: Literal["json", "console"] = Field("json", description="json or console")
+    log_query_chars: int = Field(0, ge=0, description="characters of query text in logs; 0 = none")
+    log_sample_rate: float = Field(
+        1.0, ge=0.0, le=1.0, description="share of successful requests whose completion is logged"
+    )
+    gpu_poll_seconds: float = Field(5.0, gt=0, description="NVML poll interval")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE_PATTERN.match(value):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _limits_fit_together(self) -> Self:
+        if self.max_batch_tokens is not None and self.max_batch_tokens < self.max_length:
+            raise ValueError(
+                f"max_batch_tokens ({self.max_batch_tokens}) must be at least max_length "
+                f"({self.max_length}) so that one full-length pair fits in a forward pass"
+            )
+        if self.max_queued_pairs is not None and self.max_queued_pairs < self.max_documents:
+            raise ValueError(
+                f"max_queued_pairs ({self.max_queued_pairs}) must be at least max_documents "
+                f"({self.max_documents}) or a full-size request could never be accepted"
+            )
+        return self
+
+    @property
+    def queued_pairs_limit(self) -> int:
+        """Enough for several full-size requests in flight, unless configured."""
+        if self.max_queued_pairs is not None:
+            return self.max_queued_pairs
+        return max(4 * self.max_documents, 4096)

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import os
+
+# Read by huggingface_hub at import: tests load local checkpoints only and must never wait on
+# the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import contextlib
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from reranker_service.app import create_app, load_options
+from reranker_service.engine.model import ScoringModel, load_scoring_model
+from reranker_service.settings import Settings
+from reranker_service.tiny_checkpoint import TinyModelShape, build_checkpoint
+from tests.model_card import ModelCardReranker
+
+SMALL_MAX_LENGTH = 160
+"""Short enough that ordinary test documents are truncated."""
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_checkpoint(tmp_path_factory.mktemp("qwen3-reranker-tiny"))
+
+
+@pytest.fixture(scope="session")
+def tied_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    shape = TinyModelShape(tie_word_embeddings=True)
+    return build_checkpoint(tmp_path_factory.mktemp("qwen3-reranker-tied"), shape, seed=1)
+
+
+def make_settings(checkpoint: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"model": str(checkpoint), "device": "cpu", "host": "127.0.0.1"}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def scoring_model(checkpoint: Path) -> ScoringModel:
+    return load_scoring_model(load_options(make_settings(checkpoint)))
+
+
+@pytest.fixture(scope="session")
+def short_scoring_model(checkpoint: Path) -> ScoringModel:
+    settings = make_settings(checkpoint, max_length=SMALL_MAX_LENGTH)
+    return load_scoring_model(load_options(settings))
+
+
+@pytest.fixture(scope="session")
+def card(checkpoint: Path) -> ModelCardReranker:
+    return ModelCardReranker(checkpoint, max_length=8192)
+
+
+@pytest.fixture(scope="session")
+def short_card(checkpoint: Path) -> ModelCardReranker:
+    return ModelCardReranker(checkpoint, max_length=SMALL_MAX_LENGTH)
+
+
+AppFactory = Callable[..., FastAPI]
+
+
+@pytest.fixture
+def app_factory(checkpoint: Path, scoring_model: ScoringModel) -> AppFactory:
+    def build(model: ScoringModel | None = None, **overrides: Any) -> FastAPI:
+        return create_app(make_settings(checkpoint, **overrides), model=model or scoring_model)
+
+    return build
+
+
+@pytest.fixture
+async def client(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
+    app = app_factory()
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
+        ) as http,
+    ):
+        yield http
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: FastAPI) -> Iterator[str]:
+    """Run the app under a real uvicorn server on 127.0.0.1; yield its base URL.
+
+    The socket listens before the server thread starts, so clients may connect at once: the
+    kernel queues them until uvicorn has finished its lifespan startup and accepts.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        assert not thread.is_alive(), "server thread did not stop"

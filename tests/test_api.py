@@ -1,0 +1,303 @@
+"""The HTTP API through the real ASGI app, lifespan running, real model behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from reranker_service.engine.model import ScoringModel
+from reranker_service.settings import DEFAULT_INSTRUCTION
+from tests.conftest import AppFactory
+
+QUERY = "What is the capital of France?"
+DOCS = ["Paris is the capital of France.", "Berlin is in Germany.", "Cheese.", "Rivers flow."]
+
+
+def _reference(
+    model: ScoringModel, docs: list[str], instruction: str = DEFAULT_INSTRUCTION
+) -> list[float]:
+    return [model.score(model.encoder.encode(instruction, QUERY, [doc]))[0] for doc in docs]
+
+
+@pytest.mark.parametrize("path", ["/rerank", "/v1/rerank", "/v2/rerank"])
+async def test_rerank_orders_by_score(
+    client: httpx.AsyncClient, scoring_model: ScoringModel, path: str
+) -> None:
+    response = await client.post(path, json={"query": QUERY, "documents": DOCS})
+    assert response.status_code == 200
+    body = response.json()
+    expected = _reference(scoring_model, DOCS)
+    assert [r["index"] for r in body["results"]] == sorted(
+        range(len(DOCS)), key=lambda i: -expected[i]
+    )
+    for result in body["results"]:
+        assert result["relevance_score"] == pytest.approx(expected[result["index"]], abs=1e-5)
+        assert "document" not in result
+    assert body["id"] == response.headers["x-request-id"]
+    assert body["model"] == scoring_model.description.model
+    encoded = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCS)
+    assert body["usage"]["total_tokens"] == sum(len(ids) for ids in encoded)
+    assert body["meta"]["api_version"]["version"] == ("2" if path == "/v2/rerank" else "1")
+
+
+async def test_top_n_and_returned_documents(client: httpx.AsyncClient) -> None:
+    objects = [{"text": doc, "id": f"doc-{i}"} for i, doc in enumerate(DOCS)]
+    full = (await client.post("/rerank", json={"query": QUERY, "documents": DOCS})).json()
+    response = await client.post(
+        "/rerank",
+        json={"query": QUERY, "documents": objects, "top_n": 2, "return_documents": True},
+    )
+    body = response.json()
+    assert [r["index"] for r in body["results"]] == [r["index"] for r in full["results"][:2]]
+    for result in body["results"]:
+        assert result["document"] == {"text": DOCS[result["index"]]}
+
+
+async def test_top_n_larger_than_list_returns_all(client: httpx.AsyncClient) -> None:
+    body = (
+        await client.post("/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 10**6})
+    ).json()
+    assert sorted(r["index"] for r in body["results"]) == list(range(len(DOCS)))
+
+
+async def test_custom_instruction_is_used(
+    client: httpx.AsyncClient, scoring_model: ScoringModel
+) -> None:
+    instruction = "Retrieve documents about European capitals"
+    body = (
+        await client.post(
+            "/v1/rerank", json={"query": QUERY, "documents": DOCS, "instruction": instruction}
+        )
+    ).json()
+    expected = _reference(scoring_model, DOCS, instruction)
+    for result in body["results"]:
+        assert result["relevance_score"] == pytest.approx(expected[result["index"]], abs=1e-5)
+
+
+async def test_empty_document_list_is_an_empty_answer(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v2/rerank", json={"query": QUERY, "documents": []})
+    assert response.status_code == 200
+    assert response.json()["results"] == []
+
+
+async def test_request_id_is_echoed_or_minted(client: httpx.AsyncClient) -> None:
+    echoed = await client.get("/health", headers={"X-Request-ID": "client-id.42"})
+    assert echoed.headers["x-request-id"] == "client-id.42"
+    minted = await client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert minted.headers["x-request-id"] not in ("", "bad id\twith spaces")
+    error = await client.post("/rerank", json={}, headers={"X-Request-ID": "err-1"})
+    assert error.headers["x-request-id"] == "err-1"
+    assert error.json()["error"]["request_id"] == "err-1"
+
+
+async def test_health_ready_info(client: httpx.AsyncClient, scoring_model: ScoringModel) -> None:
+    assert (await client.get("/health")).json() == {"status": "ok"}
+    assert (await client.get("/ready")).json() == {"status": "ready"}
+    info = (await client.get("/info")).json()
+    assert info["model"] == scoring_model.description.model
+    assert info["device"] == "cpu"
+    assert info["dtype"] == "float32"
+    assert info["max_length"] == 8192
+    assert info["max_documents"] == 1000
+    assert info["max_batch_tokens"] >= 8192
+    assert info["version"]
+
+
+async def test_too_many_documents_is_413_naming_the_limit(app_factory: AppFactory) -> None:
+    app = app_factory(max_documents=3)
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
+        ) as http,
+    ):
+        response = await http.post("/rerank", json={"query": QUERY, "documents": DOCS})
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert (error["type"], error["field"], error["limit"], error["value"]) == (
+        "payload_too_large",
+        "documents",
+        3,
+        4,
+    )
+
+
+async def test_body_over_the_limit_is_413_before_parsing(app_factory: AppFactory) -> None:
+    app = app_factory(max_request_bytes=2048)
+    big = {"query": QUERY, "documents": ["x" * 1000] * 3}
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
+        ) as http,
+    ):
+        declared = await http.post("/rerank", json=big)
+
+        async def stream() -> Any:
+            payload = json.dumps(big).encode()
+            for start in range(0, len(payload), 512):
+                yield payload[start : start + 512]
+
+        streamed = await http.post(
+            "/rerank", content=stream(), headers={"content-type": "application/json"}
+        )
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        error = response.json()["error"]
+        assert (error["type"], error["field"], error["limit"]) == (
+            "payload_too_large",
+            "body",
+            2048,
+        )
+        assert error["value"] > 2048
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"documents": DOCS}, "query"),
+        ({"query": "", "documents": DOCS}, "query"),
+        ({"query": QUERY}, "documents"),
+        ({"query": QUERY, "documents": "not a list"}, "documents"),
+        ({"query": QUERY, "documents": [1, 2]}, "documents.0.str"),
+        ({"query": QUERY, "documents": [{"title": "no text"}]}, "documents.0.DocumentObject.text"),
+        ({"query": QUERY, "documents": DOCS, "top_n": 0}, "top_n"),
+        ({"query": QUERY, "documents": DOCS, "top_n": -5}, "top_n"),
+        ({"query": QUERY, "documents": DOCS, "top_n": "many"}, "top_n"),
+        ({"query": QUERY, "documents": DOCS, "return_documents": "perhaps"}, "return_documents"),
+        ({"query": ["a"], "documents": DOCS}, "query"),
+        ({"query": QUERY, "documents": DOCS, "instruction": ""}, "instruction"),
+    ],
+)
+async def test_invalid_fields_are_422_naming_the_field(
+    client: httpx.AsyncClient, payload: dict[str, Any], field: str
+) -> None:
+    response = await client.post("/rerank", json=payload)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["type"] == "validation"
+    assert field in [detail["field"] for detail in error["details"]]
+
+
+async def test_limit_is_reported_for_bounds(client: httpx.AsyncClient) -> None:
+    error = (
+        await client.post("/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 0})
+    ).json()["error"]
+    assert (error["field"], error["limit"], error["value"]) == ("top_n", 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status"),
+    [
+        (b'{"query": ', "application/json", 400),
+        (b"\xff\xfe\x00garbage", "application/json", 400),
+        (b"query=hi", "application/x-www-form-urlencoded", 422),
+        (b"hello", "text/plain", 422),
+        (b"[1, 2, 3]", "application/json", 422),
+        (b"null", "application/json", 422),
+        (b"", "application/json", 422),
+        (b'{"query": "q", "documents": ["a"], "top_n": 1e400}', "application/json", 422),
+    ],
+)
+async def test_malformed_bodies_are_4xx_json(
+    client: httpx.AsyncClient, content: bytes, content_type: str, status: int
+) -> None:
+    response = await client.post("/rerank", content=content, headers={"content-type": content_type})
+    assert response.status_code == status
+    assert response.json()["error"]["message"]
+
+
+async def test_nul_bytes_and_odd_unicode_are_scored(client: httpx.AsyncClient) -> None:
+    docs = ["nul \x00 inside", "\ud7ff\ue000\U0010ffff", "e\u0301\u200b\u202e", "\t\n\r"]
+    response = await client.post("/rerank", json={"query": "\x00q", "documents": docs})
+    assert response.status_code == 200
+    assert len(response.json()["results"]) == len(docs)
+
+
+async def test_unknown_route_and_method_are_json(client: httpx.AsyncClient) -> None:
+    missing = await client.get("/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found"
+    wrong = await client.get("/rerank")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["type"] == "method_not_allowed"
+
+
+async def test_api_key_guards_rerank_routes_only(app_factory: AppFactory) -> None:
+    app = app_factory(api_key="s3cret-key")
+    payload = {"query": QUERY, "documents": DOCS}
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
+        ) as http,
+    ):
+        for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+            missing = await http.post(path, json=payload)
+            assert missing.status_code == 401
+            assert missing.headers["www-authenticate"] == "Bearer"
+            assert missing.json()["error"]["type"] == "unauthorized"
+            wrong = await http.post(path, json=payload, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+            assert "s3cret-key" not in wrong.text
+            basic = await http.post(
+                path, json=payload, headers={"Authorization": "Basic s3cret-key"}
+            )
+            assert basic.status_code == 401
+            ok = await http.post(path, json=payload, headers={"Authorization": "Bearer s3cret-key"})
+            assert ok.status_code == 200
+        for path in ("/health", "/ready", "/info", "/docs", "/openapi.json"):
+            assert (await http.get(path)).status_code == 200
+
+
+async def test_draining_answers_503(app_factory: AppFactory) -> None:
+    app = app_factory()
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
+        ) as http,
+    ):
+        assert (await http.get("/ready")).status_code == 200
+        app.state.service.begin_draining()
+        ready = await http.get("/ready")
+        assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
+        refused = await http.post("/rerank", json={"query": QUERY, "documents": DOCS})
+        assert refused.status_code == 503
+        assert refused.json()["error"]["type"] == "draining"
+        assert "retry-after" in refused.headers
+        assert (await http.get("/health")).status_code == 200
+
+
+async def test_overload_is_429_with_retry_after(app_factory: AppFactory) -> None:
+    app = app_factory(max_documents=4, max_queued_pairs=4)
+    payload = {"query": QUERY, "documents": DOCS}
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
+        ) as http,
+    ):
+        responses = await asyncio.gather(*(http.post("/rerank", json=payload) for _ in range(6)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes[0] == 200
+    assert 429 in codes
+    assert set(codes) <= {200, 429}
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1"
+    error = refused.json()["error"]
+    assert (error["type"], error["limit"]) == ("overloaded", 4)
+
+
+async def test_openapi_documents_examples_and_errors(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        operation = spec["paths"][path]["post"]
+        assert {"200", "401", "413", "422", "429", "503"} <= set(operation["responses"])
+    assert spec["components"]["schemas"]["RerankRequest"]["examples"]
+    assert (await client.get("/docs")).status_code == 200

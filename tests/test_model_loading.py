@@ -1,0 +1,93 @@
+"""What is not a servable Qwen3 reranker is refused with one clear message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForSequenceClassification
+
+from reranker_service.engine.model import LoadOptions, ModelLoadError, load_scoring_model
+
+
+def _options(path: Path | str, **overrides: str) -> LoadOptions:
+    values = {"device": "cpu", "dtype": "auto"} | overrides
+    return LoadOptions(str(path), None, values["device"], values["dtype"], 512)
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="cannot load model") as refused:
+        load_scoring_model(_options(tmp_path / "absent"))
+    assert "\n" not in str(refused.value)
+
+
+def test_other_architecture_is_refused(tmp_path: Path, checkpoint: Path) -> None:
+    config = LlamaConfig(
+        vocab_size=600,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(checkpoint / name, tmp_path / name)
+    with pytest.raises(ModelLoadError, match="not a Qwen3 reranker"):
+        load_scoring_model(_options(tmp_path))
+
+
+def test_sequence_classification_conversion_is_refused(tmp_path: Path, checkpoint: Path) -> None:
+    config = Qwen3Config.from_pretrained(checkpoint)
+    config.architectures = ["Qwen3ForSequenceClassification"]
+    config.num_labels = 1
+    Qwen3ForSequenceClassification(config).save_pretrained(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(checkpoint / name, tmp_path / name)
+    with pytest.raises(ModelLoadError, match="Qwen3ForCausalLM"):
+        load_scoring_model(_options(tmp_path))
+
+
+def test_tokenizer_without_single_yes_token_is_refused(tmp_path: Path, checkpoint: Path) -> None:
+    shutil.copytree(checkpoint, tmp_path, dirs_exist_ok=True)
+    tokenizer = json.loads((tmp_path / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["y_e_s"] = vocab.pop("yes")
+
+    def touches_yes(merge: str | list[str]) -> bool:
+        parts = merge.split(" ") if isinstance(merge, str) else merge
+        return "yes" in parts or "".join(parts) == "yes"
+
+    merges = tokenizer["model"]["merges"]
+    tokenizer["model"]["merges"] = [merge for merge in merges if not touches_yes(merge)]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ModelLoadError, match="single 'yes' token"):
+        load_scoring_model(_options(tmp_path))
+
+
+def test_missing_weights_are_refused(tmp_path: Path, checkpoint: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(checkpoint, tmp_path, dirs_exist_ok=True)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["lm_head.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match="lm_head"):
+        load_scoring_model(_options(tmp_path))
+
+
+def test_cuda_requested_without_cuda(checkpoint: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        load_scoring_model(_options(checkpoint, device="cuda"))
+
+
+@pytest.mark.parametrize(("requested", "expected"), [("auto", "float32"), ("bfloat16", "bfloat16")])
+def test_dtype_choice_on_cpu(checkpoint: Path, requested: str, expected: str) -> None:
+    model = load_scoring_model(_options(checkpoint, dtype=requested))
+    assert model.description.dtype == expected
+    assert model.description.device == "cpu"

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+
+from reranker_service.cli import SettingsError, build_parser, load_settings
+from reranker_service.settings import Settings
+
+
+def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in Settings.model_fields:
+        monkeypatch.delenv(f"RERANKER_{name.upper()}", raising=False)
+    settings = load_settings([])
+    assert settings.model == "Qwen/Qwen3-Reranker-0.6B"
+    assert (settings.device, settings.dtype) == ("auto", "auto")
+    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+    assert (settings.max_length, settings.max_documents) == (8192, 1000)
+    assert settings.api_key is None
+    assert (settings.log_level, settings.log_query_chars, settings.log_sample_rate) == (
+        "info",
+        0,
+        1.0,
+    )
+    assert settings.gpu_poll_seconds == 5
+    assert settings.queued_pairs_limit >= settings.max_documents
+
+
+def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RERANKER_MAX_DOCUMENTS", "50")
+    monkeypatch.setenv("RERANKER_DEVICE", "cuda:1")
+    monkeypatch.setenv("RERANKER_API_KEY", "from-env")
+    monkeypatch.setenv("RERANKER_LOG_LEVEL", "DEBUG")
+    settings = load_settings(["--device", "cpu", "--max-batch-tokens", "16384"])
+    assert settings.max_documents == 50
+    assert settings.device == "cpu"
+    assert settings.max_batch_tokens == 16384
+    assert settings.api_key is not None
+    assert settings.api_key.get_secret_value() == "from-env"
+    assert settings.log_level == "debug"
+    assert "from-env" not in repr(settings)
+
+
+def test_help_lists_every_setting_with_env_name_and_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in Settings.model_fields:
+        assert f"--{name.replace('_', '-')}" in text
+        assert f"RERANKER_{name.upper()}" in text
+    assert "default 'Qwen/Qwen3-Reranker-0.6B'" in text
+    assert "default 8192" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--device", "tpu"], "device"),
+        (["--port", "70000"], "port"),
+        (["--max-length", "8192", "--max-batch-tokens", "100"], "max_batch_tokens"),
+        (["--max-documents", "10", "--max-queued-pairs", "5"], "max_queued_pairs"),
+        (["--log-sample-rate", "1.5"], "log_sample_rate"),
+    ],
+)
+def test_bad_values_stop_with_a_clear_message(argv: list[str], complaint: str) -> None:
+    with pytest.raises(SettingsError, match=complaint):
+        load_settings(argv)
+
+
+def test_unknown_choice_is_refused_by_the_parser() -> None:
+    with pytest.raises(SystemExit) as exited:
+        load_settings(["--dtype", "int4"])
+    assert exited.value.code == 2
