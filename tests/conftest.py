@@ -78,15 +78,21 @@ def app_factory(checkpoint: Path, scoring_model: ScoringModel) -> AppFactory:
     return build
 
 
-@pytest.fixture
-async def client(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
-    app = app_factory()
+@contextlib.asynccontextmanager
+async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the app in process, with its lifespan running."""
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
         ) as http,
     ):
+        yield http
+
+
+@pytest.fixture
+async def client(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(app_factory()) as http:
         yield http
 
 

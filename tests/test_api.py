@@ -8,11 +8,10 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
 from reranker_service.engine.model import ScoringModel
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, asgi_client
 
 QUERY = "What is the capital of France?"
 DOCS = ["Paris is the capital of France.", "Berlin is in Germany.", "Cheese.", "Rivers flow."]
@@ -110,12 +109,7 @@ async def test_health_ready_info(client: httpx.AsyncClient, scoring_model: Scori
 
 async def test_too_many_documents_is_413_naming_the_limit(app_factory: AppFactory) -> None:
     app = app_factory(max_documents=3)
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
-        ) as http,
-    ):
+    async with asgi_client(app) as http:
         response = await http.post("/rerank", json={"query": QUERY, "documents": DOCS})
     assert response.status_code == 413
     error = response.json()["error"]
@@ -130,12 +124,7 @@ async def test_too_many_documents_is_413_naming_the_limit(app_factory: AppFactor
 async def test_body_over_the_limit_is_413_before_parsing(app_factory: AppFactory) -> None:
     app = app_factory(max_request_bytes=2048)
     big = {"query": QUERY, "documents": ["x" * 1000] * 3}
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
-        ) as http,
-    ):
+    async with asgi_client(app) as http:
         declared = await http.post("/rerank", json=big)
 
         async def stream() -> Any:
@@ -231,12 +220,7 @@ async def test_unknown_route_and_method_are_json(client: httpx.AsyncClient) -> N
 async def test_api_key_guards_rerank_routes_only(app_factory: AppFactory) -> None:
     app = app_factory(api_key="s3cret-key")
     payload = {"query": QUERY, "documents": DOCS}
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
-        ) as http,
-    ):
+    async with asgi_client(app) as http:
         for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
             missing = await http.post(path, json=payload)
             assert missing.status_code == 401
@@ -257,12 +241,7 @@ async def test_api_key_guards_rerank_routes_only(app_factory: AppFactory) -> Non
 
 async def test_draining_answers_503(app_factory: AppFactory) -> None:
     app = app_factory()
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
-        ) as http,
-    ):
+    async with asgi_client(app) as http:
         assert (await http.get("/ready")).status_code == 200
         app.state.service.begin_draining()
         ready = await http.get("/ready")
@@ -277,12 +256,7 @@ async def test_draining_answers_503(app_factory: AppFactory) -> None:
 async def test_overload_is_429_with_retry_after(app_factory: AppFactory) -> None:
     app = app_factory(max_documents=4, max_queued_pairs=4)
     payload = {"query": QUERY, "documents": DOCS}
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://test"
-        ) as http,
-    ):
+    async with asgi_client(app) as http:
         responses = await asyncio.gather(*(http.post("/rerank", json=payload) for _ in range(6)))
     codes = sorted(r.status_code for r in responses)
     assert codes[0] == 200

@@ -73,15 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelLoadError as exc:
         logger.error("model_load_failed", model=settings.model, error=str(exc))
         return 1
-    description = model.description
-    logger.info(
-        "model_loaded",
-        model=description.model,
-        revision=description.revision,
-        device=description.device,
-        dtype=description.dtype,
-        load_seconds=round(description.load_seconds, 3),
-    )
     app = create_app(settings, model=model)
     config = uvicorn.Config(
         app,

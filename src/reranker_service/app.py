@@ -69,12 +69,9 @@ def create_app(
             await engine.start()
             state.engine = engine
             state.phase = "ready"
-            description = engine.description
             logger.info(
                 "service_ready",
-                model=description.model,
-                device=description.device,
-                dtype=description.dtype,
+                max_length=engine.limits.max_length,
                 max_batch_tokens=engine.limits.max_batch_tokens,
                 max_queued_pairs=engine.limits.max_queued_pairs,
                 pass_overhead_tokens=engine.pass_overhead_tokens,

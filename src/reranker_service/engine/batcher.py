@@ -212,10 +212,14 @@ class Batcher:
             else:
                 kept.append(pair)
         self._by_length = kept
+        self._forget_taken_heads()
+
+    def _forget_taken_heads(self) -> None:
+        """Keep the arrival order's head a waiting pair, and release finished pairs' memory."""
+        while self._by_arrival and self._by_arrival[0].taken:
+            self._by_arrival.popleft()
 
     def _take_batch_locked(self) -> list[_QueuedPair]:
-        while self._by_arrival[0].taken:
-            self._by_arrival.popleft()
         anchor = self._by_arrival[0]
         anchor_index = bisect.bisect_left(self._by_length, _sort_key(anchor), key=_sort_key)
         start, stop = select_window(
@@ -225,6 +229,7 @@ class Batcher:
         del self._by_length[start:stop]
         for pair in batch:
             pair.taken = True
+        self._forget_taken_heads()
         return batch
 
     def _run(self) -> None:
@@ -240,6 +245,8 @@ class Batcher:
             except Exception as exc:  # a bug here must not strand every waiting request
                 logger.exception("batch_failed", pairs=len(batch))
                 self._fail_jobs(list({id(p.job): p.job for p in batch}.values()), exc)
+            # The worker may now sleep for long; it must not keep the last requests alive.
+            del batch
 
     def _execute(self, batch: list[_QueuedPair]) -> None:
         started = time.perf_counter()

@@ -12,9 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 import torch
 
 from reranker_service.engine.prompt import PromptEncoder
+
+logger = structlog.get_logger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _ARCHITECTURE = "Qwen3ForCausalLM"
@@ -126,11 +129,21 @@ class ScoringModel:
 def load_scoring_model(options: LoadOptions) -> ScoringModel:
     """Load tokenizer and weights once; raise ``ModelLoadError`` for anything unservable."""
     try:
-        return _load(options)
+        model = _load(options)
     except ModelLoadError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"cannot load model {options.model!r}: {_first_line(exc)}") from exc
+    described = model.description
+    logger.info(
+        "model_loaded",
+        model=described.model,
+        revision=described.revision,
+        device=described.device,
+        dtype=described.dtype,
+        load_seconds=round(described.load_seconds, 3),
+    )
+    return model
 
 
 def _load(options: LoadOptions) -> ScoringModel:
