@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from reranker_service.app import create_app
 from reranker_service.engine.model import ScoringModel
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import AppFactory, asgi_client
+from tests.conftest import AppFactory, asgi_client, make_settings
 
 QUERY = "What is the capital of France?"
 DOCS = ["Paris is the capital of France.", "Berlin is in Germany.", "Cheese.", "Rivers flow."]
@@ -253,19 +257,43 @@ async def test_draining_answers_503(app_factory: AppFactory) -> None:
         assert (await http.get("/health")).status_code == 200
 
 
-async def test_overload_is_429_with_retry_after(app_factory: AppFactory) -> None:
-    app = app_factory(max_documents=4, max_queued_pairs=4)
+class GatedModel:
+    """The real model, except that forward passes wait until the test opens the gate."""
+
+    def __init__(self, model: ScoringModel) -> None:
+        self._model = model
+        self.encoder = model.encoder
+        self.description = model.description
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        self.gate.wait(timeout=60)
+        return self._model.score(sequences)
+
+
+async def test_overload_is_429_with_retry_after(
+    app_factory: AppFactory, scoring_model: ScoringModel
+) -> None:
+    gated = GatedModel(scoring_model)
+    app = app_factory(model=gated, max_documents=4, max_queued_pairs=4)
     payload = {"query": QUERY, "documents": DOCS}
     async with asgi_client(app) as http:
-        responses = await asyncio.gather(*(http.post("/rerank", json=payload) for _ in range(6)))
-    codes = sorted(r.status_code for r in responses)
-    assert codes[0] == 200
-    assert 429 in codes
-    assert set(codes) <= {200, 429}
-    refused = next(r for r in responses if r.status_code == 429)
+        gated.gate.clear()
+        # While the worker is held, at most one request is in its hands and one (4 pairs)
+        # waits, so the third is refused; nothing accepted can finish before the gate opens.
+        sent = [asyncio.create_task(http.post("/rerank", json=payload)) for _ in range(3)]
+        done, _ = await asyncio.wait(sent, return_when=asyncio.FIRST_COMPLETED)
+        refused = done.pop().result()
+        gated.gate.set()
+        responses = await asyncio.gather(*sent)
+    assert refused.status_code == 429
     assert refused.headers["retry-after"] == "1"
     error = refused.json()["error"]
-    assert (error["type"], error["limit"]) == ("overloaded", 4)
+    assert (error["type"], error["field"], error["limit"]) == ("overloaded", "documents", 4)
+    codes = sorted(r.status_code for r in responses)
+    assert codes[0] == 200
+    assert set(codes) == {200, 429}
 
 
 async def test_openapi_documents_examples_and_errors(client: httpx.AsyncClient) -> None:
@@ -275,3 +303,13 @@ async def test_openapi_documents_examples_and_errors(client: httpx.AsyncClient) 
         assert {"200", "401", "413", "422", "429", "503"} <= set(operation["responses"])
     assert spec["components"]["schemas"]["RerankRequest"]["examples"]
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_app_loads_the_model_itself_when_given_none(checkpoint: Path) -> None:
+    app = create_app(make_settings(checkpoint, max_length=256))
+    async with asgi_client(app) as http:
+        assert (await http.get("/ready")).status_code == 200
+        info = (await http.get("/info")).json()
+        response = await http.post("/rerank", json={"query": QUERY, "documents": DOCS[:2]})
+    assert (info["model"], info["max_length"]) == (str(checkpoint), 256)
+    assert response.status_code == 200

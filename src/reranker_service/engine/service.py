@@ -109,7 +109,7 @@ class RerankEngine:
 
     async def stop(self) -> None:
         await self._batcher.stop()
-        self._tokenizer_pool.shutdown(wait=True)
+        await asyncio.to_thread(self._tokenizer_pool.shutdown, wait=True)
 
     async def tokenize(
         self, instruction: str, query: str, documents: Sequence[str]
