@@ -29,7 +29,7 @@ def test_large_pass_must_be_larger() -> None:
 
 
 def test_measured_on_the_real_model(scoring_model: ScoringModel) -> None:
-    measured = measure_pass_overhead(scoring_model, scoring_model.encoder.prefix_ids)
+    measured = measure_pass_overhead(scoring_model, scoring_model.encoder.prefix_ids, 8192)
     assert measured is None or measured >= 0
 
 

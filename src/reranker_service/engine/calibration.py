@@ -15,7 +15,10 @@ from reranker_service.engine.batcher import PairScorer
 
 SMALL_PASS = (1, 64)
 """pairs, tokens per pair"""
-LARGE_PASS = (4, 128)
+LARGE_PASS_LENGTH = 128
+CONTRAST = 3.0
+"""The large pass grows until it takes this many times the small one, so that the fit is
+not timing noise: a real model gets there at once, a tiny model or a GPU needs a big pass."""
 
 
 def fixed_cost_in_tokens(small: tuple[int, float], large: tuple[int, float]) -> float | None:
@@ -39,18 +42,28 @@ def _fastest_pass(scorer: PairScorer, batch: Sequence[Sequence[int]], repeats: i
     return best
 
 
-def measure_pass_overhead(scorer: PairScorer, token_ids: Sequence[int]) -> float | None:
+def measure_pass_overhead(
+    scorer: PairScorer, token_ids: Sequence[int], max_batch_tokens: int
+) -> float | None:
     """Time a small and a large pass (fastest of a few) built from ``token_ids``; blocking."""
 
     def batch(pairs: int, length: int) -> list[list[int]]:
         repeated = list(token_ids) * (length // max(len(token_ids), 1) + 1)
         return [repeated[:length]] * pairs
 
-    small, large = batch(*SMALL_PASS), batch(*LARGE_PASS)
+    small = batch(*SMALL_PASS)
     _fastest_pass(scorer, small, 1)  # first-call setup must not count as fixed cost
     small_seconds = _fastest_pass(scorer, small, 3)
-    large_seconds = _fastest_pass(scorer, large, 2)
+    large_pairs = max(1, min(4, max_batch_tokens // LARGE_PASS_LENGTH))
+    while True:
+        large_seconds = _fastest_pass(scorer, batch(large_pairs, LARGE_PASS_LENGTH), 2)
+        if (
+            large_seconds >= CONTRAST * small_seconds
+            or 2 * large_pairs * LARGE_PASS_LENGTH > max_batch_tokens
+        ):
+            break
+        large_pairs *= 2
     return fixed_cost_in_tokens(
         (SMALL_PASS[0] * SMALL_PASS[1], small_seconds),
-        (LARGE_PASS[0] * LARGE_PASS[1], large_seconds),
+        (large_pairs * LARGE_PASS_LENGTH, large_seconds),
     )

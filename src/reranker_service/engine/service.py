@@ -95,7 +95,10 @@ class RerankEngine:
         """Calibrate the batch policy on the model (which also warms it up), start the worker,
         then send one request through the whole path so the first client pays no setup."""
         measured = await asyncio.to_thread(
-            measure_pass_overhead, self._model, self._encoder.prefix_ids
+            measure_pass_overhead,
+            self._model,
+            self._encoder.prefix_ids,
+            self.limits.max_batch_tokens,
         )
         if measured is not None:
             self._batcher.overhead_tokens = min(round(measured), self.limits.max_batch_tokens)
