@@ -115,6 +115,10 @@ def _sort_key(pair: _QueuedPair) -> tuple[int, int]:
     return pair.length, pair.order
 
 
+def _distinct_jobs(batch: Sequence[_QueuedPair]) -> list[ScoringJob]:
+    return list({id(pair.job): pair.job for pair in batch}.values())
+
+
 class _Lengths(Sequence[int]):
     """Read-only view of the queue's lengths; the policy only looks near the anchor."""
 
@@ -244,7 +248,7 @@ class Batcher:
                 self._execute(batch)
             except Exception as exc:  # a bug here must not strand every waiting request
                 logger.exception("batch_failed", pairs=len(batch))
-                self._fail_jobs(list({id(p.job): p.job for p in batch}.values()), exc)
+                self._fail_jobs(_distinct_jobs(batch), exc)
             # The worker may now sleep for long; it must not keep the last requests alive.
             del batch
 
@@ -257,15 +261,13 @@ class Batcher:
         except Exception as exc:
             error = exc
         elapsed = time.perf_counter() - started
-        jobs: dict[int, ScoringJob] = {}
-        for pair in batch:
-            jobs[id(pair.job)] = pair.job
-            if pair.job.first_batch_at is None:
-                pair.job.first_batch_at = started
-        for job in jobs.values():
+        jobs = _distinct_jobs(batch)
+        for job in jobs:
+            if job.first_batch_at is None:
+                job.first_batch_at = started
             job.inference_seconds += elapsed
         if error is not None:
-            self._fail_jobs(list(jobs.values()), error)
+            self._fail_jobs(jobs, error)
         else:
             for pair, score in zip(batch, scores, strict=True):
                 job = pair.job
