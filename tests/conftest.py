@@ -7,20 +7,19 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import contextlib
-import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from reranker_service.app import create_app, load_options
 from reranker_service.engine.model import ScoringModel, load_scoring_model
+from reranker_service.observability.gpu import DeviceMemory, NvmlLibrary
 from reranker_service.settings import Settings
 from reranker_service.tiny_checkpoint import TinyModelShape, build_checkpoint
 from tests.model_card import ModelCardReranker
@@ -72,8 +71,12 @@ AppFactory = Callable[..., FastAPI]
 
 @pytest.fixture
 def app_factory(checkpoint: Path, scoring_model: ScoringModel) -> AppFactory:
-    def build(model: ScoringModel | None = None, **overrides: Any) -> FastAPI:
-        return create_app(make_settings(checkpoint, **overrides), model=model or scoring_model)
+    """``build(model, nvml=..., **settings)``: an app over the session's model (or ``model``)."""
+
+    def build(model: Any = None, *, nvml: NvmlLibrary | None = None, **overrides: Any) -> FastAPI:
+        return create_app(
+            make_settings(checkpoint, **overrides), model=model or scoring_model, nvml=nvml
+        )
 
     return build
 
@@ -96,24 +99,22 @@ async def client(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-@contextlib.contextmanager
-def serve_in_thread(app: FastAPI) -> Iterator[str]:
-    """Run the app under a real uvicorn server on 127.0.0.1; yield its base URL.
+class GatedModel:
+    """The real model, except that forward passes wait until the test opens the gate."""
 
-    The socket listens before the server thread starts, so clients may connect at once: the
-    kernel queues them until uvicorn has finished its lifespan startup and accepts.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-        assert not thread.is_alive(), "server thread did not stop"
+    def __init__(self, model: ScoringModel) -> None:
+        self._model = model
+        self.encoder = model.encoder
+        self.description = model.description
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        """Set once a forward pass has started (and is perhaps waiting at the gate)."""
+
+    def device_memory(self) -> DeviceMemory | None:
+        return self._model.device_memory()
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        self.entered.set()
+        self.gate.wait(timeout=60)
+        return self._model.score(sequences)

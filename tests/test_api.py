@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import pytest
 from reranker_service.app import create_app
 from reranker_service.engine.model import ScoringModel
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import AppFactory, asgi_client, make_settings
+from tests.conftest import AppFactory, GatedModel, asgi_client, make_settings
 
 QUERY = "What is the capital of France?"
 DOCS = ["Paris is the capital of France.", "Berlin is in Germany.", "Cheese.", "Rivers flow."]
@@ -255,21 +253,6 @@ async def test_draining_answers_503(app_factory: AppFactory) -> None:
         assert refused.json()["error"]["type"] == "draining"
         assert "retry-after" in refused.headers
         assert (await http.get("/health")).status_code == 200
-
-
-class GatedModel:
-    """The real model, except that forward passes wait until the test opens the gate."""
-
-    def __init__(self, model: ScoringModel) -> None:
-        self._model = model
-        self.encoder = model.encoder
-        self.description = model.description
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        self.gate.wait(timeout=60)
-        return self._model.score(sequences)
 
 
 async def test_overload_is_429_with_retry_after(

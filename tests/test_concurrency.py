@@ -12,8 +12,9 @@ import httpx
 from reranker_service.app import create_app
 from reranker_service.engine.batcher import BatchReport
 from reranker_service.engine.model import ScoringModel
+from reranker_service.local_server import serve_in_thread
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import make_settings, serve_in_thread
+from tests.conftest import make_settings
 
 CLIENTS = 16
 REQUESTS_PER_CLIENT = 4

@@ -7,8 +7,9 @@ import httpx
 import pytest
 
 from reranker_service.engine.model import ScoringModel
+from reranker_service.local_server import serve_in_thread
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import AppFactory, serve_in_thread
+from tests.conftest import AppFactory
 
 QUERY = "What is the capital of the United States?"
 DOCS = [

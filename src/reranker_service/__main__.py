@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
+import prometheus_client
 import structlog
 import uvicorn
 
@@ -65,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reranker-service: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    # Process-wide: the *_created series only double what Prometheus stores.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
     from reranker_service.engine.model import ModelLoadError, load_scoring_model
 

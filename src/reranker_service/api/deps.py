@@ -9,27 +9,34 @@ from fastapi import Depends, Request
 
 from reranker_service.api.errors import ApiError
 from reranker_service.api.state import ServiceState
+from reranker_service.api.telemetry import RerankRecord, record_of
 from reranker_service.engine.service import RerankEngine
 from reranker_service.settings import Settings
 
 _RETRY_SOON = {"Retry-After": "5"}
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_service_state(request: Request) -> ServiceState:
+async def get_service_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
     return state
 
 
+async def get_rerank_record(request: Request) -> RerankRecord:
+    """The record the telemetry middleware reads; a throwaway one when telemetry is off."""
+    return record_of(request.scope) or RerankRecord()
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+RerankRecordDep = Annotated[RerankRecord, Depends(get_rerank_record)]
 ServiceStateDep = Annotated[ServiceState, Depends(get_service_state)]
 
 
-def get_engine(state: ServiceStateDep) -> RerankEngine:
+async def get_engine(state: ServiceStateDep) -> RerankEngine:
     if state.phase == "draining":
         raise ApiError(503, "draining", "the service is shutting down", headers=_RETRY_SOON)
     if state.phase != "ready" or state.engine is None:
@@ -40,7 +47,7 @@ def get_engine(state: ServiceStateDep) -> RerankEngine:
 EngineDep = Annotated[RerankEngine, Depends(get_engine)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
+async def require_api_key(request: Request, settings: SettingsDep) -> None:
     """Bearer-key check for the rerank routes; constant-time, and the key is never echoed."""
     if settings.api_key is None:
         return

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reranker_service.api.middleware import BodyTooLargeError
 from reranker_service.api.protocol import ErrorBody, ErrorDetail, ErrorResponse
+from reranker_service.api.telemetry import note_error
 
 logger = structlog.get_logger(__name__)
 
@@ -44,6 +45,7 @@ def error_response(
     status_code: int, body: ErrorBody, request: Request, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     body.request_id = getattr(request.state, "request_id", None)
+    note_error(request.scope, body.type)
     return JSONResponse(
         ErrorResponse(error=body).model_dump(mode="json", exclude_none=True),
         status_code=status_code,

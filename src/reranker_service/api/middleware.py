@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reranker_service.api.protocol import ErrorBody, ErrorResponse
+from reranker_service.api.telemetry import note_error
 
 REQUEST_ID_HEADER = "x-request-id"
 _ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -33,7 +34,9 @@ class RequestIdMiddleware:
                 offered = value.decode("latin-1")
                 break
         request_id = offered if _ACCEPTABLE_REQUEST_ID.match(offered) else str(uuid.uuid4())
-        scope.setdefault("state", {})["request_id"] = request_id
+        # A state dict of this request's own: servers should copy the lifespan state per
+        # request, but not every ASGI host does, and request-scoped values must never be shared.
+        scope["state"] = {**scope.get("state", {}), "request_id": request_id}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -111,6 +114,7 @@ class BodySizeLimitMiddleware:
     async def _reject(self, scope: Scope, send: Send, size: int) -> None:
         body = BodyTooLargeError(self.max_body_bytes, size).body()
         body.request_id = scope.get("state", {}).get("request_id")
+        note_error(scope, body.type)
         payload = ErrorResponse(error=body).model_dump_json(exclude_none=True).encode()
         await send(
             {

@@ -11,6 +11,7 @@ from reranker_service import __version__
 from reranker_service.api import serving
 from reranker_service.api.deps import (
     EngineDep,
+    RerankRecordDep,
     ServiceStateDep,
     SettingsDep,
     require_api_key,
@@ -48,20 +49,32 @@ def _request_id(request: Request) -> str:
 
 def _rerank_endpoint(api_version: str) -> Any:
     async def endpoint(
-        body: RerankRequest, engine: EngineDep, settings: SettingsDep, request: Request
+        body: RerankRequest,
+        engine: EngineDep,
+        settings: SettingsDep,
+        record: RerankRecordDep,
+        request: Request,
     ) -> RerankResponse:
         return await serving.rerank(
-            body, engine, settings, request_id=_request_id(request), api_version=api_version
+            body,
+            engine,
+            settings,
+            record=record,
+            request_id=_request_id(request),
+            api_version=api_version,
         )
 
     return endpoint
 
 
-for _path, _api_version, _summary in (
+_RERANK_ROUTES = (
     ("/rerank", "1", "Rerank documents (Cohere v1 / Jina shape)"),
     ("/v1/rerank", "1", "Rerank documents (Cohere v1 / Jina shape)"),
     ("/v2/rerank", "2", "Rerank documents (Cohere v2 shape)"),
-):
+)
+RERANK_PATHS = frozenset(path for path, _, _ in _RERANK_ROUTES)
+
+for _path, _api_version, _summary in _RERANK_ROUTES:
     rerank_router.add_api_route(
         _path,
         _rerank_endpoint(_api_version),

@@ -1,9 +1,9 @@
-"""Rerank request handling: limits, engine call, ordering, response, outcome log line."""
+"""Rerank request handling: limits, engine call, ordering, response; what happened goes into the
+request's ``RerankRecord`` for the telemetry middleware."""
 
 from __future__ import annotations
 
 import statistics
-import time
 
 import structlog
 
@@ -18,6 +18,7 @@ from reranker_service.api.protocol import (
     ResultDocument,
     Usage,
 )
+from reranker_service.api.telemetry import RerankRecord
 from reranker_service.engine.batcher import EngineStoppedError, QueueFullError
 from reranker_service.engine.service import RerankEngine, RerankOutcome
 from reranker_service.settings import Settings
@@ -56,6 +57,10 @@ async def _score(engine: RerankEngine, body: RerankRequest, settings: Settings) 
         raise ApiError(
             503, "draining", "the service is shutting down", headers={"Retry-After": "5"}
         ) from None
+    except Exception as exc:
+        # Answered here, inside the middleware, so the 500 still carries its request id.
+        logger.exception("scoring_failed")
+        raise ApiError(500, "internal", "internal error while scoring") from exc
 
 
 def build_response(
@@ -93,45 +98,40 @@ def build_response(
     )
 
 
+def _score_spread(scores: list[float]) -> float | None:
+    """Population standard deviation; undefined (None) for fewer than two documents."""
+    return statistics.pstdev(scores) if len(scores) >= 2 else None
+
+
+def _note_outcome(record: RerankRecord, outcome: RerankOutcome) -> None:
+    record.tokens = outcome.total_tokens
+    record.top1_score = max(outcome.scores) if outcome.scores else None
+    record.score_std = _score_spread(outcome.scores)
+    record.tokenize_seconds = outcome.tokenize_seconds
+    record.queue_seconds = outcome.queue_seconds
+    record.inference_seconds = outcome.inference_seconds
+
+
 async def rerank(
     body: RerankRequest,
     engine: RerankEngine,
     settings: Settings,
     *,
+    record: RerankRecord,
     request_id: str,
     api_version: str,
 ) -> RerankResponse:
-    started = time.perf_counter()
-    doc_count = len(body.documents)
-    try:
-        _check_limits(body, settings)
-        logger.debug("rerank_started", doc_count=doc_count)
-        outcome = await _score(engine, body, settings)
-    except ApiError as exc:
-        logger.warning(
-            "request_failed",
-            error_type=exc.body.type,
-            doc_count=doc_count,
-            query_chars=len(body.query),
-        )
-        raise
-    response = build_response(
+    record.doc_count = len(body.documents)
+    record.query = body.query
+    record.top_n = body.top_n
+    _check_limits(body, settings)
+    logger.debug("rerank_started", doc_count=record.doc_count)
+    outcome = await _score(engine, body, settings)
+    _note_outcome(record, outcome)
+    return build_response(
         body,
         outcome,
         request_id=request_id,
         model_name=engine.description.model,
         api_version=api_version,
     )
-    scores = outcome.scores
-    logger.info(
-        "request_completed",
-        doc_count=doc_count,
-        tokens=outcome.total_tokens,
-        latency_ms=round((time.perf_counter() - started) * 1000, 3),
-        queue_ms=round(outcome.queue_seconds * 1000, 3),
-        inference_ms=round(outcome.inference_seconds * 1000, 3),
-        top1_score=max(scores) if scores else None,
-        score_std=statistics.pstdev(scores) if scores else None,
-        top_n=body.top_n,
-    )
-    return response

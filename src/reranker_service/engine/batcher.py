@@ -146,7 +146,7 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.overhead_tokens = overhead_tokens
         self.max_queued_pairs = max_queued_pairs
-        self._observer = observer
+        self.observer = observer
         self._lock = threading.Lock()
         self._work_available = threading.Condition(self._lock)
         self._by_length: list[_QueuedPair] = []
@@ -266,34 +266,43 @@ class Batcher:
             if job.first_batch_at is None:
                 job.first_batch_at = started
             job.inference_seconds += elapsed
+        # Report before answering: once a client has its scores, the batch is on record.
+        self._report(batch, len(jobs), started, elapsed, failed=error is not None)
         if error is not None:
             self._fail_jobs(jobs, error)
-        else:
-            for pair, score in zip(batch, scores, strict=True):
-                job = pair.job
-                if job.closed:
-                    continue
-                job.scores[pair.position] = score
-                job.remaining -= 1
-                if job.remaining == 0:
-                    job.resolve_threadsafe()
-        if self._observer is not None:
-            self._report(
-                BatchReport(
-                    pairs=len(batch),
-                    requests=len(jobs),
-                    real_tokens=sum(pair.length for pair in batch),
-                    padded_tokens=len(batch) * max(pair.length for pair in batch),
-                    queue_wait_seconds=tuple(started - pair.enqueued_at for pair in batch),
-                    inference_seconds=elapsed,
-                    failed=error is not None,
-                )
-            )
+            return
+        for pair, score in zip(batch, scores, strict=True):
+            job = pair.job
+            if job.closed:
+                continue
+            job.scores[pair.position] = score
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.resolve_threadsafe()
 
-    def _report(self, report: BatchReport) -> None:
-        assert self._observer is not None
+    def _report(
+        self,
+        batch: list[_QueuedPair],
+        requests: int,
+        started: float,
+        elapsed: float,
+        *,
+        failed: bool,
+    ) -> None:
+        observer = self.observer
+        if observer is None:
+            return
+        report = BatchReport(
+            pairs=len(batch),
+            requests=requests,
+            real_tokens=sum(pair.length for pair in batch),
+            padded_tokens=len(batch) * max(pair.length for pair in batch),
+            queue_wait_seconds=tuple(started - pair.enqueued_at for pair in batch),
+            inference_seconds=elapsed,
+            failed=failed,
+        )
         try:
-            self._observer(report)
+            observer(report)
         except Exception:
             logger.exception("batch_observer_failed")
 

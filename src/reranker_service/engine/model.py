@@ -16,6 +16,8 @@ import structlog
 import torch
 
 from reranker_service.engine.prompt import PromptEncoder
+from reranker_service.observability.gpu import DeviceMemory
+from reranker_service.observability.logging import route_library_logs
 
 logger = structlog.get_logger(__name__)
 
@@ -47,17 +49,20 @@ class ModelDescription:
 
 
 def resolve_device(requested: str) -> torch.device:
+    """A concrete device; CUDA devices always carry their index, so that every report of the
+    device (model info, torch memory) names it the same way."""
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ModelLoadError(f"device {requested!r} requested but CUDA is not available")
-        index = device.index or 0
+        index = device.index if device.index is not None else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise ModelLoadError(
                 f"device {requested!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
             )
+        device = torch.device("cuda", index)
     return device
 
 
@@ -100,6 +105,16 @@ class ScoringModel:
         self._device = score_direction.device
         self.encoder = encoder
         self.description = description
+
+    def device_memory(self) -> DeviceMemory | None:
+        """torch's allocator on the served GPU; None when serving on the CPU."""
+        if self._device.type != "cuda":
+            return None
+        return DeviceMemory(
+            device=str(self._device),
+            allocated_bytes=torch.cuda.memory_allocated(self._device),
+            reserved_bytes=torch.cuda.memory_reserved(self._device),
+        )
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """P(yes) for each token sequence; sequences are right-padded into one forward pass."""
@@ -149,6 +164,9 @@ def load_scoring_model(options: LoadOptions) -> ScoringModel:
 def _load(options: LoadOptions) -> ScoringModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    # These libraries install their own stderr handlers on import; send their records through
+    # the service's renderer instead.
+    route_library_logs("transformers", "huggingface_hub", "torch")
     started = time.perf_counter()
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)

@@ -6,6 +6,7 @@ Importing this module does not import torch; the model arrives already loaded.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from reranker_service.engine.calibration import measure_pass_overhead
 
 if TYPE_CHECKING:
     from reranker_service.engine.model import ModelDescription, ScoringModel
+    from reranker_service.observability.gpu import DeviceMemory
 
 logger = structlog.get_logger(__name__)
 
@@ -43,6 +45,7 @@ class RerankOutcome:
     """One score per document, in request order."""
     pair_tokens: list[int]
     """Tokens fed to the model for each pair: prompt-wrapped and truncated."""
+    tokenize_seconds: float
     queue_seconds: float
     inference_seconds: float
 
@@ -74,8 +77,8 @@ class RerankEngine:
             max_batch_tokens=max_batch_tokens,
             overhead_tokens=_FALLBACK_PASS_OVERHEAD_TOKENS[device_type],
             max_queued_pairs=config.max_queued_pairs,
-            observer=observer,
         )
+        self._observer = observer  # attached after the warm-up, which is not client traffic
         self._tokenizer_pool = ThreadPoolExecutor(
             max_workers=config.tokenizer_threads, thread_name_prefix="reranker-tokenize"
         )
@@ -85,6 +88,9 @@ class RerankEngine:
     @property
     def queued_pairs(self) -> int:
         return self._batcher.queued_pairs
+
+    def device_memory(self) -> DeviceMemory | None:
+        return self._model.device_memory()
 
     @property
     def pass_overhead_tokens(self) -> int:
@@ -109,6 +115,9 @@ class RerankEngine:
         )
         self._batcher.start()
         await self.rerank("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
+        # The batcher reports a batch before it answers its requests, so the warm-up's report
+        # is behind us.
+        self._batcher.observer = self._observer
 
     async def stop(self) -> None:
         await self._batcher.stop()
@@ -123,11 +132,14 @@ class RerankEngine:
         )
 
     async def rerank(self, instruction: str, query: str, documents: Sequence[str]) -> RerankOutcome:
+        started = time.perf_counter()
         token_ids = await self.tokenize(instruction, query, documents)
+        tokenized = time.perf_counter()
         result = await self._batcher.score(token_ids)
         return RerankOutcome(
             scores=result.scores,
             pair_tokens=[len(ids) for ids in token_ids],
+            tokenize_seconds=tokenized - started,
             queue_seconds=result.queue_seconds,
             inference_seconds=result.inference_seconds,
         )

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from collections.abc import MutableMapping
+from typing import Any, Literal, TextIO
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import Processor, WrappedLogger
 
 # uvicorn installs its own handlers unless told not to; these loggers must reach the root.
 _ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi")
 
+_ACCESS_LOGGER = "uvicorn.access"
+_PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
+"""Hit every few seconds by health checks and scrapers; logged at debug unless they fail."""
 
-def configure_logging(level: str = "info", log_format: Literal["json", "console"] = "json") -> None:
+
+def configure_logging(
+    level: str = "info",
+    log_format: Literal["json", "console"] = "json",
+    stream: TextIO | None = None,
+) -> None:
+    """Once, before anything logs. ``stream`` defaults to stdout."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -29,21 +39,87 @@ def configure_logging(level: str = "info", log_format: Literal["json", "console"
         renderer = structlog.processors.JSONRenderer()
 
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Drop lines below the level before any processor runs (debug lines on the hot path).
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[_structure_access_record, *shared],
+        pass_foreign_args=True,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in _ROUTED_LOGGERS:
-        routed = logging.getLogger(name)
-        routed.handlers.clear()
-        routed.propagate = True
+    logging.captureWarnings(True)
+    route_library_logs(*_ROUTED_LOGGERS)
+    access = logging.getLogger(_ACCESS_LOGGER)
+    for old in [f for f in access.filters if isinstance(f, _QuietProbes)]:
+        access.removeFilter(old)
+    access.addFilter(_QuietProbes())
+
+
+def route_library_logs(*logger_names: str) -> None:
+    """Make these loggers, and the ones below them that exist now, hand their records to the
+    root handler (and so to the one renderer) instead of handlers of their own. Levels are left
+    as the libraries chose."""
+    existing = list(logging.Logger.manager.loggerDict)
+    for name in logger_names:
+        below = [other for other in existing if other.startswith(f"{name}.")]
+        for routed_name in (name, *below):
+            routed = logging.getLogger(routed_name)
+            routed.handlers.clear()
+            routed.propagate = True
+
+
+def _access_fields(name: str, args: object) -> tuple[str, str, str, str, int] | None:
+    """uvicorn logs ``'%s - "%s %s HTTP/%s" %d'`` with client, method, path, version, status."""
+    if name != _ACCESS_LOGGER or not isinstance(args, tuple) or len(args) != 5:
+        return None
+    client, method, path, http_version, status = args
+    if not isinstance(status, int):
+        return None
+    return str(client), str(method), str(path), str(http_version), status
+
+
+def _structure_access_record(
+    _logger: WrappedLogger, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Give uvicorn's access lines fields instead of one preformatted string."""
+    args = event_dict.pop("positional_args", None)
+    record = event_dict.get("_record")
+    name = record.name if isinstance(record, logging.LogRecord) else ""
+    fields = _access_fields(name, args)
+    if fields is not None:
+        client, method, path, http_version, status = fields
+        event_dict.update(
+            event="http_request",
+            client=client,
+            method=method,
+            path=path,
+            http_version=http_version,
+            status=status,
+        )
+    return event_dict
+
+
+class _QuietProbes(logging.Filter):
+    """Demote successful probe and scrape lines to debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = _access_fields(record.name, record.args)
+        if fields is None:
+            return True
+        path, status = fields[2].partition("?")[0], fields[4]
+        if path not in _PROBE_PATHS or status >= 400:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)

@@ -1,0 +1,35 @@
+"""Serve an app under real uvicorn on a thread, on 127.0.0.1: for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: ASGIApp) -> Iterator[str]:
+    """Yield the base URL of ``app`` served by uvicorn on an ephemeral 127.0.0.1 port.
+
+    The socket listens before the server thread starts, so clients may connect at once: the
+    kernel queues them until uvicorn has finished its lifespan startup and accepts.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+        if thread.is_alive():
+            raise RuntimeError("uvicorn server thread did not stop")

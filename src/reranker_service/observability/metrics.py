@@ -1,0 +1,253 @@
+"""The ``reranker_*`` metric catalog, in one place, on one registry per app.
+
+Every family exists from the first scrape: labelled families get their label values created
+here, so that ``rate()`` and ratios see a zero before the first event instead of no series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.gc_collector import GCCollector
+
+if TYPE_CHECKING:
+    from reranker_service.engine.batcher import BatchReport
+
+REQUEST_STATUSES: Final = ("success", "fail")
+
+CLIENT_ERROR_TYPES: Final = ("validation", "payload_too_large", "unauthorized")
+"""Rejected before any work: not counted in ``reranker_requests_total``."""
+SERVER_ERROR_TYPES: Final = (
+    "overloaded",
+    "timeout",
+    "oom",
+    "internal",
+    "client_disconnected",
+    "unavailable",
+)
+"""Accepted requests that got no answer: ``reranker_requests_total{status="fail"}``."""
+ERROR_TYPES: Final = CLIENT_ERROR_TYPES + SERVER_ERROR_TYPES
+
+LATENCY_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+)  # fmt: skip
+QUEUE_WAIT_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+INFERENCE_BUCKETS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+DOCUMENT_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+REQUEST_TOKEN_BUCKETS: Final = (
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
+    250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+BATCH_TOKEN_BUCKETS: Final = tuple(float(2**power) for power in range(6, 18))  # 64 .. 131072
+TOP1_SCORE_BUCKETS: Final = (*(round(0.05 * step, 2) for step in range(1, 20)), 0.99)
+SCORE_SPREAD_BUCKETS: Final = (
+    0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
+)  # fmt: skip
+
+
+class ServiceMetrics:
+    """The catalog of the SPEC plus torch's view of device memory.
+
+    HTTP outcomes are recorded by the rerank telemetry middleware, batches by the engine's
+    observer (on the worker thread; prometheus_client is thread-safe), GPU gauges by the NVML
+    poller.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+
+        self.requests = Counter(
+            "reranker_requests",
+            "Rerank requests that passed validation, by outcome; fail = accepted but not answered",
+            ["status"],
+            registry=registry,
+        )
+        self.request_errors = Counter(
+            "reranker_request_errors",
+            "Rerank requests answered with a non-2xx status (or not at all), by cause",
+            ["type"],
+            registry=registry,
+        )
+        self.request_latency = Histogram(
+            "reranker_request_latency_seconds",
+            "End-to-end server time of successful rerank requests",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.request_documents = Histogram(
+            "reranker_request_documents",
+            "Documents per successful rerank request",
+            buckets=DOCUMENT_BUCKETS,
+            registry=registry,
+        )
+        self.request_tokens = Histogram(
+            "reranker_request_tokens",
+            "Tokens fed to the model per successful request: prompt-wrapped, truncated pairs",
+            buckets=REQUEST_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "reranker_queue_wait_seconds",
+            "Time a pair waits in the batching queue before its forward pass starts",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.inference = Histogram(
+            "reranker_inference_seconds",
+            "Forward-pass time per batch",
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "reranker_batch_size",
+            "Pairs per forward pass",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_tokens = Histogram(
+            "reranker_batch_tokens",
+            "Tokens computed per forward pass, padding included (pairs x longest pair)",
+            buckets=BATCH_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "reranker_queue_depth", "Pairs waiting for a forward pass", registry=registry
+        )
+        self.inflight_requests = Gauge(
+            "reranker_inflight_requests", "Rerank requests being served", registry=registry
+        )
+        self.top1_score = Histogram(
+            "reranker_top1_score",
+            "Best relevance score of each successful request (watch for quality drift)",
+            buckets=TOP1_SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.score_stddev = Histogram(
+            "reranker_score_stddev",
+            "Standard deviation of each request's scores (requests with two or more documents)",
+            buckets=SCORE_SPREAD_BUCKETS,
+            registry=registry,
+        )
+        self.gpu_memory_used = Gauge(
+            "reranker_gpu_memory_used_bytes",
+            "GPU memory in use, all processes (NVML)",
+            ["gpu"],
+            registry=registry,
+        )
+        self.gpu_memory_total = Gauge(
+            "reranker_gpu_memory_total_bytes", "GPU memory installed (NVML)", ["gpu"],
+            registry=registry,
+        )  # fmt: skip
+        self.gpu_utilization = Gauge(
+            "reranker_gpu_utilization_ratio",
+            "Share of the last sample period in which a kernel ran on the GPU (NVML), 0-1",
+            ["gpu"],
+            registry=registry,
+        )
+        self.nvml_up = Gauge(
+            "reranker_nvml_up", "1 if the last NVML poll worked, 0 otherwise", registry=registry
+        )
+        self.torch_memory_allocated = Gauge(
+            "reranker_torch_memory_allocated_bytes",
+            "Device memory held by live tensors of this process (torch.cuda)",
+            ["device"],
+            registry=registry,
+        )
+        self.torch_memory_reserved = Gauge(
+            "reranker_torch_memory_reserved_bytes",
+            "Device memory held by this process's caching allocator (torch.cuda)",
+            ["device"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "reranker_model_info",
+            "The model being served; always 1",
+            ["model", "revision", "device", "dtype"],
+            registry=registry,
+        )
+
+        for status in REQUEST_STATUSES:
+            self.requests.labels(status=status)
+        for error_type in ERROR_TYPES:
+            self.request_errors.labels(type=error_type)
+
+    # -- facts from the engine ---------------------------------------------------------------
+
+    def observe_batch(self, report: BatchReport) -> None:
+        """Batch observer for the engine's worker thread."""
+        self.batch_size.observe(report.pairs)
+        self.batch_tokens.observe(report.padded_tokens)
+        self.inference.observe(report.inference_seconds)
+        for wait in report.queue_wait_seconds:
+            self.queue_wait.observe(wait)
+
+    def watch_queue_depth(self, read_queued_pairs: Callable[[], int]) -> None:
+        """Read at scrape time, so the gauge is never stale."""
+        self.queue_depth.set_function(read_queued_pairs)
+
+    def set_model_info(self, *, model: str, revision: str, device: str, dtype: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model=model, revision=revision, device=device, dtype=dtype).set(1)
+
+    # -- facts from the HTTP layer ------------------------------------------------------------
+
+    def record_success(
+        self,
+        *,
+        latency_seconds: float,
+        documents: int,
+        tokens: int,
+        top1_score: float | None,
+        score_stddev: float | None,
+    ) -> None:
+        self.requests.labels(status="success").inc()
+        self.request_latency.observe(latency_seconds)
+        self.request_documents.observe(documents)
+        self.request_tokens.observe(tokens)
+        if top1_score is not None:
+            self.top1_score.observe(top1_score)
+        if score_stddev is not None:
+            self.score_stddev.observe(score_stddev)
+
+    def record_error(self, error_type: str) -> None:
+        """Count a non-2xx outcome; ``error_type`` must be one of ``ERROR_TYPES``."""
+        self.request_errors.labels(type=error_type).inc()
+        if error_type in SERVER_ERROR_TYPES:
+            self.requests.labels(status="fail").inc()
+
+    # -- facts from the NVML poller -----------------------------------------------------------
+
+    def set_gpu(self, gpu: str, *, used_bytes: int, total_bytes: int) -> None:
+        self.gpu_memory_used.labels(gpu=gpu).set(used_bytes)
+        self.gpu_memory_total.labels(gpu=gpu).set(total_bytes)
+
+    def set_gpu_utilization(self, gpu: str, ratio: float) -> None:
+        self.gpu_utilization.labels(gpu=gpu).set(ratio)
+
+    def forget_gpu(self, gpu: str) -> None:
+        """Drop a GPU's series, so that a dead NVML leaves gaps rather than stale values."""
+        for family in (self.gpu_memory_used, self.gpu_memory_total, self.gpu_utilization):
+            family.remove(gpu)
+
+    def set_torch_memory(self, device: str, *, allocated_bytes: int, reserved_bytes: int) -> None:
+        self.torch_memory_allocated.labels(device=device).set(allocated_bytes)
+        self.torch_memory_reserved.labels(device=device).set(reserved_bytes)

@@ -1,0 +1,62 @@
+"""Read a /metrics page with prometheus_client's own text parser."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+
+@dataclass(frozen=True)
+class Histogram:
+    count: float
+    sum: float
+    buckets: dict[float, float]
+    """Cumulative counts by upper bound, ``+Inf`` included."""
+
+
+class Exposition:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.families = {family.name: family for family in text_string_to_metric_families(text)}
+
+    def samples(self, family: str) -> list[Sample]:
+        return list(self.families[family].samples)
+
+    def value(self, sample_name: str, **labels: str) -> float:
+        family = self.families[_family_name(sample_name)]
+        matches = [
+            sample.value
+            for sample in family.samples
+            if sample.name == sample_name and sample.labels == labels
+        ]
+        if len(matches) != 1:
+            raise KeyError(f"{sample_name}{labels}: {len(matches)} samples")
+        return matches[0]
+
+    def histogram(self, name: str) -> Histogram:
+        samples = self.samples(name)
+        buckets = {
+            float(sample.labels["le"]): sample.value
+            for sample in samples
+            if sample.name == f"{name}_bucket"
+        }
+        return Histogram(
+            count=self.value(f"{name}_count"), sum=self.value(f"{name}_sum"), buckets=buckets
+        )
+
+
+def _family_name(sample_name: str) -> str:
+    for suffix in ("_total", "_count", "_sum", "_bucket"):
+        if sample_name.endswith(suffix):
+            return sample_name.removesuffix(suffix)
+    return sample_name
+
+
+async def scrape(http: httpx.AsyncClient) -> Exposition:
+    response = await http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return Exposition(response.text)

@@ -1,0 +1,149 @@
+"""stdout of a running service: JSON lines only, with the SPEC's keys and events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.service_process import start_service
+
+SECRET_QUERY = "secret query text"
+
+
+def _by_request(records: list[dict[str, Any]], request_id: str) -> dict[str, dict[str, Any]]:
+    return {r["event"]: r for r in records if r.get("request_id") == request_id}
+
+
+def test_every_line_is_json_and_request_lines_carry_their_id(checkpoint: Path) -> None:
+    service = start_service(checkpoint)
+    try:
+        base_url = service.base_url()
+        with httpx.Client(base_url=base_url, timeout=30) as http:
+            ok = http.post(
+                "/v2/rerank",
+                json={"query": SECRET_QUERY, "documents": ["a", "b"], "top_n": 1},
+                headers={"X-Request-ID": "req-ok"},
+            )
+            bad = http.post(
+                "/rerank",
+                json={"query": SECRET_QUERY, "documents": ["a"], "top_n": 0},
+                headers={"X-Request-ID": "req-bad"},
+            )
+            http.get("/health", headers={"X-Request-ID": "req-probe"})
+        assert (ok.status_code, bad.status_code) == (200, 422)
+        service.wait_for("request_failed", request_id="req-bad")
+        service.proc.send_signal(signal.SIGTERM)
+        records = service.finish()
+    finally:
+        service.stop()
+
+    assert service.proc.returncode == 0
+    for record in records:
+        assert {"timestamp", "level", "event", "logger"} <= set(record), record
+        assert datetime.fromisoformat(record["timestamp"]).utcoffset() == timedelta(0)
+    assert not any(SECRET_QUERY in line for line in service.raw_lines)
+
+    events = {record["event"] for record in records}
+    assert {"model_loaded", "nvml_unavailable", "service_ready", "draining", "shutdown"} <= events
+    loaded = next(r for r in records if r["event"] == "model_loaded")
+    assert {"model", "device", "dtype", "load_seconds"} <= set(loaded)
+
+    completed = _by_request(records, "req-ok")["request_completed"]
+    assert completed["doc_count"] == 2
+    assert completed["top_n"] == 1
+    assert completed["tokens"] == ok.json()["usage"]["total_tokens"]
+    assert completed["top1_score"] == ok.json()["results"][0]["relevance_score"]
+    assert {"latency_ms", "score_std", "queue_ms", "inference_ms"} <= set(completed)
+    failed = _by_request(records, "req-bad")["request_failed"]
+    assert (failed["error_type"], failed["status"]) == ("validation", 422)
+    assert {"doc_count", "query_chars"} <= set(failed)
+
+    # uvicorn's access lines are structured, carry the request id, and probes drop to debug.
+    access = _by_request(records, "req-ok")["http_request"]
+    assert (access["method"], access["path"], access["status"]) == ("POST", "/v2/rerank", 200)
+    assert access["logger"] == "uvicorn.access"
+    assert access["level"] == "info"
+    assert _by_request(records, "req-probe")["http_request"]["level"] == "debug"
+
+
+def test_query_text_and_sampling_follow_the_settings(checkpoint: Path) -> None:
+    service = start_service(
+        checkpoint,
+        "--max-documents",
+        "2",
+        env={"RERANKER_LOG_QUERY_CHARS": "6", "RERANKER_LOG_SAMPLE_RATE": "0"},
+    )
+    try:
+        with httpx.Client(base_url=service.base_url(), timeout=30) as http:
+            for index in range(5):
+                http.post(
+                    "/rerank",
+                    json={"query": SECRET_QUERY, "documents": ["a"]},
+                    headers={"X-Request-ID": f"sampled-out-{index}"},
+                )
+            too_many = http.post(
+                "/rerank",
+                json={"query": SECRET_QUERY, "documents": ["a", "b", "c"]},
+                headers={"X-Request-ID": "too-many"},
+            )
+        assert too_many.status_code == 413
+        service.wait_for("request_failed", request_id="too-many")
+        service.proc.send_signal(signal.SIGTERM)
+        records = service.finish()
+    finally:
+        service.stop()
+
+    # Sample rate 0: no completion lines, but failures are always logged.
+    assert not any(r["event"] == "request_completed" for r in records)
+    failed = _by_request(records, "too-many")["request_failed"]
+    assert failed["query"] == SECRET_QUERY[:6]
+    assert failed["query_chars"] == len(SECRET_QUERY)
+    assert (failed["error_type"], failed["doc_count"]) == ("payload_too_large", 3)
+    assert not any(SECRET_QUERY in line for line in service.raw_lines)
+
+
+LIBRARY_LOGS = textwrap.dedent(
+    """
+    import logging, sys, warnings
+    from reranker_service.app import load_options
+    from reranker_service.cli import load_settings
+    from reranker_service.engine.model import load_scoring_model
+    from reranker_service.observability.logging import configure_logging
+
+    settings = load_settings(["--model", sys.argv[1], "--device", "cpu"])
+    configure_logging(settings.log_level, settings.log_format)
+    load_scoring_model(load_options(settings))
+    from transformers.utils import logging as transformers_logging
+    transformers_logging.get_logger("transformers.modeling_utils").warning("from transformers")
+    logging.getLogger("huggingface_hub.file_download").warning("from huggingface_hub")
+    logging.getLogger("torch.distributed").warning("from torch")
+    warnings.warn("from warnings", UserWarning, stacklevel=1)
+    """
+)
+
+
+def test_library_logs_go_through_the_same_renderer(checkpoint: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-c", LIBRARY_LOGS, str(checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert completed.returncode == 0, completed.stderr
+    records = [json.loads(line) for line in completed.stdout.splitlines()]
+    by_event = {record["event"].strip(): record for record in records}
+    for library in ("transformers", "huggingface_hub", "torch"):
+        assert by_event[f"from {library}"]["logger"].startswith(library)
+        assert by_event[f"from {library}"]["level"] == "warning"
+    assert any("from warnings" in record["event"] for record in records)
+    assert "from " not in completed.stderr

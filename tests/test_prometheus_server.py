@@ -1,0 +1,211 @@
+"""A real Prometheus server scrapes the running service; PromQL gives back the known traffic.
+
+Every counter series exists (at zero) from the first scrape and the queries are evaluated at the
+last scrape's timestamp, so ``increase`` and ``rate`` need no extrapolation and the expected
+values are exact: request rate, error ratio and p95 latency.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from reranker_service.engine.model import ScoringModel
+from reranker_service.local_server import serve_in_thread
+from reranker_service.observability.gpu import DeviceMemory
+from tests.conftest import AppFactory
+
+WINDOW = "10m"
+WINDOW_SECONDS = 600
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+FAST, SLOW, FAILING, UNAUTHORIZED = 36, 4, 2, 3
+SLOW_PASS_SECONDS = 0.55
+"""Puts every slow request in the (0.5, 0.75] latency bucket, far from the fast ones."""
+
+
+class ScriptedModel:
+    """The real model, with a switchable slow forward pass and an injected scoring failure."""
+
+    def __init__(self, model: ScoringModel) -> None:
+        self._model = model
+        self.encoder = model.encoder
+        self.description = model.description
+        self.pass_seconds = 0.0
+        self.failing = False
+
+    def device_memory(self) -> DeviceMemory | None:
+        return None
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        if self.failing:
+            raise RuntimeError("injected scoring failure")
+        if self.pass_seconds:
+            time.sleep(self.pass_seconds)  # stands in for a long forward pass
+        return self._model.score(sequences)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PrometheusServer:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"query": promql}
+        if at is not None:
+            params["time"] = at
+        body = self.http.get("/api/v1/query", params=params).json()
+        assert body["status"] == "success", (promql, body)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def scalar(self, promql: str, at: float) -> float:
+        [sample] = self.query(promql, at)
+        return float(sample["value"][1])
+
+    def wait_for(self, promql: str, expected: float, timeout_s: float = 60) -> float:
+        """Wait until a scrape brings ``promql`` to ``expected``; return that scrape's time."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            result = self.query(promql)
+            if result and float(result[0]["value"][1]) == expected:
+                return self.scalar("max(timestamp(reranker_requests_total))", time.time())
+            time.sleep(0.2)
+        raise AssertionError(f"Prometheus never saw {promql} == {expected}")
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, service_url: str) -> Iterator[PrometheusServer]:
+    target = service_url.removeprefix("http://")
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus not found: install Debian's 'prometheus' package (see README)")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n"
+        f"  - job_name: reranker\n    static_configs:\n      - targets: ['{target}']\n"
+    )
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = PrometheusServer(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if server.http.get("/-/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not become ready"
+            time.sleep(0.1)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        server.http.close()
+
+
+@pytest.fixture
+def scripted(scoring_model: ScoringModel) -> ScriptedModel:
+    return ScriptedModel(scoring_model)
+
+
+@pytest.fixture
+def service_url(app_factory: AppFactory, scripted: ScriptedModel) -> Iterator[str]:
+    app = app_factory(model=scripted, api_key="k")
+    with serve_in_thread(app) as base_url:
+        yield base_url
+
+
+def test_promql_over_scraped_data_gives_rate_error_ratio_and_p95(
+    service_url: str, prometheus: PrometheusServer, scripted: ScriptedModel
+) -> None:
+    # A first scrape with every series at zero, before any traffic.
+    prometheus.wait_for('sum(up{job="reranker"})', 1)
+    prometheus.wait_for("count(reranker_requests_total)", 2)
+    payload = {"query": "q", "documents": ["a short document"]}
+    auth = {"Authorization": "Bearer k"}
+    with httpx.Client(base_url=service_url, timeout=30) as http:
+        for _ in range(FAST):
+            assert http.post("/rerank", json=payload, headers=auth).status_code == 200
+        scripted.pass_seconds = SLOW_PASS_SECONDS
+        for _ in range(SLOW):
+            assert http.post("/v2/rerank", json=payload, headers=auth).status_code == 200
+        scripted.pass_seconds, scripted.failing = 0.0, True
+        for _ in range(FAILING):
+            assert http.post("/rerank", json=payload, headers=auth).status_code == 500
+        for _ in range(UNAUTHORIZED):
+            assert http.post("/rerank", json=payload).status_code == 401
+
+    answered = FAST + SLOW + FAILING
+    at = prometheus.wait_for(
+        "sum(reranker_requests_total) + sum(reranker_request_errors_total)",
+        answered + FAILING + UNAUTHORIZED,
+    )
+
+    def value(promql: str) -> float:
+        return prometheus.scalar(promql, at)
+
+    total = f"sum(increase(reranker_requests_total[{WINDOW}]))"
+    assert value(total) == pytest.approx(answered, rel=1e-9)
+    request_rate = f"sum(rate(reranker_requests_total[{WINDOW}]))"
+    assert value(request_rate) == pytest.approx(answered / WINDOW_SECONDS, rel=1e-9)
+    error_ratio = f'sum(rate(reranker_requests_total{{status="fail"}}[{WINDOW}])) / {request_rate}'
+    assert value(error_ratio) == pytest.approx(FAILING / answered, rel=1e-9)
+    # 36 fast and 4 slow successes: the 95th percentile (rank 38) lies halfway through the
+    # slow ones' (0.5, 0.75] bucket.
+    p95 = (
+        "histogram_quantile(0.95, sum by (le) "
+        f"(rate(reranker_request_latency_seconds_bucket[{WINDOW}])))"
+    )
+    assert value(p95) == pytest.approx(0.5 + 0.25 * (0.95 * 40 - FAST) / SLOW, rel=1e-9)
+    errors = {
+        sample["metric"]["type"]: float(sample["value"][1])
+        for sample in prometheus.query(
+            f"sum by (type) (increase(reranker_request_errors_total[{WINDOW}])) > 0", at
+        )
+    }
+    assert errors == {
+        "internal": pytest.approx(FAILING),
+        "unauthorized": pytest.approx(UNAUTHORIZED),
+    }
+
+    # The README's queries are the ones users paste: each must evaluate without error.
+    for promql in _readme_promql():
+        prometheus.query(promql, at)
+
+
+def _readme_promql() -> list[str]:
+    blocks = re.findall(r"```promql\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    queries = [line for block in blocks for line in block.splitlines() if line.strip()]
+    queries = [q for q in queries if not q.lstrip().startswith("#")]
+    assert queries, "README.md has no promql blocks"
+    return queries
