@@ -8,13 +8,9 @@ values are exact: request rate, error ratio and p95 latency.
 from __future__ import annotations
 
 import re
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +19,7 @@ from reranker_service.engine.model import ScoringModel
 from reranker_service.local_server import serve_in_thread
 from reranker_service.observability.gpu import DeviceMemory
 from tests.conftest import AppFactory
+from tests.prometheus_server import PrometheusServer, run_prometheus
 
 WINDOW = "10m"
 WINDOW_SECONDS = 600
@@ -54,83 +51,10 @@ class ScriptedModel:
         return self._model.score(sequences)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class PrometheusServer:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.http = httpx.Client(base_url=url, timeout=10)
-
-    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {"query": promql}
-        if at is not None:
-            params["time"] = at
-        body = self.http.get("/api/v1/query", params=params).json()
-        assert body["status"] == "success", (promql, body)
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
-
-    def scalar(self, promql: str, at: float) -> float:
-        [sample] = self.query(promql, at)
-        return float(sample["value"][1])
-
-    def wait_for(self, promql: str, expected: float, timeout_s: float = 60) -> float:
-        """Wait until a scrape brings ``promql`` to ``expected``; return that scrape's time."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            result = self.query(promql)
-            if result and float(result[0]["value"][1]) == expected:
-                return self.scalar("max(timestamp(reranker_requests_total))", time.time())
-            time.sleep(0.2)
-        raise AssertionError(f"Prometheus never saw {promql} == {expected}")
-
-
 @pytest.fixture
 def prometheus(tmp_path: Path, service_url: str) -> Iterator[PrometheusServer]:
-    target = service_url.removeprefix("http://")
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus not found: install Debian's 'prometheus' package (see README)")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        f"  - job_name: reranker\n    static_configs:\n      - targets: ['{target}']\n"
-    )
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    server = PrometheusServer(f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            try:
-                if server.http.get("/-/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "Prometheus did not become ready"
-            time.sleep(0.1)
+    with run_prometheus(tmp_path, service_url.removeprefix("http://")) as server:
         yield server
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        server.http.close()
 
 
 @pytest.fixture

@@ -39,6 +39,15 @@ def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "from-env" not in repr(settings)
 
 
+def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose files pass ``RERANKER_API_KEY: ${RERANKER_API_KEY:-}``; empty must not be a key."""
+    monkeypatch.setenv("RERANKER_API_KEY", "")
+    monkeypatch.setenv("RERANKER_MAX_BATCH_TOKENS", "")
+    settings = load_settings([])
+    assert settings.api_key is None
+    assert settings.max_batch_tokens is None
+
+
 def test_help_lists_every_setting_with_env_name_and_default(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -103,7 +103,7 @@ def create_app(
             ),
             observer=_observe_batches(observers),
         )
-        metrics.watch_queue_depth(lambda: engine.queued_pairs)
+        metrics.watch_queue(lambda: engine.queued_pairs, engine.limits.max_queued_pairs)
         gpu_poller = GpuPoller(
             metrics,
             interval_seconds=settings.gpu_poll_seconds,

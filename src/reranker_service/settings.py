@@ -20,7 +20,10 @@ DType = Literal["auto", "float32", "float16", "bfloat16"]
 class Settings(BaseSettings):
     """Validated once at startup; a bad value stops the process with a clear message."""
 
-    model_config = SettingsConfigDict(env_prefix="RERANKER_", extra="ignore", frozen=True)
+    # An empty variable means unset: compose files pass ``${RERANKER_API_KEY:-}`` through.
+    model_config = SettingsConfigDict(
+        env_prefix="RERANKER_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     model: str = Field(DEFAULT_MODEL, description="Hugging Face model id or local directory")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")

@@ -132,6 +132,11 @@ class ServiceMetrics:
         self.queue_depth = Gauge(
             "reranker_queue_depth", "Pairs waiting for a forward pass", registry=registry
         )
+        self.max_queued_pairs = Gauge(
+            "reranker_max_queued_pairs",
+            "Pairs that may wait before new requests get 429 (RERANKER_MAX_QUEUED_PAIRS)",
+            registry=registry,
+        )
         self.inflight_requests = Gauge(
             "reranker_inflight_requests", "Rerank requests being served", registry=registry
         )
@@ -200,9 +205,10 @@ class ServiceMetrics:
         for wait in report.queue_wait_seconds:
             self.queue_wait.observe(wait)
 
-    def watch_queue_depth(self, read_queued_pairs: Callable[[], int]) -> None:
-        """Read at scrape time, so the gauge is never stale."""
+    def watch_queue(self, read_queued_pairs: Callable[[], int], max_queued_pairs: int) -> None:
+        """Depth is read at scrape time, so the gauge is never stale."""
         self.queue_depth.set_function(read_queued_pairs)
+        self.max_queued_pairs.set(max_queued_pairs)
 
     def set_model_info(self, *, model: str, revision: str, device: str, dtype: str) -> None:
         self.model_info.clear()

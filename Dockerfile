@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+#
+# The GPU image by default. torch's CUDA wheels carry their own CUDA runtime, so the base is
+# plain slim Python and the host needs only the NVIDIA driver and the container toolkit.
+# CPU image: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# (docker-compose.cpu.yml does this).
+
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_VERSION=2.14.1
+ARG TORCH_INDEX_URL=https://pypi.org/simple
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+# torch first and on its own layer: it is most of the image and changes least often.
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install .
+
+FROM ${PYTHON_IMAGE} AS runtime
+RUN groupadd --system --gid 10001 reranker \
+    && useradd --system --uid 10001 --gid reranker --create-home --home-dir /home/reranker reranker \
+    && mkdir -p /cache /models \
+    && chown reranker:reranker /cache /models
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HOME=/cache/huggingface \
+    RERANKER_HOST=0.0.0.0 \
+    RERANKER_PORT=8000 \
+    RERANKER_SHUTDOWN_GRACE_SECONDS=30
+USER reranker
+WORKDIR /home/reranker
+# The model is downloaded once into this volume and reused by later containers.
+VOLUME ["/cache"]
+EXPOSE 8000
+# SIGTERM starts a drain: /ready answers 503, in-flight requests finish (up to
+# RERANKER_SHUTDOWN_GRACE_SECONDS), then exit 0. Give `docker stop -t` / compose's
+# stop_grace_period more than that grace.
+STOPSIGNAL SIGTERM
+# Liveness only; the first start downloads the model (minutes) before the port opens.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10m --retries=3 \
+    CMD ["reranker-healthcheck"]
+ENTRYPOINT ["reranker-service"]

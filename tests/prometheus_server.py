@@ -1,0 +1,120 @@
+"""A real Prometheus server (Debian's ``prometheus``) on 127.0.0.1, scraping a test service."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+SCRAPE_SECONDS = 1
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class PrometheusServer:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=10)
+
+    def _get(self, path: str, params: dict[str, Any]) -> Any:
+        body = self.http.get(path, params=params).json()
+        assert body["status"] == "success", (params, body)
+        return body["data"]
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"query": promql}
+        if at is not None:
+            params["time"] = at
+        result: list[dict[str, Any]] = self._get("/api/v1/query", params)["result"]
+        return result
+
+    def query_range(
+        self, promql: str, start: float, end: float, step_s: float
+    ) -> list[dict[str, Any]]:
+        params = {"query": promql, "start": start, "end": end, "step": step_s}
+        result: list[dict[str, Any]] = self._get("/api/v1/query_range", params)["result"]
+        return result
+
+    def scalar(self, promql: str, at: float) -> float:
+        [sample] = self.query(promql, at)
+        return float(sample["value"][1])
+
+    def wait_until(self, promql: str, timeout_s: float = 60) -> None:
+        """Wait until ``promql`` returns any series (a filter such as ``x > 0`` included)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.query(promql):
+            assert time.monotonic() < deadline, f"Prometheus never had data for {promql}"
+            time.sleep(0.2)
+
+    def wait_for(self, promql: str, expected: float, timeout_s: float = 60) -> float:
+        """Wait until a scrape brings ``promql`` to ``expected``; return that scrape's time."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            result = self.query(promql)
+            if result and float(result[0]["value"][1]) == expected:
+                return self.scalar("max(timestamp(reranker_requests_total))", time.time())
+            time.sleep(0.2)
+        raise AssertionError(f"Prometheus never saw {promql} == {expected}")
+
+
+@contextlib.contextmanager
+def run_prometheus(
+    workdir: Path, target: str, rule_files: Sequence[Path] = ()
+) -> Iterator[PrometheusServer]:
+    """Scrape ``target`` (host:port) every second as job ``reranker``, with these rules."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus not found: install Debian's 'prometheus' package (see README)")
+    config = {
+        "global": {
+            "scrape_interval": f"{SCRAPE_SECONDS}s",
+            "evaluation_interval": f"{SCRAPE_SECONDS}s",
+        },
+        "rule_files": [str(path.resolve()) for path in rule_files],
+        "scrape_configs": [{"job_name": "reranker", "static_configs": [{"targets": [target]}]}],
+    }
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(json.dumps(config))  # JSON is YAML
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server = PrometheusServer(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if server.http.get("/-/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not become ready"
+            time.sleep(0.1)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        server.http.close()
