@@ -50,6 +50,24 @@ class TinyModelShape:
     vocab_size: int = 1024
     tie_word_embeddings: bool = False
     initializer_range: float = 0.08
+    model_vocab_size: int | None = None
+    """Embedding rows when the model's vocabulary is larger than the tokenizer's (as in the real
+    Qwen3 checkpoints); the size of the LM head matters for the model-card baseline's speed."""
+
+
+QWEN3_RERANKER_0_6B = TinyModelShape(
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    tie_word_embeddings=True,
+    initializer_range=0.02,
+    model_vocab_size=151669,
+)
+"""The published Qwen3-Reranker-0.6B configuration; with random weights it runs at the real
+model's speed."""
 
 
 def _corpus(repeats: int = 40) -> Iterator[str]:
@@ -109,7 +127,7 @@ def build_checkpoint(directory: Path, shape: TinyModelShape | None = None, seed:
         if len(ids) != 1:
             raise RuntimeError(f"tokenizer did not learn {word!r} as one token: {ids}")
     config = Qwen3Config(
-        vocab_size=len(tokenizer),  # type: ignore[arg-type]
+        vocab_size=max(len(tokenizer), shape.model_vocab_size or 0),  # type: ignore[arg-type]
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
         num_hidden_layers=shape.num_hidden_layers,
@@ -142,6 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=TinyModelShape.num_hidden_layers)
     parser.add_argument("--hidden-size", type=int, default=TinyModelShape.hidden_size)
     parser.add_argument("--tie-word-embeddings", action="store_true")
+    parser.add_argument(
+        "--shape",
+        choices=["tiny", "qwen3-reranker-0.6b"],
+        default="tiny",
+        help="qwen3-reranker-0.6b: the real model's configuration (random weights, ~2.4 GB)",
+    )
     args = parser.parse_args(argv)
     shape = TinyModelShape(
         num_hidden_layers=args.layers,
@@ -149,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         intermediate_size=2 * args.hidden_size,
         tie_word_embeddings=args.tie_word_embeddings,
     )
+    if args.shape == "qwen3-reranker-0.6b":
+        shape = QWEN3_RERANKER_0_6B
     path = build_checkpoint(args.directory, shape, seed=args.seed)
     print(f"wrote test checkpoint to {path}")
     return 0

@@ -1,0 +1,327 @@
+"""The three contenders: the model card's code, the engine in process, the service over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import torch
+
+from reranker_service.engine.batcher import BatchReport
+from reranker_service.engine.model import load_scoring_model, resolve_device, resolve_dtype
+from reranker_service.engine.prompt import PROMPT_PREFIX, PROMPT_SUFFIX
+from reranker_service.engine.service import EngineConfig, RerankEngine
+from reranker_service.settings import DEFAULT_INSTRUCTION
+from workloads import Request
+
+
+@dataclass
+class Passes:
+    """Forward passes of a cell: pairs, real tokens and padded tokens."""
+
+    count: int = 0
+    pairs: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+
+
+class Contender(Protocol):
+    name: str
+
+    async def rerank(self, request: Request) -> int:
+        """Score one request; return the tokens fed to the model for it."""
+        ...
+
+    def start_cell(self) -> None: ...
+
+    async def passes(self) -> Passes: ...
+
+    def peak_memory_bytes(self) -> int | None: ...
+
+
+class _RssSampler:
+    """Peak resident memory of a process, sampled every 50 ms on a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self._path = f"/proc/{pid}/status"
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> int:
+        with open(self._path) as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._read())
+
+    def reset(self) -> None:
+        self.peak = self._read()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class _MemoryMeter:
+    def __init__(self, device: torch.device, pid: int) -> None:
+        self._device = device
+        self._rss = _RssSampler(pid) if device.type == "cpu" else None
+
+    def reset(self) -> None:
+        if self._rss is not None:
+            self._rss.reset()
+        else:
+            torch.cuda.reset_peak_memory_stats(self._device)
+
+    def peak(self) -> int:
+        if self._rss is not None:
+            return self._rss.peak
+        return int(torch.cuda.max_memory_allocated(self._device))
+
+
+class ModelCardBaseline:
+    """What the seed tutorial's app does: the model card's code, one request at a time, each
+    request one batch padded to its longest pair, the full LM head over every position."""
+
+    name = "model card"
+
+    def __init__(self, checkpoint: str, device: str, dtype: str, max_length: int) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._device = resolve_device(device)
+        self._tokenizer = AutoTokenizer.from_pretrained(checkpoint, padding_side="left")
+        self._model = AutoModelForCausalLM.from_pretrained(
+            checkpoint, dtype=resolve_dtype(dtype, self._device)
+        )
+        self._model = self._model.to(self._device).eval()
+        self._prefix = self._tokenizer.encode(PROMPT_PREFIX, add_special_tokens=False)
+        self._suffix = self._tokenizer.encode(PROMPT_SUFFIX, add_special_tokens=False)
+        self._yes = self._tokenizer.convert_tokens_to_ids("yes")
+        self._no = self._tokenizer.convert_tokens_to_ids("no")
+        self._max_length = max_length
+        self._lock = threading.Lock()  # one model, one request at a time
+        self._passes = Passes()
+        self._memory = _MemoryMeter(self._device, os.getpid())
+
+    def _score(self, request: Request) -> int:
+        pairs = [
+            f"<Instruct>: {DEFAULT_INSTRUCTION}\n<Query>: {request.query}\n<Document>: {doc}"
+            for doc in request.documents
+        ]
+        encoded = self._tokenizer(
+            pairs,
+            padding=False,
+            truncation="longest_first",
+            return_attention_mask=False,
+            max_length=self._max_length - len(self._prefix) - len(self._suffix),
+        )
+        ids = [self._prefix + row + self._suffix for row in encoded["input_ids"]]
+        batch = self._tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        with self._lock, torch.no_grad():
+            logits = self._model(**batch.to(self._device)).logits[:, -1, :]
+            pair = torch.stack([logits[:, self._no], logits[:, self._yes]], dim=1)
+            torch.nn.functional.log_softmax(pair.float(), dim=1)[:, 1].exp().tolist()
+        real = sum(len(row) for row in ids)
+        self._passes.count += 1
+        self._passes.pairs += len(ids)
+        self._passes.real_tokens += real
+        self._passes.padded_tokens += len(ids) * max(len(row) for row in ids)
+        return real
+
+    async def rerank(self, request: Request) -> int:
+        return await asyncio.to_thread(self._score, request)
+
+    def start_cell(self) -> None:
+        self._passes = Passes()
+        self._memory.reset()
+
+    async def passes(self) -> Passes:
+        return self._passes
+
+    def peak_memory_bytes(self) -> int | None:
+        return self._memory.peak()
+
+
+class EngineInProcess:
+    """The service's engine without HTTP: the most the service can reach."""
+
+    name = "engine"
+
+    def __init__(self, checkpoint: str, device: str, dtype: str, max_length: int) -> None:
+        from reranker_service.engine.model import LoadOptions
+
+        model = load_scoring_model(LoadOptions(checkpoint, None, device, dtype, max_length))
+        self._reports: list[BatchReport] = []
+        self._engine = RerankEngine(
+            model,
+            EngineConfig(max_batch_tokens=None, max_queued_pairs=1_000_000, tokenizer_threads=2),
+            observer=self._reports.append,
+        )
+        self._memory = _MemoryMeter(resolve_device(device), os.getpid())
+
+    async def start(self) -> None:
+        await self._engine.start()
+
+    async def stop(self) -> None:
+        await self._engine.stop()
+
+    async def rerank(self, request: Request) -> int:
+        outcome = await self._engine.rerank(DEFAULT_INSTRUCTION, request.query, request.documents)
+        return outcome.total_tokens
+
+    def start_cell(self) -> None:
+        self._reports.clear()
+        self._memory.reset()
+
+    async def passes(self) -> Passes:
+        reports = [r for r in self._reports if not r.failed]
+        return Passes(
+            count=len(reports),
+            pairs=sum(r.pairs for r in reports),
+            real_tokens=sum(r.real_tokens for r in reports),
+            padded_tokens=sum(r.padded_tokens for r in reports),
+        )
+
+    def peak_memory_bytes(self) -> int | None:
+        return self._memory.peak()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _scrape(text: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.labels:
+                values[sample.name] = sample.value
+    return values
+
+
+@dataclass
+class ServiceOverHttp:
+    """``python -m reranker_service`` in its own process, driven over HTTP on 127.0.0.1; the
+    batching figures come from its own /metrics."""
+
+    checkpoint: str
+    device: str
+    dtype: str
+    max_length: int
+    name: str = "service"
+    _process: subprocess.Popen[bytes] | None = None
+    _client: httpx.AsyncClient | None = None
+    _before: dict[str, float] = field(default_factory=dict)
+    _rss: _RssSampler | None = None
+    overhead_seconds: list[float] = field(default_factory=list)
+    """Per request: client-side latency minus the engine's own time (tokenization, queue and
+    inference, from the response's timing headers): what HTTP, JSON and the app add."""
+
+    async def start(self) -> None:
+        port = _free_port()
+        self._process = subprocess.Popen(  # noqa: ASYNC220 - once, before any measurement
+            [sys.executable, "-m", "reranker_service", "--model", self.checkpoint,
+             "--device", self.device, "--dtype", self.dtype, "--max-length", str(self.max_length),
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+             "--max-queued-pairs", "1000000"],
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )  # fmt: skip
+        self._client = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=600,
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
+        )
+        deadline = time.monotonic() + 600
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError("the service exited during start-up")
+            try:
+                if (await self._client.get("/ready")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not become ready")
+            await asyncio.sleep(0.2)
+        self._rss = _RssSampler(self._process.pid)
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+        if self._rss is not None:
+            self._rss.close()
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=60)
+
+    async def rerank(self, request: Request) -> int:
+        assert self._client is not None
+        started = time.perf_counter()
+        response = await self._client.post(
+            "/rerank", json={"query": request.query, "documents": request.documents}
+        )
+        response.raise_for_status()
+        engine_ms = sum(
+            float(response.headers[name])
+            for name in ("x-tokenization-time", "x-queue-time", "x-inference-time")
+        )
+        self.overhead_seconds.append(time.perf_counter() - started - engine_ms / 1000)
+        tokens: int = response.json()["usage"]["total_tokens"]
+        return tokens
+
+    def start_cell(self) -> None:
+        self.overhead_seconds.clear()
+        if self._rss is not None:
+            self._rss.reset()
+
+    async def snapshot(self) -> None:
+        assert self._client is not None
+        self._before = _scrape((await self._client.get("/metrics")).text)
+
+    async def passes(self) -> Passes:
+        assert self._client is not None
+        after = _scrape((await self._client.get("/metrics")).text)
+
+        def delta(name: str) -> float:
+            return after.get(name, 0.0) - self._before.get(name, 0.0)
+
+        return Passes(
+            count=int(delta("reranker_batch_size_count")),
+            pairs=int(delta("reranker_batch_size_sum")),
+            real_tokens=int(delta("reranker_request_tokens_sum")),
+            padded_tokens=int(delta("reranker_batch_tokens_sum")),
+        )
+
+    def peak_memory_bytes(self) -> int | None:
+        if self.device != "cpu":
+            return None  # the GPU memory of another process: see its torch gauges
+        return self._rss.peak if self._rss is not None else None
+
+
+def model_flops_per_token(config: Any, sequence_length: int) -> float:
+    """Forward FLOPs per token: 2 x the decoder's matmul weights, plus causal attention."""
+    hidden = config.hidden_size
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    attention_weights = hidden * head_dim * (2 * heads + 2 * kv_heads)
+    mlp_weights = 3 * hidden * config.intermediate_size
+    per_layer = 2 * (attention_weights + mlp_weights) + 2 * heads * head_dim * sequence_length
+    return float(config.num_hidden_layers * per_layer)

@@ -1,0 +1,304 @@
+"""Pairs/s and tail latency: the model card's code vs the engine vs the service, in one run.
+
+    python bench/rerank_bench.py                                   # test checkpoint, CPU
+    python bench/rerank_bench.py --model qwen3-reranker-0.6b --device cuda
+    python bench/rerank_bench.py --model /path/to/Qwen3-Reranker-0.6B --device cuda
+
+Workloads (fixed seeds; lengths in the model's tokens): ``short`` 20 docs of 30-100 tokens,
+``rag`` 50 docs log-normal around 250 tokens (cap 1024), ``long`` 8 docs of 1-4k tokens. Each
+at concurrency 1, 4, 16 and 64, for every contender, cells interleaved: for each workload and
+concurrency the three contenders run back to back, so drift of the machine hits all alike.
+
+- model card: the Qwen3-Reranker card's code as the seed tutorial's app runs it, one request at
+  a time, each request one batch padded to its longest pair, full LM head;
+- engine: the service's batching engine in this process, no HTTP: the service's ceiling;
+- service: ``python -m reranker_service`` in its own process, over HTTP on 127.0.0.1; its
+  batching figures are read from its own /metrics.
+
+Prints a Markdown table and the target ratios; ``--json`` writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from contenders import (
+    Contender,
+    EngineInProcess,
+    ModelCardBaseline,
+    ServiceOverHttp,
+    model_flops_per_token,
+)
+from reranker_service.tiny_checkpoint import QWEN3_RERANKER_0_6B, build_checkpoint
+from workloads import WORKLOADS, Request, make_requests
+
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+
+
+@dataclass(frozen=True)
+class Cell:
+    workload: str
+    concurrency: int
+    contender: str
+    requests: int
+    pairs: int
+    seconds: float
+    pairs_per_second: float
+    tokens_per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    padding_efficiency: float | None
+    pairs_per_pass: float | None
+    peak_memory_mb: float | None
+    mfu: float | None
+    http_overhead_p50_ms: float | None
+    """Service at concurrency 1 only: client latency minus the engine's own time, median."""
+
+
+def _percentile(sorted_values: list[float], share: float) -> float:
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    return statistics.quantiles(sorted_values, n=100, method="inclusive")[round(share * 100) - 1]
+
+
+async def _run_cell(
+    contender: Contender,
+    requests: list[Request],
+    workload: str,
+    concurrency: int,
+    seconds: float,
+    flops_per_token: float | None,
+    peak_flops: float | None,
+) -> Cell:
+    if isinstance(contender, ServiceOverHttp):
+        await contender.snapshot()
+    contender.start_cell()
+    latencies: list[float] = []
+    pairs = tokens = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(index: int) -> None:
+        nonlocal pairs, tokens
+        while True:
+            request = requests[index % len(requests)]
+            started = time.perf_counter()
+            scored_tokens = await contender.rerank(request)  # not `tokens += await`: racy
+            latencies.append(time.perf_counter() - started)
+            tokens += scored_tokens
+            pairs += len(request.documents)
+            index += concurrency
+            if time.perf_counter() >= deadline:
+                return
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    passes = await contender.passes()
+    latencies.sort()
+    memory = contender.peak_memory_bytes()
+    overhead = None
+    # Alone on the engine (concurrency 1), what the engine does not account for is the HTTP
+    # path; with company, it also holds waits for other requests' passes.
+    if concurrency == 1 and isinstance(contender, ServiceOverHttp) and contender.overhead_seconds:
+        overhead = round(statistics.median(contender.overhead_seconds) * 1000, 2)
+    mfu = None
+    if flops_per_token is not None and peak_flops is not None:
+        mfu = round(tokens * flops_per_token / elapsed / peak_flops, 4)
+    return Cell(
+        workload=workload,
+        concurrency=concurrency,
+        contender=contender.name,
+        requests=len(latencies),
+        pairs=pairs,
+        seconds=round(elapsed, 2),
+        pairs_per_second=round(pairs / elapsed, 1),
+        tokens_per_second=round(tokens / elapsed, 1),
+        p50_ms=round(_percentile(latencies, 0.50) * 1000, 2),
+        p95_ms=round(_percentile(latencies, 0.95) * 1000, 2),
+        p99_ms=round(_percentile(latencies, 0.99) * 1000, 2),
+        padding_efficiency=(
+            round(passes.real_tokens / passes.padded_tokens, 3) if passes.padded_tokens else None
+        ),
+        pairs_per_pass=round(passes.pairs / passes.count, 2) if passes.count else None,
+        peak_memory_mb=round(memory / 2**20, 1) if memory else None,
+        mfu=mfu,
+        http_overhead_p50_ms=overhead,
+    )
+
+
+def _peak_flops(device: str, override_tflops: float | None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def _table(cells: list[Cell]) -> str:
+    header = (
+        "| workload | conc. | contender | requests | pairs/s | tokens/s | p50 ms | p95 ms "
+        "| p99 ms | padding eff. | pairs/pass | peak MB | MFU | HTTP overhead p50 ms |\n"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+
+    def show(value: object) -> str:
+        return "–" if value is None else str(value)
+
+    rows = [
+        f"| {c.workload} | {c.concurrency} | {c.contender} | {c.requests} | {c.pairs_per_second} "
+        f"| {c.tokens_per_second} | {c.p50_ms} | {c.p95_ms} | {c.p99_ms} "
+        f"| {show(c.padding_efficiency)} | {show(c.pairs_per_pass)} | {show(c.peak_memory_mb)} "
+        f"| {show(c.mfu)} | {show(c.http_overhead_p50_ms)} |"
+        for c in cells
+    ]
+    return "\n".join([header, *rows])
+
+
+def _ratios(cells: list[Cell]) -> dict[str, Any]:
+    by_key = {(c.workload, c.concurrency, c.contender): c for c in cells}
+    ratios: dict[str, Any] = {}
+    for workload in sorted({c.workload for c in cells}):
+        for concurrency in sorted({c.concurrency for c in cells}):
+            engine = by_key.get((workload, concurrency, "engine"))
+            card = by_key.get((workload, concurrency, "model card"))
+            service = by_key.get((workload, concurrency, "service"))
+            if engine and card:
+                ratios[f"engine/card pairs/s {workload} c={concurrency}"] = round(
+                    engine.pairs_per_second / card.pairs_per_second, 2
+                )
+            if engine and service:
+                ratios[f"service/engine pairs/s {workload} c={concurrency}"] = round(
+                    service.pairs_per_second / engine.pairs_per_second, 2
+                )
+                if concurrency == 1:
+                    ratios[f"service-engine p50 ms {workload} c=1"] = round(
+                        service.p50_ms - engine.p50_ms, 2
+                    )
+                    ratios[f"service HTTP overhead p50 ms {workload} c=1"] = (
+                        service.http_overhead_p50_ms
+                    )
+    return ratios
+
+
+def _checkpoint(choice: str, scratch: Path) -> str:
+    if choice == "test":
+        return str(build_checkpoint(scratch / "test-checkpoint"))
+    if choice == "qwen3-reranker-0.6b":
+        return str(build_checkpoint(scratch / "qwen3-reranker-0.6b", QWEN3_RERANKER_0_6B))
+    return choice
+
+
+async def _main(args: argparse.Namespace, checkpoint: str) -> list[Cell]:
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    config = AutoConfig.from_pretrained(checkpoint)
+    peak_flops = _peak_flops(args.device, args.peak_tflops)
+    contenders: dict[str, Contender] = {}
+    if "card" in args.contenders:
+        contenders["card"] = ModelCardBaseline(checkpoint, args.device, args.dtype, args.max_length)
+    engine = service = None
+    if "engine" in args.contenders:
+        engine = EngineInProcess(checkpoint, args.device, args.dtype, args.max_length)
+        await engine.start()
+        contenders["engine"] = engine
+    if "service" in args.contenders:
+        service = ServiceOverHttp(checkpoint, args.device, args.dtype, args.max_length)
+        await service.start()
+        contenders["service"] = service
+    cells: list[Cell] = []
+    try:
+        for workload_name in args.workloads:
+            workload = WORKLOADS[workload_name]
+            requests = make_requests(tokenizer, workload, args.distinct_requests, args.seed)
+            mean_pair = statistics.fmean(
+                len(tokenizer.encode(doc)) + 80 for r in requests for doc in r.documents
+            )
+            flops = model_flops_per_token(config, round(mean_pair)) if peak_flops else None
+            for concurrency in args.concurrency:
+                for contender in contenders.values():
+                    cell = await _run_cell(
+                        contender,
+                        requests,
+                        workload_name,
+                        concurrency,
+                        args.seconds,
+                        flops,
+                        peak_flops,
+                    )
+                    cells.append(cell)
+                    print(_table([cell]).splitlines()[-1], flush=True)
+    finally:
+        if engine is not None:
+            await engine.stop()
+        if service is not None:
+            await service.stop()
+    return cells
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        default="test",
+        help="'test' (tiny checkpoint), 'qwen3-reranker-0.6b' (real shape, random weights) "
+        "or a checkpoint path",
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-length", type=int, default=8192)
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument(
+        "--contenders", nargs="+", default=["card", "engine", "service"],
+        choices=["card", "engine", "service"],
+    )  # fmt: skip
+    parser.add_argument("--seconds", type=float, default=6.0, help="per cell")
+    parser.add_argument("--distinct-requests", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-tflops", type=float, help="device bf16 peak, for MFU")
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    args = parser.parse_args()
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = _checkpoint(args.model, Path(scratch))
+        machine = (
+            torch.cuda.get_device_name()
+            if args.device.startswith("cuda")
+            else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+        )
+        print(f"model: {args.model}; device: {args.device} ({machine}); {args.seconds} s per cell")
+        cells = asyncio.run(_main(args, checkpoint))
+    print()
+    print(_table(cells))
+    ratios = _ratios(cells)
+    print()
+    for name, value in ratios.items():
+        print(f"- {name}: {value}")
+    if args.json:
+        result = {
+            "model": args.model,
+            "device": args.device,
+            "machine": machine,
+            "cells": [asdict(c) for c in cells],
+            "ratios": ratios,
+        }
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
