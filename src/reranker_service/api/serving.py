@@ -3,7 +3,7 @@ request's ``RerankRecord`` for the telemetry middleware."""
 
 from __future__ import annotations
 
-import statistics
+import math
 
 import structlog
 
@@ -99,8 +99,12 @@ def build_response(
 
 
 def _score_spread(scores: list[float]) -> float | None:
-    """Population standard deviation; undefined (None) for fewer than two documents."""
-    return statistics.pstdev(scores) if len(scores) >= 2 else None
+    """Population standard deviation; undefined (None) for fewer than two documents. Plain
+    floats: ``statistics.pstdev`` works in exact fractions, ~0.1 ms a request."""
+    if len(scores) < 2:
+        return None
+    mean = math.fsum(scores) / len(scores)
+    return math.sqrt(math.fsum((score - mean) ** 2 for score in scores) / len(scores))
 
 
 def _note_outcome(record: RerankRecord, outcome: RerankOutcome) -> None:
