@@ -99,22 +99,32 @@ async def client(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-class GatedModel:
-    """The real model, except that forward passes wait until the test opens the gate."""
+class ModelWrapper:
+    """The real model behind a test seam: subclasses change ``score`` only."""
 
     def __init__(self, model: ScoringModel) -> None:
         self._model = model
         self.encoder = model.encoder
         self.description = model.description
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        """Set once a forward pass has started (and is perhaps waiting at the gate)."""
 
     def device_memory(self) -> DeviceMemory | None:
         return self._model.device_memory()
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        return self._model.score(sequences)
+
+
+class GatedModel(ModelWrapper):
+    """The real model, except that forward passes wait until the test opens the gate."""
+
+    def __init__(self, model: ScoringModel) -> None:
+        super().__init__(model)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        """Set once a forward pass has started (and is perhaps waiting at the gate)."""
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         self.entered.set()
         self.gate.wait(timeout=60)
-        return self._model.score(sequences)
+        return super().score(sequences)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -21,6 +22,11 @@ class Exposition:
     def __init__(self, text: str) -> None:
         self.text = text
         self.families = {family.name: family for family in text_string_to_metric_families(text)}
+
+    @classmethod
+    def of(cls, registry: CollectorRegistry) -> Exposition:
+        """What a scrape of this registry would return."""
+        return cls(generate_latest(registry).decode())
 
     def samples(self, family: str) -> list[Sample]:
         return list(self.families[family].samples)

@@ -34,8 +34,6 @@ def test_cuda_scores_match_the_model_card(checkpoint: Path, dtype: str, toleranc
 
 
 def test_poller_reads_the_real_driver_and_torch_memory(checkpoint: Path) -> None:
-    from prometheus_client import generate_latest
-
     from reranker_service.observability.gpu import GpuPoller, load_nvml
     from reranker_service.observability.metrics import ServiceMetrics
     from tests.exposition import Exposition
@@ -46,7 +44,7 @@ def test_poller_reads_the_real_driver_and_torch_memory(checkpoint: Path) -> None
         metrics, interval_seconds=60, nvml=load_nvml(), read_device_memory=model.device_memory
     )
     assert poller.poll_once() is True
-    exposition = Exposition(generate_latest(metrics.registry).decode())
+    exposition = Exposition.of(metrics.registry)
     print(exposition.text)  # quoted in the issue note when run on a GPU machine
     assert exposition.value("reranker_nvml_up") == 1
     totals = exposition.samples("reranker_gpu_memory_total_bytes")

@@ -18,9 +18,7 @@ GIB = 1024**3
 
 
 def _exposition(metrics: ServiceMetrics) -> Exposition:
-    from prometheus_client import generate_latest
-
-    return Exposition(generate_latest(metrics.registry).decode())
+    return Exposition.of(metrics.registry)
 
 
 def _gpu_series(exposition: Exposition, family: str) -> dict[str, float]:

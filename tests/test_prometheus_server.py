@@ -17,8 +17,7 @@ import pytest
 
 from reranker_service.engine.model import ScoringModel
 from reranker_service.local_server import serve_in_thread
-from reranker_service.observability.gpu import DeviceMemory
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, ModelWrapper
 from tests.prometheus_server import PrometheusServer, run_prometheus
 
 WINDOW = "10m"
@@ -30,25 +29,20 @@ SLOW_PASS_SECONDS = 0.55
 """Puts every slow request in the (0.5, 0.75] latency bucket, far from the fast ones."""
 
 
-class ScriptedModel:
+class ScriptedModel(ModelWrapper):
     """The real model, with a switchable slow forward pass and an injected scoring failure."""
 
     def __init__(self, model: ScoringModel) -> None:
-        self._model = model
-        self.encoder = model.encoder
-        self.description = model.description
+        super().__init__(model)
         self.pass_seconds = 0.0
         self.failing = False
-
-    def device_memory(self) -> DeviceMemory | None:
-        return None
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         if self.failing:
             raise RuntimeError("injected scoring failure")
         if self.pass_seconds:
             time.sleep(self.pass_seconds)  # stands in for a long forward pass
-        return self._model.score(sequences)
+        return super().score(sequences)
 
 
 @pytest.fixture

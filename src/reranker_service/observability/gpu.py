@@ -113,7 +113,8 @@ class GpuPoller:
         except nvml.NVMLError as exc:
             self._mark_down(exc)
             return False
-        for gpu in self._gpus_seen - {reading.gpu for reading in readings}:
+        gpus_now = {reading.gpu for reading in readings}
+        for gpu in self._gpus_seen - gpus_now:
             self._metrics.forget_gpu(gpu)
         for reading in readings:
             self._metrics.set_gpu(
@@ -121,7 +122,7 @@ class GpuPoller:
             )
             if reading.utilization is not None:
                 self._metrics.set_gpu_utilization(reading.gpu, reading.utilization)
-        self._gpus_seen = {reading.gpu for reading in readings}
+        self._gpus_seen = gpus_now
         self._metrics.nvml_up.set(1)
         if self._reported_down:
             logger.info("nvml_recovered", gpus=len(readings))
