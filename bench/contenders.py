@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -12,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
 import torch
 
+from http_client import HttpError, KeepAliveClient
 from reranker_service.engine.batcher import BatchReport
 from reranker_service.engine.model import load_scoring_model, resolve_device, resolve_dtype
 from reranker_service.engine.prompt import PROMPT_PREFIX, PROMPT_SUFFIX
@@ -205,6 +206,16 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _server_timing(headers: dict[str, str]) -> dict[str, float]:
+    """``name;dur=ms, ...`` as a dict of milliseconds."""
+    timings: dict[str, float] = {}
+    for part in headers.get("server-timing", "").split(","):
+        name, _, duration = part.strip().partition(";dur=")
+        if duration:
+            timings[name] = float(duration)
+    return timings
+
+
 def _scrape(text: str) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -227,12 +238,13 @@ class ServiceOverHttp:
     max_length: int
     name: str = "service"
     _process: subprocess.Popen[bytes] | None = None
-    _client: httpx.AsyncClient | None = None
+    _client: KeepAliveClient | None = None
     _before: dict[str, float] = field(default_factory=dict)
     _rss: _RssSampler | None = None
     overhead_seconds: list[float] = field(default_factory=list)
-    """Per request: client-side latency minus the engine's own time (tokenization, queue and
-    inference, from the response's timing headers): what HTTP, JSON and the app add."""
+    """Per request: client-side latency minus the engine's wall time for it (``engine`` in the
+    response's Server-Timing): what HTTP, JSON and the app add to the engine."""
+    _bodies: dict[int, bytes] = field(default_factory=dict)
 
     async def start(self) -> None:
         port = _free_port()
@@ -240,23 +252,19 @@ class ServiceOverHttp:
             [sys.executable, "-m", "reranker_service", "--model", self.checkpoint,
              "--device", self.device, "--dtype", self.dtype, "--max-length", str(self.max_length),
              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-             "--max-queued-pairs", "1000000"],
+             "--max-queued-pairs", "1000000", "--request-timeout-seconds", "0"],
             stdout=subprocess.DEVNULL,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )  # fmt: skip
-        self._client = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}",
-            timeout=600,
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=256),
-        )
+        self._client = KeepAliveClient("127.0.0.1", port)
         deadline = time.monotonic() + 600
         while True:
             if self._process.poll() is not None:
                 raise RuntimeError("the service exited during start-up")
             try:
-                if (await self._client.get("/ready")).status_code == 200:
+                if (await self._client.get("/ready")).status == 200:
                     break
-            except httpx.TransportError:
+            except (OSError, asyncio.IncompleteReadError, HttpError):
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("the service did not become ready")
@@ -274,16 +282,18 @@ class ServiceOverHttp:
 
     async def rerank(self, request: Request) -> int:
         assert self._client is not None
+        body = self._bodies.get(id(request))
+        if body is None:
+            document = {"query": request.query, "documents": request.documents}
+            body = self._bodies[id(request)] = json.dumps(document).encode()
         started = time.perf_counter()
-        response = await self._client.post(
-            "/rerank", json={"query": request.query, "documents": request.documents}
+        response = await self._client.request(
+            "POST", "/rerank", body=body, content_type="application/json"
         )
-        response.raise_for_status()
-        engine_ms = sum(
-            float(response.headers[name])
-            for name in ("x-tokenization-time", "x-queue-time", "x-inference-time")
-        )
-        self.overhead_seconds.append(time.perf_counter() - started - engine_ms / 1000)
+        elapsed = time.perf_counter() - started
+        if response.status != 200:
+            raise HttpError(f"/rerank answered {response.status}: {response.body[:200]!r}")
+        self.overhead_seconds.append(elapsed - _server_timing(response.headers)["engine"] / 1000)
         tokens: int = response.json()["usage"]["total_tokens"]
         return tokens
 
@@ -294,11 +304,11 @@ class ServiceOverHttp:
 
     async def snapshot(self) -> None:
         assert self._client is not None
-        self._before = _scrape((await self._client.get("/metrics")).text)
+        self._before = _scrape((await self._client.get("/metrics")).body.decode())
 
     async def passes(self) -> Passes:
         assert self._client is not None
-        after = _scrape((await self._client.get("/metrics")).text)
+        after = _scrape((await self._client.get("/metrics")).body.decode())
 
         def delta(name: str) -> float:
             return after.get(name, 0.0) - self._before.get(name, 0.0)

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
 from pathlib import Path
-from types import ModuleType
 
 from transformers import AutoTokenizer
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _workloads() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_workloads", BENCH / "workloads.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.bench_modules import load_bench_module
 
 
 def test_workloads_follow_their_length_distributions(checkpoint: Path) -> None:
-    workloads = _workloads()
+    workloads = load_bench_module("workloads")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
 
     def lengths(name: str) -> list[int]:

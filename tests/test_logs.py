@@ -39,6 +39,7 @@ def test_every_line_is_json_and_request_lines_carry_their_id(checkpoint: Path) -
                 headers={"X-Request-ID": "req-bad"},
             )
             http.get("/health", headers={"X-Request-ID": "req-probe"})
+            http.get("/info", headers={"X-Request-ID": "req-info"})
         assert (ok.status_code, bad.status_code) == (200, 422)
         service.wait_for("request_failed", request_id="req-bad")
         service.proc.send_signal(signal.SIGTERM)
@@ -67,12 +68,18 @@ def test_every_line_is_json_and_request_lines_carry_their_id(checkpoint: Path) -
     assert (failed["error_type"], failed["status"]) == ("validation", 422)
     assert {"doc_count", "query_chars"} <= set(failed)
 
-    # uvicorn's access lines are structured, carry the request id, and probes drop to debug.
+    # uvicorn's access lines are structured and carry the request id. Probes, and successful
+    # reranks (which have their request_completed line), drop to debug.
     access = _by_request(records, "req-ok")["http_request"]
     assert (access["method"], access["path"], access["status"]) == ("POST", "/v2/rerank", 200)
     assert access["logger"] == "uvicorn.access"
-    assert access["level"] == "info"
-    assert _by_request(records, "req-probe")["http_request"]["level"] == "debug"
+    levels = {
+        request_id: _by_request(records, request_id)["http_request"]["level"]
+        for request_id in ("req-ok", "req-bad", "req-probe", "req-info")
+    }
+    assert levels == {
+        "req-ok": "debug", "req-bad": "info", "req-probe": "debug", "req-info": "info"
+    }  # fmt: skip
 
 
 def test_query_text_and_sampling_follow_the_settings(checkpoint: Path) -> None:

@@ -8,13 +8,16 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Iterator, Sequence
 from types import FrameType
 
 import prometheus_client
 import structlog
 import uvicorn
 
+from reranker_service.api.routes import RERANK_PATHS
+from reranker_service.api.state import ServiceState
 from reranker_service.app import create_app, load_options
 from reranker_service.cli import SettingsError, load_settings
 from reranker_service.observability.logging import configure_logging
@@ -25,26 +28,45 @@ _HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, except that a stop signal first marks the service as draining (``/ready`` 503,
-    new rerank calls 503) and the process exits 0 after a clean drain instead of re-raising
-    the signal."""
+    """uvicorn, except that the first stop signal drains before uvicorn stops: ``/ready`` and
+    new rerank calls answer 503 while the port stays open, the requests already accepted finish
+    (for up to the grace period), and only then does uvicorn close the port and exit, with
+    status 0. A second signal stops at once, as uvicorn does."""
 
-    def __init__(self, config: uvicorn.Config, on_drain: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, service: ServiceState, grace_seconds: float) -> None:
         super().__init__(config)
-        self._on_drain = on_drain
+        self._service = service
+        self._grace_seconds = grace_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._draining = False
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            self._on_drain()
-            if self._loop is not None:
-                name = signal.Signals(sig).name
-                self._loop.call_soon_threadsafe(lambda: logger.info("draining", signal=name))
-        super().handle_exit(sig, frame)
+        if self._draining or self._loop is None or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self._service.begin_draining()  # at once: the next /ready already answers 503
+        self._loop.call_soon_threadsafe(self._start_drain, signal.Signals(sig).name)
+
+    def _start_drain(self, signal_name: str) -> None:
+        logger.info("draining", signal=signal_name, in_flight=self._service.in_flight)
+        self._drain = asyncio.ensure_future(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._service.wait_until_idle(), self._grace_seconds)
+        except TimeoutError:
+            logger.warning("drain_timed_out", in_flight=self._service.in_flight)
+        # What is left of the grace period is uvicorn's, for requests still running.
+        left = self._grace_seconds - (time.monotonic() - started)
+        self.config.timeout_graceful_shutdown = max(1, round(left))
+        self.should_exit = True
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -65,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"reranker-service: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, self_logging_paths=RERANK_PATHS)
     # Process-wide: the *_created series only double what Prometheus stores.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -86,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         server_header=False,
     )
-    server = DrainingServer(config, on_drain=app.state.service.begin_draining)
+    server = DrainingServer(config, app.state.service, settings.shutdown_grace_seconds)
     server.run()
     return 0 if server.started else 1
 

@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
 
 import structlog
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from reranker_service import __version__
@@ -17,7 +19,11 @@ from reranker_service.api.errors import install_error_handlers
 from reranker_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from reranker_service.api.routes import RERANK_PATHS, ops_router, rerank_router
 from reranker_service.api.state import ServiceState
-from reranker_service.api.telemetry import RequestLogPolicy, RerankTelemetryMiddleware
+from reranker_service.api.telemetry import (
+    EXPOSED_HEADERS,
+    RequestLogPolicy,
+    RerankTelemetryMiddleware,
+)
 from reranker_service.engine.batcher import BatchObserver, BatchReport
 from reranker_service.engine.service import EngineConfig, RerankEngine
 from reranker_service.observability.gpu import GpuPoller, NvmlLibrary, load_nvml
@@ -111,10 +117,12 @@ def create_app(
             read_device_memory=engine.device_memory,
         )
         gpu_poller.start()
+        metrics_server = _start_metrics_server(settings, metrics)
         try:
             await engine.start()
             state.engine = engine
-            state.phase = "ready"
+            if state.phase == "loading":  # a stop signal during start-up wins
+                state.phase = "ready"
             logger.info(
                 "service_ready",
                 max_length=engine.limits.max_length,
@@ -127,6 +135,9 @@ def create_app(
             state.begin_draining()
             await engine.stop()
             await gpu_poller.stop()
+            if metrics_server is not None:
+                await asyncio.to_thread(metrics_server.shutdown)
+                metrics_server.server_close()
             logger.info("shutdown", pending_pairs=engine.queued_pairs)
 
     app = FastAPI(
@@ -162,6 +173,28 @@ def create_app(
             paths=RERANK_PATHS,
         )
         instrumentator.instrument(app)
-    instrumentator.expose(app, include_in_schema=False, should_gzip=True)
+    if settings.metrics_port is None:
+        instrumentator.expose(app, include_in_schema=False, should_gzip=True)
     app.add_middleware(RequestIdMiddleware)
+    if settings.cors_origin_list:
+        # Outermost: a browser's preflight is answered before the key is asked for.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=EXPOSED_HEADERS,
+        )
     return app
+
+
+def _start_metrics_server(settings: Settings, metrics: ServiceMetrics) -> WSGIServer | None:
+    """``/metrics`` on a port of its own, so that the API port can face clients while only
+    the monitoring network reaches the metrics."""
+    if settings.metrics_port is None:
+        return None
+    server, _thread = start_http_server(
+        settings.metrics_port, addr=settings.host, registry=metrics.registry
+    )
+    logger.info("metrics_server_started", host=settings.host, port=settings.metrics_port)
+    return server

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_secret(location: tuple[int | str, ...]) -> bool:
+    """Errors about a secret setting (or the whole model, which may hold one) never echo it."""
+    field = Settings.model_fields.get(str(location[0])) if location else None
+    return field is None or field.annotation in (SecretStr, SecretStr | None)
+
+
 def load_settings(argv: Sequence[str] | None = None) -> Settings:
     """Environment first, flags on top; raise ``SettingsError`` naming every bad value."""
     flags = vars(build_parser().parse_args(argv))
@@ -74,5 +80,6 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
         problems = []
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "settings"
-            problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+            shown = "" if _is_secret(error["loc"]) else f" (got {error.get('input')!r})"
+            problems.append(f"{where}: {error['msg']}{shown}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

@@ -12,8 +12,9 @@ from starlette.types import ASGIApp
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: ASGIApp) -> Iterator[str]:
-    """Yield the base URL of ``app`` served by uvicorn on an ephemeral 127.0.0.1 port.
+def serve_in_thread(app: ASGIApp, *, timeout_keep_alive: int = 5) -> Iterator[str]:
+    """Yield the base URL of ``app`` served by uvicorn on an ephemeral 127.0.0.1 port; idle
+    kept-alive connections are closed after ``timeout_keep_alive`` seconds.
 
     The socket listens before the server thread starts, so clients may connect at once: the
     kernel queues them until uvicorn has finished its lifespan startup and accepts.
@@ -22,7 +23,9 @@ def serve_in_thread(app: ASGIApp) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_config=None, lifespan="on", timeout_keep_alive=timeout_keep_alive)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Literal, Self
+from pathlib import Path
+from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,20 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="if set, /rerank routes need 'Authorization: Bearer <key>'"
     )
+    api_key_file: str | None = Field(
+        None, description="file holding the API key (Docker or Kubernetes secrets); read at start"
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve /metrics on this port instead of the API's"
+    )
+    cors_origins: str = Field(
+        "", description="comma-separated origins allowed cross-origin, '*' for any; empty = off"
+    )
+    request_timeout_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="answer 504 and drop a request's queued pairs after this long; 0 = never",
+    )
     shutdown_grace_seconds: int = Field(
         30, gt=0, description="time in-flight requests get to finish after SIGTERM"
     )
@@ -74,6 +89,25 @@ class Settings(BaseSettings):
     def _lowercase_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_api_key_file(cls, data: Any) -> Any:
+        """The key file is read here, once; afterwards only ``api_key`` exists for the app."""
+        if not isinstance(data, dict) or data.get("api_key_file") is None:
+            return data
+        if data.get("api_key") is not None:
+            raise ValueError("set api_key or api_key_file, not both")
+        path = Path(str(data["api_key_file"]))
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"api_key_file {str(path)!r} cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"api_key_file {str(path)!r} is not UTF-8 text") from None
+        if not key:
+            raise ValueError(f"api_key_file {str(path)!r} is empty")
+        return {**data, "api_key": key}
+
     @model_validator(mode="after")
     def _limits_fit_together(self) -> Self:
         if self.max_batch_tokens is not None and self.max_batch_tokens < self.max_length:
@@ -87,6 +121,10 @@ class Settings(BaseSettings):
                 f"({self.max_documents}) or a full-size request could never be accepted"
             )
         return self
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def queued_pairs_limit(self) -> int:

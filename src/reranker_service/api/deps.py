@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.types import Receive
 
 from reranker_service.api.errors import ApiError
 from reranker_service.api.state import ServiceState
@@ -26,13 +28,7 @@ async def get_service_state(request: Request) -> ServiceState:
     return state
 
 
-async def get_rerank_record(request: Request) -> RerankRecord:
-    """The record the telemetry middleware reads; a throwaway one when telemetry is off."""
-    return record_of(request.scope) or RerankRecord()
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-RerankRecordDep = Annotated[RerankRecord, Depends(get_rerank_record)]
 ServiceStateDep = Annotated[ServiceState, Depends(get_service_state)]
 
 
@@ -45,6 +41,36 @@ async def get_engine(state: ServiceStateDep) -> RerankEngine:
 
 
 EngineDep = Annotated[RerankEngine, Depends(get_engine)]
+
+
+@dataclass(frozen=True)
+class RerankContext:
+    """Everything a rerank call needs besides its body, gathered by one dependency: each
+    dependency FastAPI solves costs the request tens of microseconds."""
+
+    engine: RerankEngine
+    service: ServiceState
+    settings: Settings
+    record: RerankRecord
+    """The record the telemetry middleware reads; a throwaway one when telemetry is off."""
+    request_id: str
+    receive: Receive
+    """The request's ASGI receive: once the body is read, it reports the client's disconnect."""
+
+
+async def get_rerank_context(request: Request) -> RerankContext:
+    app_state = request.app.state
+    return RerankContext(
+        engine=await get_engine(app_state.service),
+        service=app_state.service,
+        settings=app_state.settings,
+        record=record_of(request.scope) or RerankRecord(),
+        request_id=str(request.state.request_id),
+        receive=request.receive,
+    )
+
+
+RerankContextDep = Annotated[RerankContext, Depends(get_rerank_context)]
 
 
 async def require_api_key(request: Request, settings: SettingsDep) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
 
 from reranker_service import __version__
 from reranker_service.api import serving
 from reranker_service.api.deps import (
     EngineDep,
-    RerankRecordDep,
+    RerankContextDep,
     ServiceStateDep,
     SettingsDep,
     require_api_key,
@@ -34,6 +34,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         422: "Invalid field",
         429: "Overloaded; retry after the Retry-After header",
         503: "Loading or shutting down",
+        504: "Not scored within RERANKER_REQUEST_TIMEOUT_SECONDS; its queued pairs were dropped",
     }.items()
 }
 
@@ -43,26 +44,22 @@ rerank_router = APIRouter(
 ops_router = APIRouter(tags=["operations"])
 
 
-def _request_id(request: Request) -> str:
-    return str(request.state.request_id)
-
-
 def _rerank_endpoint(api_version: str) -> Any:
-    async def endpoint(
-        body: RerankRequest,
-        engine: EngineDep,
-        settings: SettingsDep,
-        record: RerankRecordDep,
-        request: Request,
-    ) -> RerankResponse:
-        return await serving.rerank(
-            body,
-            engine,
-            settings,
-            record=record,
-            request_id=_request_id(request),
-            api_version=api_version,
-        )
+    async def endpoint(body: RerankRequest, context: RerankContextDep) -> Response:
+        with context.service.serving():
+            response = await serving.rerank(
+                body,
+                context.engine,
+                context.settings,
+                receive=context.receive,
+                record=context.record,
+                request_id=context.request_id,
+                api_version=api_version,
+            )
+        # Serialized here, once, by pydantic-core: handing FastAPI the model would validate it
+        # again against the response model before encoding it. The route's response_model
+        # still documents the shape.
+        return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
 
     return endpoint
 

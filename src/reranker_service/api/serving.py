@@ -3,9 +3,13 @@ request's ``RerankRecord`` for the telemetry middleware."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Coroutine
+from typing import Any
 
 import structlog
+from starlette.types import Receive
 
 from reranker_service.api.errors import ApiError
 from reranker_service.api.protocol import (
@@ -19,7 +23,11 @@ from reranker_service.api.protocol import (
     Usage,
 )
 from reranker_service.api.telemetry import RerankRecord
-from reranker_service.engine.batcher import EngineStoppedError, QueueFullError
+from reranker_service.engine.batcher import (
+    EngineStoppedError,
+    PairTooLargeError,
+    QueueFullError,
+)
 from reranker_service.engine.service import RerankEngine, RerankOutcome
 from reranker_service.settings import Settings
 
@@ -39,10 +47,59 @@ def _check_limits(body: RerankRequest, settings: Settings) -> None:
         )
 
 
-async def _score(engine: RerankEngine, body: RerankRequest, settings: Settings) -> RerankOutcome:
-    instruction = body.instruction or settings.default_instruction
+async def _until_disconnected(receive: Receive) -> None:
+    """Return once the client has gone. Called after the body was read, ``receive`` has
+    nothing left to give but ``http.disconnect``."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _abandon(work: asyncio.Task[RerankOutcome]) -> None:
+    """Cancel the engine call: its pairs still queued leave the queue (the batcher withdraws
+    them), and pairs already in a forward pass are ignored when it ends."""
+    work.cancel()
+    await asyncio.gather(work, return_exceptions=True)
+
+
+async def _outcome_while_wanted(
+    scoring: Coroutine[Any, Any, RerankOutcome], receive: Receive, deadline_seconds: float | None
+) -> RerankOutcome:
+    """The engine's outcome, unless the client disconnects or the deadline passes first."""
+    work = asyncio.ensure_future(scoring)
+    client_gone = asyncio.ensure_future(_until_disconnected(receive))
     try:
-        return await engine.rerank(instruction, body.query, body.document_texts())
+        done, _ = await asyncio.wait(
+            {work, client_gone}, timeout=deadline_seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        client_gone.cancel()
+        if not work.done():
+            await _abandon(work)
+    if work in done:
+        return work.result()
+    if client_gone in done:
+        # Nobody reads this answer; the status is for the telemetry (nginx's 499).
+        raise ApiError(499, "client_disconnected", "the client closed the connection")
+    raise ApiError(
+        504,
+        "timeout",
+        f"not scored within {deadline_seconds:g} s; its queued pairs were dropped",
+        limit=deadline_seconds,
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _score(
+    engine: RerankEngine, body: RerankRequest, settings: Settings, receive: Receive
+) -> RerankOutcome:
+    instruction = body.instruction or settings.default_instruction
+    timeout = settings.request_timeout_seconds or None
+    try:
+        return await _outcome_while_wanted(
+            engine.rerank(instruction, body.query, body.document_texts()), receive, timeout
+        )
+    except ApiError:
+        raise
     except QueueFullError as exc:
         raise ApiError(
             429,
@@ -52,6 +109,14 @@ async def _score(engine: RerankEngine, body: RerankRequest, settings: Settings) 
             limit=exc.limit,
             value=exc.queued + exc.requested,
             headers={"Retry-After": "1"},
+        ) from None
+    except PairTooLargeError as exc:
+        raise ApiError(
+            503,
+            "oom",
+            f"{exc}, even alone; shorter documents or a lower RERANKER_MAX_LENGTH would fit",
+            field="documents",
+            value=exc.tokens,
         ) from None
     except EngineStoppedError:
         raise ApiError(
@@ -114,6 +179,7 @@ def _note_outcome(record: RerankRecord, outcome: RerankOutcome) -> None:
     record.tokenize_seconds = outcome.tokenize_seconds
     record.queue_seconds = outcome.queue_seconds
     record.inference_seconds = outcome.inference_seconds
+    record.engine_seconds = outcome.engine_seconds
 
 
 async def rerank(
@@ -121,6 +187,7 @@ async def rerank(
     engine: RerankEngine,
     settings: Settings,
     *,
+    receive: Receive,
     record: RerankRecord,
     request_id: str,
     api_version: str,
@@ -130,7 +197,7 @@ async def rerank(
     record.top_n = body.top_n
     _check_limits(body, settings)
     logger.debug("rerank_started", doc_count=record.doc_count)
-    outcome = await _score(engine, body, settings)
+    outcome = await _score(engine, body, settings, receive)
     _note_outcome(record, outcome)
     return build_response(
         body,

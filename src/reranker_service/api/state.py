@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Literal
 
 from reranker_service.engine.service import RerankEngine
@@ -14,7 +17,27 @@ Phase = Literal["loading", "ready", "draining"]
 class ServiceState:
     phase: Phase = "loading"
     engine: RerankEngine | None = None
+    in_flight: int = 0
+    """Rerank requests past admission and not yet answered."""
+    _idle: asyncio.Event | None = field(default=None, repr=False)
 
     def begin_draining(self) -> None:
         """Stop taking new work; safe to call from a signal handler."""
         self.phase = "draining"
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Count a rerank request while it runs; the event loop's thread only."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def wait_until_idle(self) -> None:
+        """Return once no rerank request is being served."""
+        while self.in_flight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()

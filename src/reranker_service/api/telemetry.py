@@ -55,6 +55,7 @@ class RerankRecord:
     tokenize_seconds: float | None = None
     queue_seconds: float | None = None
     inference_seconds: float | None = None
+    engine_seconds: float | None = None
 
 
 def record_of(scope: Scope) -> RerankRecord | None:
@@ -94,6 +95,18 @@ class RequestLogPolicy:
         return {"query": record.query[: self.query_chars]}
 
 
+EXPOSED_HEADERS = [
+    "X-Request-ID",
+    "X-Total-Time",
+    "X-Tokenization-Time",
+    "X-Queue-Time",
+    "X-Inference-Time",
+    "X-Compute-Tokens",
+    "Server-Timing",
+]
+"""What a browser client may read across origins: the request id and the timing headers."""
+
+
 def _milliseconds(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
@@ -115,6 +128,8 @@ def _timing_headers(record: RerankRecord, total_seconds: float) -> dict[str, str
             server_timing.append(f"{name};dur={headers[header]}")
     if record.tokens is not None:
         headers["x-compute-tokens"] = str(record.tokens)
+    if record.engine_seconds is not None:
+        server_timing.append(f"engine;dur={record.engine_seconds * 1000:.3f}")
     headers["server-timing"] = ", ".join(server_timing)
     return headers
 

@@ -43,6 +43,18 @@ class EngineStoppedError(Exception):
     """The batcher is shutting down or stopped and takes no new work."""
 
 
+class BatchTooLargeError(Exception):
+    """The scorer ran out of device memory on this batch; a smaller one may fit."""
+
+
+class PairTooLargeError(Exception):
+    """One pair alone does not fit in device memory."""
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__(f"a pair of {tokens} tokens does not fit in device memory")
+        self.tokens = tokens
+
+
 @dataclass(frozen=True)
 class BatchReport:
     """What one forward pass did; handed to the observer from the worker thread."""
@@ -252,7 +264,10 @@ class Batcher:
             # The worker may now sleep for long; it must not keep the last requests alive.
             del batch
 
-    def _execute(self, batch: list[_QueuedPair]) -> None:
+    def _execute(self, batch: list[_QueuedPair], *, retry: bool = False) -> None:
+        """Score a batch and answer the requests it completes. Out of device memory, the
+        batch is split in halves (it is sorted by length, so the short half is cheap) down to
+        single pairs; only the requests of a pair that does not fit alone fail."""
         started = time.perf_counter()
         error: Exception | None = None
         scores: list[float] = []
@@ -267,7 +282,10 @@ class Batcher:
                 job.first_batch_at = started
             job.inference_seconds += elapsed
         # Report before answering: once a client has its scores, the batch is on record.
-        self._report(batch, len(jobs), started, elapsed, failed=error is not None)
+        self._report(batch, len(jobs), started, elapsed, failed=error is not None, retry=retry)
+        if isinstance(error, BatchTooLargeError):
+            self._split_after_oom(batch)
+            return
         if error is not None:
             self._fail_jobs(jobs, error)
             return
@@ -280,6 +298,19 @@ class Batcher:
             if job.remaining == 0:
                 job.resolve_threadsafe()
 
+    def _split_after_oom(self, batch: list[_QueuedPair]) -> None:
+        padded = len(batch) * max(pair.length for pair in batch)
+        if len(batch) == 1:
+            logger.warning("oom_pair_failed", tokens=batch[0].length)
+            self._fail_jobs([batch[0].job], PairTooLargeError(batch[0].length))
+            return
+        logger.warning("oom_batch_split", pairs=len(batch), padded_tokens=padded)
+        half = len(batch) // 2
+        for part in (batch[:half], batch[half:]):
+            live = [pair for pair in part if not pair.job.closed]
+            if live:
+                self._execute(live, retry=True)
+
     def _report(
         self,
         batch: list[_QueuedPair],
@@ -288,6 +319,7 @@ class Batcher:
         elapsed: float,
         *,
         failed: bool,
+        retry: bool,
     ) -> None:
         observer = self.observer
         if observer is None:
@@ -297,7 +329,8 @@ class Batcher:
             requests=requests,
             real_tokens=sum(pair.length for pair in batch),
             padded_tokens=len(batch) * max(pair.length for pair in batch),
-            queue_wait_seconds=tuple(started - pair.enqueued_at for pair in batch),
+            # A retried pair's wait was reported with its first pass.
+            queue_wait_seconds=() if retry else tuple(started - pair.enqueued_at for pair in batch),
             inference_seconds=elapsed,
             failed=failed,
         )

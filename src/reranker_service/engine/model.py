@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 import torch
 
+from reranker_service.engine.batcher import BatchTooLargeError
 from reranker_service.engine.prompt import PromptEncoder
 from reranker_service.observability.gpu import DeviceMemory
 from reranker_service.observability.logging import route_library_logs
@@ -117,7 +118,18 @@ class ScoringModel:
         )
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        """P(yes) for each token sequence; sequences are right-padded into one forward pass."""
+        """P(yes) for each token sequence; sequences are right-padded into one forward pass.
+        Out of device memory, raises ``BatchTooLargeError`` with the allocator's cache freed."""
+        try:
+            return self._score(sequences)
+        except torch.OutOfMemoryError as exc:
+            if self._device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise BatchTooLargeError(
+                str(exc).splitlines()[0] if str(exc) else "out of memory"
+            ) from exc
+
+    def _score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.long)
         width = int(lengths.max())
         input_ids = torch.full((len(sequences), width), self._pad_token_id, dtype=torch.long)

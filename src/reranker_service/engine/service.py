@@ -48,6 +48,9 @@ class RerankOutcome:
     tokenize_seconds: float
     queue_seconds: float
     inference_seconds: float
+    engine_seconds: float
+    """Wall time in the engine, from the call until the scores were back on the caller's event
+    loop: the three phases plus the hand-offs between threads."""
 
     @property
     def total_tokens(self) -> int:
@@ -142,4 +145,5 @@ class RerankEngine:
             tokenize_seconds=tokenized - started,
             queue_seconds=result.queue_seconds,
             inference_seconds=result.inference_seconds,
+            engine_seconds=time.perf_counter() - started,
         )

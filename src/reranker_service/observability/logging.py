@@ -22,8 +22,12 @@ def configure_logging(
     level: str = "info",
     log_format: Literal["json", "console"] = "json",
     stream: TextIO | None = None,
+    *,
+    self_logging_paths: frozenset[str] = frozenset(),
 ) -> None:
-    """Once, before anything logs. ``stream`` defaults to stdout."""
+    """Once, before anything logs. ``stream`` defaults to stdout. Successful requests to
+    ``self_logging_paths``, which write a line of their own, have their access line at debug,
+    like the probes'."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -62,9 +66,9 @@ def configure_logging(
     logging.captureWarnings(True)
     route_library_logs(*_ROUTED_LOGGERS)
     access = logging.getLogger(_ACCESS_LOGGER)
-    for old in [f for f in access.filters if isinstance(f, _QuietProbes)]:
+    for old in [f for f in access.filters if isinstance(f, _QuietAccess)]:
         access.removeFilter(old)
-    access.addFilter(_QuietProbes())
+    access.addFilter(_QuietAccess(_PROBE_PATHS | self_logging_paths))
 
 
 def route_library_logs(*logger_names: str) -> None:
@@ -111,15 +115,19 @@ def _structure_access_record(
     return event_dict
 
 
-class _QuietProbes(logging.Filter):
-    """Demote successful probe and scrape lines to debug."""
+class _QuietAccess(logging.Filter):
+    """Demote the access lines of successful requests to some paths to debug."""
+
+    def __init__(self, paths: frozenset[str]) -> None:
+        super().__init__()
+        self._paths = paths
 
     def filter(self, record: logging.LogRecord) -> bool:
         fields = _access_fields(record.name, record.args)
         if fields is None:
             return True
         path, status = fields[2].partition("?")[0], fields[4]
-        if path not in _PROBE_PATHS or status >= 400:
+        if path not in self._paths or status >= 400:
             return True
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return logging.getLogger().isEnabledFor(logging.DEBUG)

@@ -1,0 +1,71 @@
+"""SIGTERM to a real process under load: it stops taking work at once, finishes what it
+accepted, and exits 0."""
+
+from __future__ import annotations
+
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.exposition import Exposition
+from tests.service_process import start_service
+
+CLIENTS = 12
+DOCUMENTS = [f"document {n}: " + "several words of text " * 40 for n in range(60)]
+
+
+def _post(base_url: str, request_id: str) -> httpx.Response:
+    with httpx.Client(base_url=base_url, timeout=120) as http:
+        return http.post(
+            "/rerank",
+            json={"query": "which document", "documents": DOCUMENTS},
+            headers={"X-Request-ID": request_id},
+        )
+
+
+def test_sigterm_under_load_drains_then_exits_zero(checkpoint: Path) -> None:
+    service = start_service(checkpoint, "--shutdown-grace-seconds", "120")
+    try:
+        base_url = service.base_url()
+        with (
+            httpx.Client(base_url=base_url, timeout=30) as http,
+            ThreadPoolExecutor(CLIENTS) as pool,
+        ):
+            deadline = time.monotonic() + 60
+            while http.get("/ready").status_code != 200:
+                if time.monotonic() > deadline:
+                    pytest.fail("the service did not become ready")
+            loads = [pool.submit(_post, base_url, f"load-{n}") for n in range(CLIENTS)]
+            # Signal once most of the load is inside the service (bounded poll of its gauge).
+            while Exposition(http.get("/metrics").text).value("reranker_inflight_requests") < 8:
+                if time.monotonic() > deadline:
+                    pytest.fail("the load never reached the service")
+            service.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            ready = http.get("/ready")
+            refused = http.post("/rerank", json={"query": "q", "documents": ["late"]})
+            answered = [load.result() for load in loads]
+        exit_code = service.proc.wait(timeout=120)
+        exited_after = time.monotonic() - signalled
+        records = service.finish()
+    finally:
+        service.stop()
+
+    assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
+    assert refused.status_code == 503
+    assert refused.json()["error"]["type"] == "draining"
+    # Every request accepted before the signal was answered in full.
+    assert [response.status_code for response in answered] == [200] * CLIENTS
+    assert all(len(response.json()["results"]) == len(DOCUMENTS) for response in answered)
+    assert exit_code == 0
+    assert exited_after < 120
+    draining = next(r for r in records if r["event"] == "draining")
+    assert draining["signal"] == "SIGTERM"
+    assert draining["in_flight"] >= 1
+    completed = {r["request_id"] for r in records if r["event"] == "request_completed"}
+    assert {f"load-{n}" for n in range(CLIENTS)} <= completed
+    assert any(r["event"] == "shutdown" for r in records)
