@@ -8,18 +8,22 @@
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
-ARG TORCH_VERSION=2.14.1
+# The torch release the test suite runs on (the README's test command installs its CPU build).
+ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://pypi.org/simple
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-# torch first and on its own layer: it is most of the image and changes least often.
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
+# Every other distribution is pinned exactly, so that a rebuild next month is the same image.
+COPY constraints.txt ./
+# torch first and on its own layer: it is most of the image and changes least often.
+RUN pip install --constraint constraints.txt --index-url "${TORCH_INDEX_URL}" \
+    "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install .
+RUN pip install --constraint constraints.txt .
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 reranker \
@@ -31,12 +35,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/cache/huggingface \
+    XDG_CACHE_HOME=/cache/xdg \
+    TRITON_CACHE_DIR=/cache/triton \
     RERANKER_HOST=0.0.0.0 \
     RERANKER_PORT=8000 \
     RERANKER_SHUTDOWN_GRACE_SECONDS=30
 USER reranker
 WORKDIR /home/reranker
-# The model is downloaded once into this volume and reused by later containers.
+# The model is downloaded once into this volume and reused by later containers. Nothing else
+# is written outside /tmp, so the root filesystem can be read-only (compose runs it so).
 VOLUME ["/cache"]
 EXPOSE 8000
 # SIGTERM starts a drain: /ready answers 503, in-flight requests finish (up to

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
@@ -18,11 +19,14 @@ LINE_TIMEOUT_S = 60
 class ServiceProcess:
     """``python -m reranker_service`` with stdout parsed as JSON lines on a reader thread."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, launcher: Sequence[str] = ()
+    ) -> None:
+        """``launcher`` is put before the command: a wrapper that execs it (same process)."""
         self.lines: Queue[dict[str, Any]] = Queue()
         self.raw_lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reranker_service", *args],
+            [*launcher, sys.executable, "-m", "reranker_service", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -71,8 +75,11 @@ class ServiceProcess:
 
 
 def start_service(
-    checkpoint: Path, *args: str, env: dict[str, str] | None = None
+    checkpoint: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    launcher: Sequence[str] = (),
 ) -> ServiceProcess:
     """The service on the test checkpoint, CPU, an ephemeral 127.0.0.1 port, debug logs."""
     base = ("--model", str(checkpoint), "--host", "127.0.0.1", "--port", "0", "--device", "cpu")
-    return ServiceProcess(*base, "--log-level", "debug", *args, env=env)
+    return ServiceProcess(*base, "--log-level", "debug", *args, env=env, launcher=launcher)

@@ -12,7 +12,7 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from reranker_service.local_server import serve_in_thread
-from tests.bench_modules import load_bench_module
+from tests.script_modules import load_bench_module
 
 http_client = load_bench_module("http_client")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from tests.bench_modules import load_bench_module
+from tests.script_modules import load_bench_module
 
 
 def test_workloads_follow_their_length_distributions(checkpoint: Path) -> None:

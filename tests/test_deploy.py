@@ -89,6 +89,10 @@ def test_compose_wires_the_stack() -> None:
     [gpu] = reranker["deploy"]["resources"]["reservations"]["devices"]
     assert (gpu["driver"], gpu["count"], gpu["capabilities"]) == ("nvidia", 1, ["gpu"])
     assert "hf-cache:/cache" in reranker["volumes"]
+    # Read-only root, a scratch tmpfs, no privileges (tests/test_container.py runs it so).
+    assert (reranker["read_only"], reranker["tmpfs"]) == (True, ["/tmp"])
+    assert reranker["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in reranker["security_opt"]
     grace = int(reranker["environment"]["RERANKER_SHUTDOWN_GRACE_SECONDS"])
     assert int(reranker["stop_grace_period"].removesuffix("s")) > grace
     for name, service in services.items():
@@ -140,7 +144,11 @@ def test_dockerfile_builds_a_small_non_root_image_with_a_healthcheck() -> None:
         if line and line[0] != "#"
     ]
     assert patterns[0] == "*", ".dockerignore should let in only what the image needs"
-    assert {"!pyproject.toml", "!README.md", "!src/"} <= set(patterns)
+    assert {"!pyproject.toml", "!README.md", "!constraints.txt", "!src/"} <= set(patterns)
+    # Both installs are held to the pinned versions.
+    installs = re.findall(r"^RUN pip install .*(?:\\\n.*)*", dockerfile, flags=re.MULTILINE)
+    assert len(installs) == 2
+    assert all("--constraint constraints.txt" in install for install in installs)
 
 
 def test_healthcheck_command_reports_the_service(app_factory: AppFactory) -> None:

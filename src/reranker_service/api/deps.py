@@ -73,6 +73,27 @@ async def get_rerank_context(request: Request) -> RerankContext:
 RerankContextDep = Annotated[RerankContext, Depends(get_rerank_context)]
 
 
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+async def require_json_body(request: Request) -> None:
+    """Rerank bodies are JSON and must say so: a form or text body is refused plainly (415)
+    rather than reported as a missing object."""
+    content_type = request.headers.get("content-type", "")
+    if not _is_json(content_type):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send the body as JSON with 'Content-Type: application/json'",
+            field="Content-Type",
+            value=content_type[:100] or None,
+        )
+
+
 async def require_api_key(request: Request, settings: SettingsDep) -> None:
     """Bearer-key check for the rerank routes; constant-time, and the key is never echoed."""
     if settings.api_key is None:

@@ -60,7 +60,10 @@ def _echo(value: Any) -> int | float | str | bool | None:
     if value is None or isinstance(value, bool | int | float):
         return value
     text = value if isinstance(value, str) else type(value).__name__
-    return text if len(text) <= _MAX_ECHOED_CHARS else text[:_MAX_ECHOED_CHARS] + "..."
+    if len(text) > _MAX_ECHOED_CHARS:
+        text = text[:_MAX_ECHOED_CHARS] + "..."
+    # A lone surrogate (valid in JSON's \u escapes, not in UTF-8) is shown escaped.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _field_path(location: tuple[Any, ...]) -> str:
@@ -120,6 +123,15 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if isinstance(exc, BodyTooLargeError):
         return error_response(413, exc.body(), request)
+    if exc.status_code == 400:
+        # FastAPI's own parse failure: what json.loads refuses beyond syntax errors.
+        body = ErrorBody(
+            type="invalid_json",
+            message="request body cannot be parsed as JSON: not UTF-8, nested too deeply, "
+            "or a number too long",
+            field="body",
+        )
+        return error_response(400, body, request, exc.headers)
     names = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
     body = ErrorBody(type=names.get(exc.status_code, "http_error"), message=str(exc.detail))
     return error_response(exc.status_code, body, request, exc.headers)

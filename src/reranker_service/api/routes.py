@@ -15,6 +15,7 @@ from reranker_service.api.deps import (
     ServiceStateDep,
     SettingsDep,
     require_api_key,
+    require_json_body,
 )
 from reranker_service.api.protocol import (
     ErrorResponse,
@@ -31,15 +32,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Malformed JSON",
         401: "Missing or wrong API key",
         413: "Too many documents or too large a body",
+        415: "The body is not sent as JSON",
         422: "Invalid field",
         429: "Overloaded; retry after the Retry-After header",
-        503: "Loading or shutting down",
+        503: "Loading, shutting down, or one document too large for device memory (oom)",
         504: "Not scored within RERANKER_REQUEST_TIMEOUT_SECONDS; its queued pairs were dropped",
     }.items()
 }
 
 rerank_router = APIRouter(
-    tags=["rerank"], dependencies=[Depends(require_api_key)], responses=_ERRORS
+    tags=["rerank"],
+    dependencies=[Depends(require_api_key), Depends(require_json_body)],
+    responses=_ERRORS,
 )
 ops_router = APIRouter(tags=["operations"])
 

@@ -25,6 +25,7 @@ _RECORD_KEY = "rerank_record"
 # What each error body type counts as in ``reranker_request_errors_total{type}``.
 _METRIC_ERROR_TYPE = {
     "validation": "validation",
+    "unsupported_media_type": "validation",
     "invalid_json": "validation",
     "method_not_allowed": "validation",
     "not_found": "validation",

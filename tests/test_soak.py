@@ -1,0 +1,125 @@
+"""Soak (bounded): thousands of requests from 64 concurrent clients against a real process.
+Every request is answered, every score equals its pair scored alone, memory stays flat, and
+the service's own counters add up to what was sent."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from reranker_service.engine.model import ScoringModel
+from reranker_service.settings import DEFAULT_INSTRUCTION
+from tests.exposition import Exposition
+from tests.service_process import start_service
+
+CLIENTS = 64
+REQUESTS = 2000
+WARM_UP_REQUESTS = 200
+MAX_DOCUMENTS = 12
+RSS_GROWTH_ALLOWED = 1.25
+
+
+@dataclass(frozen=True)
+class SoakRequest:
+    query: str
+    documents: list[str]
+
+
+def _requests(count: int, seed: int) -> list[SoakRequest]:
+    rng = random.Random(seed)
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "river",
+        "stone",
+        "cloud",
+        "paper",
+        "seven",
+        "green",
+        "quiet",
+        "market",
+    ]
+    queries = [" ".join(rng.choices(words, k=rng.randint(1, 8))) for _ in range(12)]
+    documents = [" ".join(rng.choices(words, k=rng.randint(1, 120))) for _ in range(200)]
+    return [
+        SoakRequest(rng.choice(queries), rng.sample(documents, rng.randint(1, MAX_DOCUMENTS)))
+        for _ in range(count)
+    ]
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def _send_all(base_url: str, requests: list[SoakRequest]) -> list[httpx.Response]:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(len(requests)):
+        queue.put_nowait(index)
+    responses: list[httpx.Response | None] = [None] * len(requests)
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as http:
+
+        async def client() -> None:
+            while not queue.empty():
+                index = queue.get_nowait()
+                request = requests[index]
+                responses[index] = await http.post(
+                    "/rerank", json={"query": request.query, "documents": request.documents}
+                )
+
+        await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    assert all(response is not None for response in responses)
+    return [response for response in responses if response is not None]
+
+
+def test_soak(checkpoint: Path, scoring_model: ScoringModel) -> None:
+    warm_up, soak = _requests(WARM_UP_REQUESTS, seed=1), _requests(REQUESTS, seed=2)
+    service = start_service(checkpoint, "--log-level", "info")
+    try:
+        base_url = service.base_url()
+        asyncio.run(_send_all(base_url, warm_up))
+        rss_start = _rss_bytes(service.proc.pid)
+        responses = asyncio.run(_send_all(base_url, soak))
+        rss_end = _rss_bytes(service.proc.pid)
+        exposition = Exposition(httpx.get(f"{base_url}/metrics", timeout=30).text)
+        service.proc.send_signal(signal.SIGTERM)
+        assert service.proc.wait(timeout=60) == 0
+    finally:
+        service.stop()
+    print(f"\nsoak: {REQUESTS} requests, RSS {rss_start / 2**20:.1f} -> {rss_end / 2**20:.1f} MiB")
+
+    # Every request answered, in full.
+    assert [response.status_code for response in responses] == [200] * REQUESTS
+    # Every score equals its pair scored alone (batched with whatever else was queued).
+    alone: dict[tuple[str, str], float] = {}
+    encoder = scoring_model.encoder
+    for request, response in zip(soak, responses, strict=True):
+        results = response.json()["results"]
+        assert sorted(r["index"] for r in results) == list(range(len(request.documents)))
+        for result in results:
+            pair = (request.query, request.documents[result["index"]])
+            if pair not in alone:
+                ids = encoder.encode(DEFAULT_INSTRUCTION, pair[0], [pair[1]])
+                alone[pair] = scoring_model.score(ids)[0]
+            assert result["relevance_score"] == pytest.approx(alone[pair], abs=1e-4)
+    # Memory is flat once warm.
+    assert rss_end <= rss_start * RSS_GROWTH_ALLOWED
+    # The service counted exactly what was sent.
+    sent = WARM_UP_REQUESTS + REQUESTS
+    documents = sum(len(r.documents) for r in warm_up + soak)
+    assert exposition.value("reranker_requests_total", status="success") == sent
+    assert exposition.value("reranker_requests_total", status="fail") == 0
+    assert exposition.histogram("reranker_request_documents").count == sent
+    assert exposition.histogram("reranker_request_documents").sum == documents
+    assert exposition.histogram("reranker_batch_size").sum == documents
