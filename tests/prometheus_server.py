@@ -18,7 +18,8 @@ import pytest
 SCRAPE_SECONDS = 1
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (for servers that must be told their port)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -88,7 +89,7 @@ def run_prometheus(
     }
     config_path = workdir / "prometheus.yml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             binary,

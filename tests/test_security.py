@@ -4,7 +4,6 @@ CORS only when configured."""
 from __future__ import annotations
 
 import signal
-import socket
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 from reranker_service.cli import SettingsError, load_settings
 from reranker_service.local_server import serve_in_thread
 from tests.conftest import AppFactory, asgi_client
+from tests.prometheus_server import free_port
 from tests.service_process import start_service
 
 QUERY = "which fruit is yellow"
@@ -85,14 +85,8 @@ def test_the_key_never_reaches_the_logs(checkpoint: Path, key_file: Path) -> Non
     assert KEY not in service.proc.stderr.read()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_metrics_can_move_to_a_port_of_their_own(app_factory: AppFactory) -> None:
-    metrics_port = _free_port()
+    metrics_port = free_port()
     app = app_factory(metrics_port=metrics_port)
     with serve_in_thread(app) as url, httpx.Client(timeout=30) as http:
         assert http.post(f"{url}/rerank", json={"query": QUERY, "documents": DOCS}).is_success

@@ -299,11 +299,11 @@ class Batcher:
                 job.resolve_threadsafe()
 
     def _split_after_oom(self, batch: list[_QueuedPair]) -> None:
-        padded = len(batch) * max(pair.length for pair in batch)
         if len(batch) == 1:
             logger.warning("oom_pair_failed", tokens=batch[0].length)
             self._fail_jobs([batch[0].job], PairTooLargeError(batch[0].length))
             return
+        padded = len(batch) * max(pair.length for pair in batch)
         logger.warning("oom_batch_split", pairs=len(batch), padded_tokens=padded)
         half = len(batch) // 2
         for part in (batch[:half], batch[half:]):
