@@ -19,7 +19,7 @@ from http_client import HttpError, KeepAliveClient
 from reranker_service.engine.batcher import BatchReport
 from reranker_service.engine.model import load_scoring_model, resolve_device, resolve_dtype
 from reranker_service.engine.prompt import PROMPT_PREFIX, PROMPT_SUFFIX
-from reranker_service.engine.service import EngineConfig, RerankEngine
+from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from workloads import Request
 
@@ -168,7 +168,12 @@ class EngineInProcess:
         self._reports: list[BatchReport] = []
         self._engine = RerankEngine(
             model,
-            EngineConfig(max_batch_tokens=None, max_queued_pairs=1_000_000, tokenizer_threads=2),
+            EngineConfig(
+                max_batch_tokens=None,
+                max_queued_pairs=1_000_000,
+                largest_request_pairs=1000,
+                tokenizer_threads=2,
+            ),
             observer=self._reports.append,
         )
         self._memory = _MemoryMeter(resolve_device(device), os.getpid())

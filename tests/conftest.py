@@ -18,10 +18,11 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from reranker_service.app import create_app, load_options
-from reranker_service.engine.model import ScoringModel, load_scoring_model
-from reranker_service.observability.gpu import DeviceMemory, NvmlLibrary
+from reranker_service.engine.model import Qwen3ScoringModel, load_scoring_model
+from reranker_service.engine.scoring import DeviceMemory
+from reranker_service.observability.gpu import NvmlLibrary
 from reranker_service.settings import Settings
-from reranker_service.tiny_checkpoint import TinyModelShape, build_checkpoint
+from reranker_service.tiny_checkpoint import CheckpointShape, build_checkpoint
 from tests.model_card import ModelCardReranker
 
 SMALL_MAX_LENGTH = 160
@@ -35,7 +36,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tied_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    shape = TinyModelShape(tie_word_embeddings=True)
+    shape = CheckpointShape(tie_word_embeddings=True)
     return build_checkpoint(tmp_path_factory.mktemp("qwen3-reranker-tied"), shape, seed=1)
 
 
@@ -46,12 +47,12 @@ def make_settings(checkpoint: Path, **overrides: Any) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def scoring_model(checkpoint: Path) -> ScoringModel:
+def scoring_model(checkpoint: Path) -> Qwen3ScoringModel:
     return load_scoring_model(load_options(make_settings(checkpoint)))
 
 
 @pytest.fixture(scope="session")
-def short_scoring_model(checkpoint: Path) -> ScoringModel:
+def short_scoring_model(checkpoint: Path) -> Qwen3ScoringModel:
     settings = make_settings(checkpoint, max_length=SMALL_MAX_LENGTH)
     return load_scoring_model(load_options(settings))
 
@@ -70,7 +71,7 @@ AppFactory = Callable[..., FastAPI]
 
 
 @pytest.fixture
-def app_factory(checkpoint: Path, scoring_model: ScoringModel) -> AppFactory:
+def app_factory(checkpoint: Path, scoring_model: Qwen3ScoringModel) -> AppFactory:
     """``build(model, nvml=..., **settings)``: an app over the session's model (or ``model``)."""
 
     def build(model: Any = None, *, nvml: NvmlLibrary | None = None, **overrides: Any) -> FastAPI:
@@ -102,7 +103,7 @@ async def client(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
 class ModelWrapper:
     """The real model behind a test seam: subclasses change ``score`` only."""
 
-    def __init__(self, model: ScoringModel) -> None:
+    def __init__(self, model: Qwen3ScoringModel) -> None:
         self._model = model
         self.encoder = model.encoder
         self.description = model.description
@@ -117,7 +118,7 @@ class ModelWrapper:
 class GatedModel(ModelWrapper):
     """The real model, except that forward passes wait until the test opens the gate."""
 
-    def __init__(self, model: ScoringModel) -> None:
+    def __init__(self, model: Qwen3ScoringModel) -> None:
         super().__init__(model)
         self.gate = threading.Event()
         self.gate.set()

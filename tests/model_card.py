@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
 CARD_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 CARD_PREFIX = (
@@ -33,7 +33,7 @@ class ModelCardReranker:
             instruction = CARD_INSTRUCTION
         return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
 
-    def process_inputs(self, pairs: list[str]) -> dict[str, torch.Tensor]:
+    def process_inputs(self, pairs: list[str]) -> BatchEncoding:
         inputs = self.tokenizer(
             pairs,
             padding=False,
@@ -48,7 +48,7 @@ class ModelCardReranker:
         )
 
     @torch.no_grad()
-    def compute_logits(self, inputs: dict[str, torch.Tensor]) -> list[float]:
+    def compute_logits(self, inputs: BatchEncoding) -> list[float]:
         batch_scores = self.model(**inputs).logits[:, -1, :]
         true_vector = batch_scores[:, self.token_true_id]
         false_vector = batch_scores[:, self.token_false_id]

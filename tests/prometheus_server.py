@@ -25,6 +25,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A 127.0.0.1 port that another socket listens on while the block runs."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield int(taken.getsockname()[1])
+
+
 class PrometheusServer:
     def __init__(self, url: str) -> None:
         self.url = url

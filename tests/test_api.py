@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from reranker_service.app import create_app
-from reranker_service.engine.model import ScoringModel
+from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import AppFactory, GatedModel, asgi_client, make_settings
 
@@ -20,14 +20,14 @@ DOCS = ["Paris is the capital of France.", "Berlin is in Germany.", "Cheese.", "
 
 
 def _reference(
-    model: ScoringModel, docs: list[str], instruction: str = DEFAULT_INSTRUCTION
+    model: Qwen3ScoringModel, docs: list[str], instruction: str = DEFAULT_INSTRUCTION
 ) -> list[float]:
     return [model.score(model.encoder.encode(instruction, QUERY, [doc]))[0] for doc in docs]
 
 
 @pytest.mark.parametrize("path", ["/rerank", "/v1/rerank", "/v2/rerank"])
 async def test_rerank_orders_by_score(
-    client: httpx.AsyncClient, scoring_model: ScoringModel, path: str
+    client: httpx.AsyncClient, scoring_model: Qwen3ScoringModel, path: str
 ) -> None:
     response = await client.post(path, json={"query": QUERY, "documents": DOCS})
     assert response.status_code == 200
@@ -67,7 +67,7 @@ async def test_top_n_larger_than_list_returns_all(client: httpx.AsyncClient) -> 
 
 
 async def test_custom_instruction_is_used(
-    client: httpx.AsyncClient, scoring_model: ScoringModel
+    client: httpx.AsyncClient, scoring_model: Qwen3ScoringModel
 ) -> None:
     instruction = "Retrieve documents about European capitals"
     body = (
@@ -96,7 +96,9 @@ async def test_request_id_is_echoed_or_minted(client: httpx.AsyncClient) -> None
     assert error.json()["error"]["request_id"] == "err-1"
 
 
-async def test_health_ready_info(client: httpx.AsyncClient, scoring_model: ScoringModel) -> None:
+async def test_health_ready_info(
+    client: httpx.AsyncClient, scoring_model: Qwen3ScoringModel
+) -> None:
     assert (await client.get("/health")).json() == {"status": "ok"}
     assert (await client.get("/ready")).json() == {"status": "ready"}
     info = (await client.get("/info")).json()
@@ -217,7 +219,7 @@ async def test_draining_answers_503(app_factory: AppFactory) -> None:
     app = app_factory()
     async with asgi_client(app) as http:
         assert (await http.get("/ready")).status_code == 200
-        app.state.service.begin_draining()
+        app.state.lifecycle.begin_draining()
         ready = await http.get("/ready")
         assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
         refused = await http.post("/rerank", json={"query": QUERY, "documents": DOCS})
@@ -228,7 +230,7 @@ async def test_draining_answers_503(app_factory: AppFactory) -> None:
 
 
 async def test_overload_is_429_with_retry_after(
-    app_factory: AppFactory, scoring_model: ScoringModel
+    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
 ) -> None:
     gated = GatedModel(scoring_model)
     app = app_factory(model=gated, max_documents=4, max_queued_pairs=4)

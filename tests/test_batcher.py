@@ -14,26 +14,28 @@ from reranker_service.engine.batcher import (
     EngineStoppedError,
     QueueFullError,
 )
-from reranker_service.engine.model import ScoringModel
+from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.settings import DEFAULT_INSTRUCTION
 
 
 class RecordingScorer:
     """The real model, remembering what each forward pass was given."""
 
-    def __init__(self, model: ScoringModel, fail_on_length: int | None = None) -> None:
+    def __init__(self, model: Qwen3ScoringModel, fail_on_length: int | None = None) -> None:
         self._model = model
         self._fail_on_length = fail_on_length
         self.batches: list[list[int]] = []
+        self.passes: list[list[tuple[int, ...]]] = []
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         self.batches.append([len(seq) for seq in sequences])
+        self.passes.append([tuple(seq) for seq in sequences])
         if self._fail_on_length in {len(seq) for seq in sequences}:
             raise RuntimeError("injected forward failure")
         return self._model.score(sequences)
 
 
-def _requests(model: ScoringModel, count: int) -> list[list[list[int]]]:
+def _requests(model: Qwen3ScoringModel, count: int) -> list[list[list[int]]]:
     requests = []
     for r in range(count):
         docs = [f"document {d} " + "words " * ((r * 7 + d * 13) % 60) for d in range(1 + r % 5)]
@@ -51,7 +53,9 @@ def _batcher(scorer: RecordingScorer, reports: list[BatchReport] | None = None) 
     )
 
 
-async def test_pairs_from_many_requests_share_forward_passes(scoring_model: ScoringModel) -> None:
+async def test_pairs_from_many_requests_share_forward_passes(
+    scoring_model: Qwen3ScoringModel,
+) -> None:
     requests = _requests(scoring_model, 16)
     scorer = RecordingScorer(scoring_model)
     reports: list[BatchReport] = []
@@ -64,7 +68,9 @@ async def test_pairs_from_many_requests_share_forward_passes(scoring_model: Scor
 
     total_pairs = sum(len(seqs) for seqs in requests)
     assert sum(report.pairs for report in reports) == total_pairs
-    assert max(report.requests for report in reports) > 1
+    # Every request has its own query, so a pair's tokens tell whose it is.
+    owner = {tuple(seq): index for index, seqs in enumerate(requests) for seq in seqs}
+    assert max(len({owner[seq] for seq in batch}) for batch in scorer.passes) > 1
     assert len(reports) < len(requests)
     for lengths in scorer.batches:
         assert len(lengths) * max(lengths) <= 2048
@@ -73,7 +79,9 @@ async def test_pairs_from_many_requests_share_forward_passes(scoring_model: Scor
         assert max(abs(a - b) for a, b in zip(result.scores, alone, strict=True)) <= 1e-5
 
 
-async def test_batches_are_length_sorted_and_padding_is_low(scoring_model: ScoringModel) -> None:
+async def test_batches_are_length_sorted_and_padding_is_low(
+    scoring_model: Qwen3ScoringModel,
+) -> None:
     requests = _requests(scoring_model, 40)
     reports: list[BatchReport] = []
     batcher = _batcher(RecordingScorer(scoring_model), reports)
@@ -85,7 +93,7 @@ async def test_batches_are_length_sorted_and_padding_is_low(scoring_model: Scori
     assert efficiency > 0.85
 
 
-async def test_a_failing_batch_fails_only_its_requests(scoring_model: ScoringModel) -> None:
+async def test_a_failing_batch_fails_only_its_requests(scoring_model: Qwen3ScoringModel) -> None:
     good = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["short"])
     bad = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["much longer " * 300])
     scorer = RecordingScorer(scoring_model, fail_on_length=len(bad[0]))
@@ -100,7 +108,7 @@ async def test_a_failing_batch_fails_only_its_requests(scoring_model: ScoringMod
     await batcher.stop()
 
 
-async def test_queue_limit_refuses_new_work(scoring_model: ScoringModel) -> None:
+async def test_queue_limit_refuses_new_work(scoring_model: Qwen3ScoringModel) -> None:
     seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b", "c"])
     batcher = Batcher(
         RecordingScorer(scoring_model), max_batch_tokens=4096, overhead_tokens=0, max_queued_pairs=5
@@ -116,7 +124,7 @@ async def test_queue_limit_refuses_new_work(scoring_model: ScoringModel) -> None
         batcher.submit(seqs)
 
 
-async def test_cancelled_request_leaves_the_queue(scoring_model: ScoringModel) -> None:
+async def test_cancelled_request_leaves_the_queue(scoring_model: Qwen3ScoringModel) -> None:
     seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b", "c", "d"])
     scorer = RecordingScorer(scoring_model)
     batcher = Batcher(scorer, max_batch_tokens=4096, overhead_tokens=0, max_queued_pairs=100)
@@ -132,7 +140,7 @@ async def test_cancelled_request_leaves_the_queue(scoring_model: ScoringModel) -
     assert scorer.batches == []
 
 
-async def test_stop_finishes_accepted_work(scoring_model: ScoringModel) -> None:
+async def test_stop_finishes_accepted_work(scoring_model: Qwen3ScoringModel) -> None:
     requests = _requests(scoring_model, 8)
     batcher = _batcher(RecordingScorer(scoring_model))
     jobs = [batcher.submit(seqs) for seqs in requests]
@@ -141,7 +149,7 @@ async def test_stop_finishes_accepted_work(scoring_model: ScoringModel) -> None:
     assert all(job.future.done() and not job.future.exception() for job in jobs)
 
 
-async def test_results_resolve_on_the_submitting_loop(scoring_model: ScoringModel) -> None:
+async def test_results_resolve_on_the_submitting_loop(scoring_model: Qwen3ScoringModel) -> None:
     seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["x"])
     batcher = _batcher(RecordingScorer(scoring_model))
     batcher.start()

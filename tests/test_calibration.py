@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from reranker_service.engine.calibration import fixed_cost_in_tokens, measure_pass_overhead
-from reranker_service.engine.model import ScoringModel
-from reranker_service.engine.service import EngineConfig, RerankEngine
+from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
 
 
 def test_line_fit_recovers_fixed_cost() -> None:
@@ -28,13 +28,15 @@ def test_large_pass_must_be_larger() -> None:
         fixed_cost_in_tokens((512, 1.0), (64, 0.1))
 
 
-def test_measured_on_the_real_model(scoring_model: ScoringModel) -> None:
+def test_measured_on_the_real_model(scoring_model: Qwen3ScoringModel) -> None:
     measured = measure_pass_overhead(scoring_model, scoring_model.encoder.prefix_ids, 8192)
     assert measured is None or measured >= 0
 
 
-async def test_engine_start_sets_a_bounded_overhead(scoring_model: ScoringModel) -> None:
-    engine = RerankEngine(scoring_model, EngineConfig(None, 1000, 1))
+async def test_engine_start_sets_a_bounded_overhead(scoring_model: Qwen3ScoringModel) -> None:
+    engine = RerankEngine(
+        scoring_model, EngineConfig(None, 1000, largest_request_pairs=1000, tokenizer_threads=1)
+    )
     await engine.start()
     try:
         assert 0 <= engine.pass_overhead_tokens <= engine.limits.max_batch_tokens

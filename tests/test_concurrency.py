@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from reranker_service.app import create_app
 from reranker_service.engine.batcher import BatchReport
-from reranker_service.engine.model import ScoringModel
+from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.local_server import serve_in_thread
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import make_settings
+from tests.conftest import ModelWrapper, make_settings
 
 CLIENTS = 16
 REQUESTS_PER_CLIENT = 4
@@ -31,14 +34,29 @@ def _workload(seed: int) -> tuple[str, list[str]]:
     return query, docs
 
 
+class PassRecorder(ModelWrapper):
+    """The real model, remembering the token sequences of each forward pass."""
+
+    def __init__(self, model: Qwen3ScoringModel) -> None:
+        super().__init__(model)
+        self._lock = threading.Lock()
+        self.passes: list[list[tuple[int, ...]]] = []
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        with self._lock:
+            self.passes.append([tuple(seq) for seq in sequences])
+        return super().score(sequences)
+
+
 async def test_concurrent_requests_get_their_own_scores(
-    checkpoint: Path, scoring_model: ScoringModel
+    checkpoint: Path, scoring_model: Qwen3ScoringModel
 ) -> None:
     reports: list[BatchReport] = []
-    app = create_app(make_settings(checkpoint), model=scoring_model, batch_observer=reports.append)
+    recorder = PassRecorder(scoring_model)
+    app = create_app(make_settings(checkpoint), model=recorder, batch_observer=reports.append)
     workloads = [_workload(seed) for seed in range(CLIENTS * REQUESTS_PER_CLIENT)]
 
-    async def client_loop(http: httpx.AsyncClient, client: int) -> list[tuple[int, dict]]:
+    async def client_loop(http: httpx.AsyncClient, client: int) -> list[tuple[int, Any]]:
         answers = []
         for r in range(REQUESTS_PER_CLIENT):
             seed = client * REQUESTS_PER_CLIENT + r
@@ -61,4 +79,14 @@ async def test_concurrent_requests_get_their_own_scores(
             assert abs(result["relevance_score"] - alone[result["index"]]) <= 1e-5
     served_pairs = sum(len(docs) for _, docs in workloads)
     assert sum(report.pairs for report in reports) >= served_pairs
-    assert any(report.requests > 1 for report in reports), "no batch spanned two requests"
+    # Which requests (seeds) each pair's tokens could belong to: a pass spans two requests when
+    # no one request owns all of its pairs.
+    owners: dict[tuple[int, ...], set[int]] = {}
+    for seed, (query, docs) in enumerate(workloads):
+        for ids in scoring_model.encoder.encode(DEFAULT_INSTRUCTION, query, docs):
+            owners.setdefault(tuple(ids), set()).add(seed)
+    client_passes = [batch for batch in recorder.passes if all(seq in owners for seq in batch)]
+    spanning = [
+        batch for batch in client_passes if not set.intersection(*(owners[s] for s in batch))
+    ]
+    assert spanning, "no batch spanned two requests"

@@ -17,6 +17,8 @@ import pytest
 from tests.script_modules import ROOT, load_module
 from tests.service_process import start_service
 
+pytestmark = pytest.mark.slow  # starts real server processes
+
 # In a private mount namespace: "/" read-only, then tmpfs on the cache and scratch directories
 # (the compose file's volume and tmpfs), then the service in place of the shell.
 READ_ONLY_ROOT = (

@@ -306,6 +306,7 @@ def _substitute(expr: str) -> str:
     )
 
 
+@pytest.mark.slow  # starts real server processes
 def test_dashboard_queries_and_alert_rules_run_on_live_data(
     scraped_service: PrometheusServer,
 ) -> None:

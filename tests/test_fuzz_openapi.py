@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -23,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from reranker_service.app import create_app
-from reranker_service.engine.model import ScoringModel
+from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.local_server import serve_in_thread
 from tests.conftest import make_settings
 
@@ -39,7 +40,7 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def served_schema(checkpoint: Path, short_scoring_model: ScoringModel) -> Iterator[BaseSchema]:
+def served_schema(checkpoint: Path, short_scoring_model: Qwen3ScoringModel) -> Iterator[BaseSchema]:
     # A small document limit keeps generated requests cheap; the schema does not cap the list,
     # so larger lists are answered with the documented 413.
     settings = make_settings(checkpoint, max_documents=64, api_key=API_KEY)
@@ -48,7 +49,7 @@ def served_schema(checkpoint: Path, short_scoring_model: ScoringModel) -> Iterat
         yield schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
-def _operations(schema: BaseSchema) -> list[APIOperation]:
+def _operations(schema: BaseSchema) -> list[APIOperation[Any, Any, Any, Any]]:
     operations = []
     for result in schema.get_all_operations():
         if isinstance(result, Err):
@@ -74,7 +75,7 @@ def test_fuzzed_requests_get_documented_answers_and_no_5xx(served_schema: BaseSc
             database=None,
             suppress_health_check=list(HealthCheck),
         )
-        def fuzz(case: Case[APIOperation]) -> None:
+        def fuzz(case: Case[APIOperation[Any, Any, Any, Any]]) -> None:
             response = case.call_and_validate(
                 headers={"Authorization": f"Bearer {API_KEY}"}, checks=CHECKS
             )

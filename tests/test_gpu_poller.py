@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 
 import pynvml
 import pytest
 from structlog.testing import capture_logs
 
-from reranker_service.observability.gpu import DeviceMemory, GpuPoller, load_nvml
+from reranker_service.engine.scoring import DeviceMemory
+from reranker_service.observability.gpu import DeviceMemoryReader, GpuPoller, load_nvml
 from reranker_service.observability.metrics import ServiceMetrics
 from tests.conftest import AppFactory, asgi_client
 from tests.exposition import Exposition
@@ -25,12 +27,17 @@ def _gpu_series(exposition: Exposition, family: str) -> dict[str, float]:
     return {sample.labels["gpu"]: sample.value for sample in exposition.samples(family)}
 
 
-def _poller(nvml: FakeNvml, **kwargs: object) -> tuple[GpuPoller, ServiceMetrics]:
+def _poller(
+    nvml: FakeNvml, read_device_memory: DeviceMemoryReader | None = None
+) -> tuple[GpuPoller, ServiceMetrics]:
     metrics = ServiceMetrics()
-    return GpuPoller(metrics, interval_seconds=60, nvml=nvml, **kwargs), metrics  # type: ignore[arg-type]
+    poller = GpuPoller(
+        metrics, interval_seconds=60, nvml=nvml, read_device_memory=read_device_memory
+    )
+    return poller, metrics
 
 
-def _events(logs: list[dict[str, object]], event: str) -> list[dict[str, object]]:
+def _events(logs: Sequence[Mapping[str, object]], event: str) -> list[Mapping[str, object]]:
     return [entry for entry in logs if entry["event"] == event]
 
 

@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.service_process import start_service
+
+pytestmark = pytest.mark.slow  # starts real server processes
 
 SECRET_QUERY = "secret query text"
 

@@ -14,7 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.prometheus_server import taken_port
 from tests.service_process import ServiceProcess, start_service
+
+pytestmark = pytest.mark.slow  # starts real server processes
 
 
 @pytest.fixture
@@ -94,3 +97,23 @@ def test_bad_setting_exits_2_naming_it() -> None:
     assert completed.returncode == 2
     assert "device" in completed.stderr
     assert completed.stdout == ""
+
+
+def test_taken_metrics_port_exits_nonzero_naming_it(checkpoint: Path) -> None:
+    with taken_port() as port:
+        completed = subprocess.run(
+            [
+                *(sys.executable, "-m", "reranker_service", "--model", str(checkpoint)),
+                *("--device", "cpu", "--host", "127.0.0.1", "--port", "0"),
+                *("--metrics-port", str(port)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+    assert completed.returncode == 3  # uvicorn's exit status for a failed start-up
+    records = [json.loads(line) for line in completed.stdout.splitlines()]
+    (failed,) = [record for record in records if record["event"] == "startup_failed"]
+    assert f"127.0.0.1:{port} (RERANKER_METRICS_PORT)" in failed["error"]
+    assert not any(record["event"] == "service_ready" for record in records)

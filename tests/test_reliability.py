@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from reranker_service.engine.batcher import BatchTooLargeError, PairTooLargeError
-from reranker_service.engine.model import ScoringModel
-from reranker_service.engine.service import EngineConfig, RerankEngine
+from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
 from reranker_service.local_server import serve_in_thread
 from tests.conftest import AppFactory, GatedModel, ModelWrapper, asgi_client
 from tests.exposition import Exposition
@@ -42,13 +42,13 @@ def _errors(app: Any, error_type: str) -> float:
 
 
 async def test_timeout_answers_504_and_frees_the_queue(
-    app_factory: AppFactory, scoring_model: ScoringModel
+    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
 ) -> None:
     gated = GatedModel(scoring_model)
     app = app_factory(model=gated, request_timeout_seconds=0.5)
     payload = {"query": QUERY, "documents": DOCS}
     async with asgi_client(app) as http:
-        engine = app.state.service.engine
+        engine = app.state.lifecycle.engine
         gated.gate.clear()
         gated.entered.clear()
         # The first request's pass is held at the gate; the second waits in the queue.
@@ -89,14 +89,14 @@ def _read_status(sock: socket.socket) -> int:
 
 
 def test_a_client_that_hangs_up_loses_its_queued_pairs(
-    app_factory: AppFactory, scoring_model: ScoringModel
+    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
 ) -> None:
     gated = GatedModel(scoring_model)
     app = app_factory(model=gated)
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=30) as http:
         _wait_until(lambda: http.get("/ready").status_code == 200, "the service is ready")
         port = int(url.rsplit(":", 1)[1])
-        engine = app.state.service.engine
+        engine = app.state.lifecycle.engine
         gated.gate.clear()
         gated.entered.clear()
         try:
@@ -117,9 +117,9 @@ def test_a_client_that_hangs_up_loses_its_queued_pairs(
 
 class OutOfMemoryAbove(ModelWrapper):
     """The real model on a pretend device that fits ``capacity`` padded tokens per pass: a
-    bigger batch fails the way ``ScoringModel`` reports a CUDA out-of-memory."""
+    bigger batch fails the way ``Qwen3ScoringModel`` reports a CUDA out-of-memory."""
 
-    def __init__(self, model: ScoringModel, capacity: int) -> None:
+    def __init__(self, model: Qwen3ScoringModel, capacity: int) -> None:
         super().__init__(model)
         self.capacity = capacity
         self.passes: list[int] = []
@@ -135,7 +135,7 @@ class OutOfMemoryAbove(ModelWrapper):
 
 
 async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(
-    scoring_model: ScoringModel,
+    scoring_model: Qwen3ScoringModel,
 ) -> None:
     encoder = scoring_model.encoder
     short_docs = [f"short document {n}" for n in range(12)]
@@ -146,7 +146,9 @@ async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(
     capacity = 4 * one_short_pair
     assert longest_pair > capacity
     model = OutOfMemoryAbove(scoring_model, capacity)
-    engine = RerankEngine(model, EngineConfig(None, 10_000, 1))  # type: ignore[arg-type]
+    engine = RerankEngine(
+        model, EngineConfig(None, 10_000, largest_request_pairs=1000, tokenizer_threads=1)
+    )
     model.capacity = 10**9  # the warm-up fits
     await engine.start()
     model.capacity = capacity
@@ -171,7 +173,7 @@ async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(
 
 
 async def test_out_of_memory_is_503_oom_and_the_server_stays_up(
-    app_factory: AppFactory, scoring_model: ScoringModel
+    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
 ) -> None:
     model = OutOfMemoryAbove(scoring_model, capacity=10**9)
     app = app_factory(model=model)
@@ -191,7 +193,7 @@ async def test_out_of_memory_is_503_oom_and_the_server_stays_up(
 
 
 def test_a_torch_out_of_memory_becomes_batch_too_large(
-    scoring_model: ScoringModel, monkeypatch: pytest.MonkeyPatch
+    scoring_model: Qwen3ScoringModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backbone = scoring_model._backbone
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from reranker_service.app import load_options
-from reranker_service.engine.model import ScoringModel, load_scoring_model
+from reranker_service.engine.model import Qwen3ScoringModel, load_scoring_model
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import SMALL_MAX_LENGTH, make_settings
 from tests.model_card import ModelCardReranker
@@ -33,7 +33,7 @@ def _long_document(words: int, seed: int = 7) -> str:
     return " ".join(rng.choice(vocab) for _ in range(words))
 
 
-def _ours(model: ScoringModel, instruction: str, query: str, docs: list[str]) -> list[float]:
+def _ours(model: Qwen3ScoringModel, instruction: str, query: str, docs: list[str]) -> list[float]:
     return model.score(model.encoder.encode(instruction, query, docs))
 
 
@@ -44,14 +44,14 @@ def _assert_close(ours: list[float], reference: list[float]) -> None:
 
 
 def test_default_instruction_matches_model_card(
-    scoring_model: ScoringModel, card: ModelCardReranker
+    scoring_model: Qwen3ScoringModel, card: ModelCardReranker
 ) -> None:
     reference = card.score_alone(None, QUERY, DOCUMENTS)
     _assert_close(_ours(scoring_model, DEFAULT_INSTRUCTION, QUERY, DOCUMENTS), reference)
 
 
 def test_custom_instruction_matches_model_card(
-    scoring_model: ScoringModel, card: ModelCardReranker
+    scoring_model: Qwen3ScoringModel, card: ModelCardReranker
 ) -> None:
     instruction = "Given a question, retrieve passages written in French that answer it"
     reference = card.score_alone(instruction, QUERY, DOCUMENTS)
@@ -61,7 +61,7 @@ def test_custom_instruction_matches_model_card(
 
 
 def test_truncated_long_documents_match_model_card(
-    short_scoring_model: ScoringModel, short_card: ModelCardReranker
+    short_scoring_model: Qwen3ScoringModel, short_card: ModelCardReranker
 ) -> None:
     docs = [_long_document(400, seed) for seed in range(4)] + DOCUMENTS[:2]
     token_ids = short_scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, docs)
@@ -73,7 +73,7 @@ def test_truncated_long_documents_match_model_card(
 
 
 def test_long_query_is_truncated_like_the_model_card(
-    short_scoring_model: ScoringModel, short_card: ModelCardReranker
+    short_scoring_model: Qwen3ScoringModel, short_card: ModelCardReranker
 ) -> None:
     query = _long_document(300, seed=99)
     _assert_close(
@@ -83,7 +83,7 @@ def test_long_query_is_truncated_like_the_model_card(
 
 
 def test_default_max_length_keeps_a_long_document_whole(
-    scoring_model: ScoringModel, card: ModelCardReranker
+    scoring_model: Qwen3ScoringModel, card: ModelCardReranker
 ) -> None:
     doc = _long_document(1500)
     (ids,) = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, [doc])
@@ -91,7 +91,7 @@ def test_default_max_length_keeps_a_long_document_whole(
     _assert_close(scoring_model.score([ids]), card.score_alone(None, QUERY, [doc]))
 
 
-def test_score_does_not_depend_on_batch_neighbours(scoring_model: ScoringModel) -> None:
+def test_score_does_not_depend_on_batch_neighbours(scoring_model: Qwen3ScoringModel) -> None:
     docs = [_long_document(n, seed=n) for n in (3, 40, 200, 7, 600)] + DOCUMENTS
     token_ids = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, docs)
     alone = [scoring_model.score([ids])[0] for ids in token_ids]
@@ -101,7 +101,7 @@ def test_score_does_not_depend_on_batch_neighbours(scoring_model: ScoringModel) 
     assert max(abs(a - b) for a, b in zip(alone, reversed_batch, strict=True)) <= 1e-5
 
 
-def test_equal_length_batch_without_mask_matches(scoring_model: ScoringModel) -> None:
+def test_equal_length_batch_without_mask_matches(scoring_model: Qwen3ScoringModel) -> None:
     token_ids = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, ["aaaa", "bbbb", "cccc"])
     assert len({len(ids) for ids in token_ids}) == 1
     alone = [scoring_model.score([ids])[0] for ids in token_ids]
@@ -114,7 +114,7 @@ def test_tied_embeddings_checkpoint_matches_model_card(tied_checkpoint: Path) ->
     _assert_close(_ours(model, DEFAULT_INSTRUCTION, QUERY, DOCUMENTS), reference)
 
 
-def test_scores_are_probabilities_that_vary(scoring_model: ScoringModel) -> None:
+def test_scores_are_probabilities_that_vary(scoring_model: Qwen3ScoringModel) -> None:
     scores = _ours(scoring_model, DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
     assert all(0.0 < s < 1.0 for s in scores)
     assert len({round(s, 6) for s in scores}) > len(scores) // 2

@@ -63,6 +63,7 @@ def test_key_file_problems_stop_startup_without_showing_the_key(
     assert KEY not in repr(settings)
 
 
+@pytest.mark.slow  # starts real server processes
 def test_the_key_never_reaches_the_logs(checkpoint: Path, key_file: Path) -> None:
     service = start_service(checkpoint, env={"RERANKER_API_KEY_FILE": str(key_file)})
     try:

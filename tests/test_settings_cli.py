@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from reranker_service.app import engine_config
 from reranker_service.cli import SettingsError, build_parser, load_settings
+from reranker_service.engine.rerank_engine import choose_limits
+from reranker_service.engine.scoring import ModelDescription
 from reranker_service.settings import Settings
 
 
@@ -21,7 +24,11 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
         1.0,
     )
     assert settings.gpu_poll_seconds == 5
-    assert settings.queued_pairs_limit >= settings.max_documents
+    for device in ("cpu", "cuda:0"):
+        described = ModelDescription("m", "local", device, "float32", settings.max_length, 0.0)
+        limits = choose_limits(engine_config(settings), described)
+        assert limits.max_queued_pairs >= settings.max_documents
+        assert limits.max_batch_tokens >= settings.max_length
 
 
 def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:

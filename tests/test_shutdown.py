@@ -14,6 +14,8 @@ import pytest
 from tests.exposition import Exposition
 from tests.service_process import start_service
 
+pytestmark = pytest.mark.slow  # starts real server processes
+
 CLIENTS = 12
 DOCUMENTS = [f"document {n}: " + "several words of text " * 40 for n in range(60)]
 

@@ -13,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reranker_service.engine.model import ScoringModel
+from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.exposition import Exposition
 from tests.service_process import start_service
+
+pytestmark = pytest.mark.slow  # starts real server processes
 
 CLIENTS = 64
 REQUESTS = 2000
@@ -83,7 +85,7 @@ async def _send_all(base_url: str, requests: list[SoakRequest]) -> list[httpx.Re
     return [response for response in responses if response is not None]
 
 
-def test_soak(checkpoint: Path, scoring_model: ScoringModel) -> None:
+def test_soak(checkpoint: Path, scoring_model: Qwen3ScoringModel) -> None:
     warm_up, soak = _requests(WARM_UP_REQUESTS, seed=1), _requests(REQUESTS, seed=2)
     service = start_service(checkpoint, "--log-level", "info")
     try:

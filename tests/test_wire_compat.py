@@ -6,7 +6,7 @@ import cohere
 import httpx
 import pytest
 
-from reranker_service.engine.model import ScoringModel
+from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.local_server import serve_in_thread
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import AppFactory
@@ -19,11 +19,11 @@ DOCS = [
 ]
 
 
-def _expected(model: ScoringModel) -> list[float]:
+def _expected(model: Qwen3ScoringModel) -> list[float]:
     return [model.score(model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, [d]))[0] for d in DOCS]
 
 
-def test_cohere_v1_and_v2_sdks(app_factory: AppFactory, scoring_model: ScoringModel) -> None:
+def test_cohere_v1_and_v2_sdks(app_factory: AppFactory, scoring_model: Qwen3ScoringModel) -> None:
     expected = _expected(scoring_model)
     best_two = sorted(range(len(DOCS)), key=lambda i: -expected[i])[:2]
     with serve_in_thread(app_factory(api_key="sdk-key")) as base_url:
@@ -54,7 +54,7 @@ def test_cohere_v1_and_v2_sdks(app_factory: AppFactory, scoring_model: ScoringMo
         assert refused.value.status_code == 401
 
 
-def test_jina_shaped_request(app_factory: AppFactory, scoring_model: ScoringModel) -> None:
+def test_jina_shaped_request(app_factory: AppFactory, scoring_model: Qwen3ScoringModel) -> None:
     expected = _expected(scoring_model)
     with serve_in_thread(app_factory()) as base_url:
         response = httpx.post(

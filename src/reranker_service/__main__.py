@@ -16,8 +16,8 @@ import prometheus_client
 import structlog
 import uvicorn
 
-from reranker_service.api.routes import RERANK_PATHS
-from reranker_service.api.state import ServiceState
+from reranker_service.api.lifecycle import Lifecycle
+from reranker_service.api.routes import PROBE_PATHS, RERANK_PATHS
 from reranker_service.app import create_app, load_options
 from reranker_service.cli import SettingsError, load_settings
 from reranker_service.observability.logging import configure_logging
@@ -33,9 +33,9 @@ class DrainingServer(uvicorn.Server):
     (for up to the grace period), and only then does uvicorn close the port and exit, with
     status 0. A second signal stops at once, as uvicorn does."""
 
-    def __init__(self, config: uvicorn.Config, service: ServiceState, grace_seconds: float) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace_seconds: float) -> None:
         super().__init__(config)
-        self._service = service
+        self._lifecycle = lifecycle
         self._grace_seconds = grace_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task[None] | None = None
@@ -50,19 +50,19 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         self._draining = True
-        self._service.begin_draining()  # at once: the next /ready already answers 503
+        self._lifecycle.begin_draining()  # at once: the next /ready already answers 503
         self._loop.call_soon_threadsafe(self._start_drain, signal.Signals(sig).name)
 
     def _start_drain(self, signal_name: str) -> None:
-        logger.info("draining", signal=signal_name, in_flight=self._service.in_flight)
+        logger.info("draining", signal=signal_name, in_flight=self._lifecycle.in_flight)
         self._drain = asyncio.ensure_future(self._drain_then_exit())
 
     async def _drain_then_exit(self) -> None:
         started = time.monotonic()
         try:
-            await asyncio.wait_for(self._service.wait_until_idle(), self._grace_seconds)
+            await asyncio.wait_for(self._lifecycle.wait_until_idle(), self._grace_seconds)
         except TimeoutError:
-            logger.warning("drain_timed_out", in_flight=self._service.in_flight)
+            logger.warning("drain_timed_out", in_flight=self._lifecycle.in_flight)
         # What is left of the grace period is uvicorn's, for requests still running.
         left = self._grace_seconds - (time.monotonic() - started)
         self.config.timeout_graceful_shutdown = max(1, round(left))
@@ -87,7 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"reranker-service: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format, self_logging_paths=RERANK_PATHS)
+    # Rerank requests write a request_completed line of their own.
+    configure_logging(
+        settings.log_level, settings.log_format, quiet_access_paths=PROBE_PATHS | RERANK_PATHS
+    )
     # Process-wide: the *_created series only double what Prometheus stores.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -108,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         server_header=False,
     )
-    server = DrainingServer(config, app.state.service, settings.shutdown_grace_seconds)
+    server = DrainingServer(config, app.state.lifecycle, settings.shutdown_grace_seconds)
     server.run()
     return 0 if server.started else 1
 

@@ -1,12 +1,12 @@
-"""The application factory; the lifespan owns the engine and its worker thread."""
+"""The application factory; the lifespan owns the engine, its worker threads and the pollers."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
 
 import structlog
 from fastapi import FastAPI
@@ -15,28 +15,37 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from reranker_service import __version__
+from reranker_service.api.deps import RerankOptions
 from reranker_service.api.errors import install_error_handlers
+from reranker_service.api.lifecycle import Lifecycle
 from reranker_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from reranker_service.api.routes import RERANK_PATHS, ops_router, rerank_router
-from reranker_service.api.state import ServiceState
+from reranker_service.api.routes import (
+    METRICS_PATH,
+    PROBE_PATHS,
+    RERANK_PATHS,
+    ops_router,
+    rerank_router,
+)
 from reranker_service.api.telemetry import (
     EXPOSED_HEADERS,
     RequestLogPolicy,
     RerankTelemetryMiddleware,
 )
 from reranker_service.engine.batcher import BatchObserver, BatchReport
-from reranker_service.engine.service import EngineConfig, RerankEngine
+from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
+from reranker_service.engine.scoring import ScoringModel
 from reranker_service.observability.gpu import GpuPoller, NvmlLibrary, load_nvml
 from reranker_service.observability.metrics import ServiceMetrics
 from reranker_service.settings import Settings
 
 if TYPE_CHECKING:
-    from reranker_service.engine.model import LoadOptions, ScoringModel
+    from reranker_service.engine.model import LoadOptions
 
 logger = structlog.get_logger(__name__)
 
-# Probes and scrapes would drown the HTTP latency figures of real traffic.
-_UNTIMED_HANDLERS = ["^/metrics$", "^/health$", "^/ready$"]
+
+class StartupError(Exception):
+    """Something the service needs at start-up cannot be had; the message is for the operator."""
 
 
 def load_options(settings: Settings) -> LoadOptions:
@@ -48,6 +57,15 @@ def load_options(settings: Settings) -> LoadOptions:
         device=settings.device,
         dtype=settings.dtype,
         max_length=settings.max_length,
+    )
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        max_batch_tokens=settings.max_batch_tokens,
+        max_queued_pairs=settings.max_queued_pairs,
+        largest_request_pairs=settings.max_documents,
+        tokenizer_threads=settings.tokenizer_threads,
     )
 
 
@@ -68,6 +86,32 @@ def _observe_batches(observers: list[BatchObserver]) -> BatchObserver | None:
     return observe
 
 
+@contextlib.asynccontextmanager
+async def _metrics_server(settings: Settings, metrics: ServiceMetrics) -> AsyncIterator[None]:
+    """``/metrics`` on a port of its own, so that the API port can face clients while only
+    the monitoring network reaches the metrics."""
+    if settings.metrics_port is None:
+        yield
+        return
+    try:
+        server, thread = start_http_server(
+            settings.metrics_port, addr=settings.host, registry=metrics.registry
+        )
+    except OSError as exc:
+        raise StartupError(
+            f"cannot serve /metrics on {settings.host}:{settings.metrics_port} "
+            f"(RERANKER_METRICS_PORT): {exc.strerror or exc}"
+        ) from exc
+    logger.info("metrics_server_started", host=settings.host, port=settings.metrics_port)
+    try:
+        yield
+    finally:
+        # shutdown() blocks until the serving thread has left its loop: off the event loop.
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
+        await asyncio.to_thread(thread.join)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -84,14 +128,27 @@ def create_app(
     ``pynvml``. ``instrument_requests=False`` leaves out the per-request metrics and log lines;
     it exists to measure what they cost (``bench/``).
     """
-    state = ServiceState()
+    lifecycle = Lifecycle()
     metrics = ServiceMetrics(registry)
     observers: list[BatchObserver] = [metrics.observe_batch] if instrument_requests else []
     if batch_observer is not None:
         observers.append(batch_observer)
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """Every resource is stopped, in reverse order of start, whatever fails after it."""
+        async with contextlib.AsyncExitStack() as resources:
+            try:
+                engine = await _start(resources)
+            except Exception as exc:
+                logger.error("startup_failed", error=str(exc), error_type=type(exc).__name__)
+                raise
+            # Runs first on the way out: new work gets 503 while the engine finishes its queue.
+            resources.callback(lifecycle.begin_draining)
+            yield
+        logger.info("shutdown", pending_pairs=engine.queued_pairs)
+
+    async def _start(resources: contextlib.AsyncExitStack) -> RerankEngine:
         scoring_model = model if model is not None else await _load_model(settings)
         described = scoring_model.description
         metrics.set_model_info(
@@ -100,16 +157,11 @@ def create_app(
             device=described.device,
             dtype=described.dtype,
         )
+        await resources.enter_async_context(_metrics_server(settings, metrics))
         engine = RerankEngine(
-            scoring_model,
-            EngineConfig(
-                max_batch_tokens=settings.max_batch_tokens,
-                max_queued_pairs=settings.queued_pairs_limit,
-                tokenizer_threads=settings.tokenizer_threads,
-            ),
-            observer=_observe_batches(observers),
+            scoring_model, engine_config(settings), observer=_observe_batches(observers)
         )
-        metrics.watch_queue(lambda: engine.queued_pairs, engine.limits.max_queued_pairs)
+        resources.push_async_callback(engine.stop)
         gpu_poller = GpuPoller(
             metrics,
             interval_seconds=settings.gpu_poll_seconds,
@@ -117,28 +169,20 @@ def create_app(
             read_device_memory=engine.device_memory,
         )
         gpu_poller.start()
-        metrics_server = _start_metrics_server(settings, metrics)
-        try:
-            await engine.start()
-            state.engine = engine
-            if state.phase == "loading":  # a stop signal during start-up wins
-                state.phase = "ready"
-            logger.info(
-                "service_ready",
-                max_length=engine.limits.max_length,
-                max_batch_tokens=engine.limits.max_batch_tokens,
-                max_queued_pairs=engine.limits.max_queued_pairs,
-                pass_overhead_tokens=engine.pass_overhead_tokens,
-            )
-            yield
-        finally:
-            state.begin_draining()
-            await engine.stop()
-            await gpu_poller.stop()
-            if metrics_server is not None:
-                await asyncio.to_thread(metrics_server.shutdown)
-                metrics_server.server_close()
-            logger.info("shutdown", pending_pairs=engine.queued_pairs)
+        resources.push_async_callback(gpu_poller.stop)
+        metrics.watch_queue(lambda: engine.queued_pairs, engine.limits.max_queued_pairs)
+        await engine.start()
+        lifecycle.engine = engine
+        if lifecycle.phase == "loading":  # a stop signal during start-up wins
+            lifecycle.phase = "ready"
+        logger.info(
+            "service_ready",
+            max_length=engine.limits.max_length,
+            max_batch_tokens=engine.limits.max_batch_tokens,
+            max_queued_pairs=engine.limits.max_queued_pairs,
+            pass_overhead_tokens=engine.pass_overhead_tokens,
+        )
+        return engine
 
     app = FastAPI(
         title="Qwen3 reranker service",
@@ -150,17 +194,27 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.service = state
+    app.state.rerank_options = RerankOptions.from_settings(settings)
+    app.state.lifecycle = lifecycle
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(rerank_router)
     app.include_router(ops_router)
-    # Each add_middleware wraps the ones before it: the request id exists first, the telemetry
-    # sees every rerank outcome including the body-size 413, and the size check runs last.
+    _install_middleware(app, settings, metrics, instrument_requests=instrument_requests)
+    return app
+
+
+def _install_middleware(
+    app: FastAPI, settings: Settings, metrics: ServiceMetrics, *, instrument_requests: bool
+) -> None:
+    """Each ``add_middleware`` wraps the ones before it: the request id exists first, the
+    telemetry sees every rerank outcome including the body-size 413, and the size check runs
+    last."""
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_request_bytes)
     instrumentator = Instrumentator(
         registry=metrics.registry,
-        excluded_handlers=_UNTIMED_HANDLERS,
+        # Probes and scrapes would drown the HTTP latency figures of real traffic.
+        excluded_handlers=[f"^{re.escape(path)}$" for path in sorted(PROBE_PATHS)],
         should_ignore_untemplated=True,
     )
     if instrument_requests:
@@ -174,7 +228,7 @@ def create_app(
         )
         instrumentator.instrument(app)
     if settings.metrics_port is None:
-        instrumentator.expose(app, include_in_schema=False, should_gzip=True)
+        instrumentator.expose(app, endpoint=METRICS_PATH, include_in_schema=False, should_gzip=True)
     app.add_middleware(RequestIdMiddleware)
     if settings.cors_origin_list:
         # Outermost: a browser's preflight is answered before the key is asked for.
@@ -185,16 +239,3 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=EXPOSED_HEADERS,
         )
-    return app
-
-
-def _start_metrics_server(settings: Settings, metrics: ServiceMetrics) -> WSGIServer | None:
-    """``/metrics`` on a port of its own, so that the API port can face clients while only
-    the monitoring network reaches the metrics."""
-    if settings.metrics_port is None:
-        return None
-    server, _thread = start_http_server(
-        settings.metrics_port, addr=settings.host, registry=metrics.registry
-    )
-    logger.info("metrics_server_started", host=settings.host, port=settings.metrics_port)
-    return server

@@ -12,9 +12,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 from reranker_service import __version__
-from reranker_service.settings import Settings
-
-ENV_PREFIX = "RERANKER_"
+from reranker_service.settings import ENV_PREFIX, Settings
 
 
 class SettingsError(Exception):

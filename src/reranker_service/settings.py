@@ -9,6 +9,7 @@ from typing import Any, Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ENV_PREFIX = "RERANKER_"
 DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
@@ -23,7 +24,7 @@ class Settings(BaseSettings):
 
     # An empty variable means unset: compose files pass ``${RERANKER_API_KEY:-}`` through.
     model_config = SettingsConfigDict(
-        env_prefix="RERANKER_", extra="ignore", frozen=True, env_ignore_empty=True
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, env_ignore_empty=True
     )
 
     model: str = Field(DEFAULT_MODEL, description="Hugging Face model id or local directory")
@@ -37,10 +38,12 @@ class Settings(BaseSettings):
     )
     max_documents: int = Field(1000, ge=1, description="documents per request")
     max_batch_tokens: int | None = Field(
-        None, ge=1, description="padded tokens per forward pass; unset = chosen per device"
+        None, ge=1, description="padded tokens per forward pass; unset = chosen by the engine"
     )
     max_queued_pairs: int | None = Field(
-        None, ge=1, description="pairs waiting before new work is refused with 429; unset = chosen"
+        None,
+        ge=1,
+        description="pairs waiting before new work gets 429; unset = chosen by the engine",
     )
     max_request_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="largest accepted request body"
@@ -125,10 +128,3 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
-
-    @property
-    def queued_pairs_limit(self) -> int:
-        """Enough for several full-size requests in flight, unless configured."""
-        if self.max_queued_pairs is not None:
-            return self.max_queued_pairs
-        return max(4 * self.max_documents, 4096)

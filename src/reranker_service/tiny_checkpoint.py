@@ -40,7 +40,9 @@ _CORPUS_LINES = [
 
 
 @dataclass(frozen=True)
-class TinyModelShape:
+class CheckpointShape:
+    """A Qwen3 reranker's shape; the defaults are the tiny test model's."""
+
     hidden_size: int = 64
     intermediate_size: int = 128
     num_hidden_layers: int = 2
@@ -55,7 +57,7 @@ class TinyModelShape:
     Qwen3 checkpoints); the size of the LM head matters for the model-card baseline's speed."""
 
 
-QWEN3_RERANKER_0_6B = TinyModelShape(
+QWEN3_RERANKER_0_6B = CheckpointShape(
     hidden_size=1024,
     intermediate_size=3072,
     num_hidden_layers=28,
@@ -115,12 +117,12 @@ def build_tokenizer(vocab_size: int) -> object:
     )
 
 
-def build_checkpoint(directory: Path, shape: TinyModelShape | None = None, seed: int = 0) -> Path:
+def build_checkpoint(directory: Path, shape: CheckpointShape | None = None, seed: int = 0) -> Path:
     """Write tokenizer and random ``Qwen3ForCausalLM`` weights to ``directory``."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    shape = shape or TinyModelShape()
+    shape = shape or CheckpointShape()
     tokenizer = build_tokenizer(shape.vocab_size)
     for word in ("yes", "no"):
         ids = tokenizer.encode(word, add_special_tokens=False)  # type: ignore[attr-defined]
@@ -157,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("directory", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--layers", type=int, default=TinyModelShape.num_hidden_layers)
-    parser.add_argument("--hidden-size", type=int, default=TinyModelShape.hidden_size)
+    parser.add_argument("--layers", type=int, default=CheckpointShape.num_hidden_layers)
+    parser.add_argument("--hidden-size", type=int, default=CheckpointShape.hidden_size)
     parser.add_argument("--tie-word-embeddings", action="store_true")
     parser.add_argument(
         "--shape",
@@ -167,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="qwen3-reranker-0.6b: the real model's configuration (random weights, ~2.4 GB)",
     )
     args = parser.parse_args(argv)
-    shape = TinyModelShape(
+    shape = CheckpointShape(
         num_hidden_layers=args.layers,
         hidden_size=args.hidden_size,
         intermediate_size=2 * args.hidden_size,

@@ -7,15 +7,30 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from starlette.types import Receive
 
-from reranker_service.api.errors import ApiError
-from reranker_service.api.state import ServiceState
+from reranker_service.api.errors import ApiError, unavailable
+from reranker_service.api.lifecycle import Lifecycle
 from reranker_service.api.telemetry import RerankRecord, record_of
-from reranker_service.engine.service import RerankEngine
+from reranker_service.engine.rerank_engine import RerankEngine
 from reranker_service.settings import Settings
 
-_RETRY_SOON = {"Retry-After": "5"}
+
+@dataclass(frozen=True)
+class RerankOptions:
+    """The settings a rerank request is handled with, taken from ``Settings`` once."""
+
+    max_documents: int
+    default_instruction: str
+    timeout_seconds: float | None
+    """None: no deadline."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RerankOptions:
+        return cls(
+            max_documents=settings.max_documents,
+            default_instruction=settings.default_instruction,
+            timeout_seconds=settings.request_timeout_seconds or None,
+        )
 
 
 async def get_settings(request: Request) -> Settings:
@@ -23,21 +38,19 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_service_state(request: Request) -> ServiceState:
-    state: ServiceState = request.app.state.service
-    return state
+async def get_lifecycle(request: Request) -> Lifecycle:
+    lifecycle: Lifecycle = request.app.state.lifecycle
+    return lifecycle
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ServiceStateDep = Annotated[ServiceState, Depends(get_service_state)]
+LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 
 
-async def get_engine(state: ServiceStateDep) -> RerankEngine:
-    if state.phase == "draining":
-        raise ApiError(503, "draining", "the service is shutting down", headers=_RETRY_SOON)
-    if state.phase != "ready" or state.engine is None:
-        raise ApiError(503, "not_ready", "the model is still loading", headers=_RETRY_SOON)
-    return state.engine
+async def get_engine(lifecycle: LifecycleDep) -> RerankEngine:
+    if lifecycle.phase != "ready" or lifecycle.engine is None:
+        raise unavailable("draining" if lifecycle.phase == "draining" else "loading")
+    return lifecycle.engine
 
 
 EngineDep = Annotated[RerankEngine, Depends(get_engine)]
@@ -49,24 +62,21 @@ class RerankContext:
     dependency FastAPI solves costs the request tens of microseconds."""
 
     engine: RerankEngine
-    service: ServiceState
-    settings: Settings
+    lifecycle: Lifecycle
+    options: RerankOptions
     record: RerankRecord
     """The record the telemetry middleware reads; a throwaway one when telemetry is off."""
     request_id: str
-    receive: Receive
-    """The request's ASGI receive: once the body is read, it reports the client's disconnect."""
 
 
 async def get_rerank_context(request: Request) -> RerankContext:
     app_state = request.app.state
     return RerankContext(
-        engine=await get_engine(app_state.service),
-        service=app_state.service,
-        settings=app_state.settings,
+        engine=await get_engine(app_state.lifecycle),
+        lifecycle=app_state.lifecycle,
+        options=app_state.rerank_options,
         record=record_of(request.scope) or RerankRecord(),
         request_id=str(request.state.request_id),
-        receive=request.receive,
     )
 
 

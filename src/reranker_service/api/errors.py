@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from fastapi import FastAPI, Request
@@ -19,6 +19,15 @@ from reranker_service.api.telemetry import note_error
 logger = structlog.get_logger(__name__)
 
 _MAX_ECHOED_CHARS = 100
+
+RETRY_AFTER_BUSY_SECONDS = 1
+"""Overloaded or timed out: capacity frees up within about a forward pass or two."""
+RETRY_AFTER_UNAVAILABLE_SECONDS = 5
+"""Loading or draining: another replica should take the retry."""
+
+
+def retry_after(seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(seconds)}
 
 
 class ApiError(Exception):
@@ -39,6 +48,15 @@ class ApiError(Exception):
             type=error_type, message=message, field=field, limit=limit, value=value
         )
         self.headers = dict(headers or {})
+
+
+def unavailable(phase: Literal["loading", "draining"]) -> ApiError:
+    """The 503 for a service that is not serving: still loading, or shutting down."""
+    if phase == "draining":
+        error_type, message = "draining", "the service is shutting down"
+    else:
+        error_type, message = "not_ready", "the model is still loading"
+    return ApiError(503, error_type, message, headers=retry_after(RETRY_AFTER_UNAVAILABLE_SECONDS))
 
 
 def error_response(
@@ -132,7 +150,7 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
             field="body",
         )
         return error_response(400, body, request, exc.headers)
-    names = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+    names = {404: "not_found", 405: "method_not_allowed"}
     body = ErrorBody(type=names.get(exc.status_code, "http_error"), message=str(exc.detail))
     return error_response(exc.status_code, body, request, exc.headers)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from reranker_service import __version__
-from reranker_service.api import serving
+from reranker_service.api.cancellation import with_cancellation
 from reranker_service.api.deps import (
     EngineDep,
+    LifecycleDep,
     RerankContextDep,
-    ServiceStateDep,
     SettingsDep,
     require_api_key,
     require_json_body,
@@ -25,6 +25,12 @@ from reranker_service.api.protocol import (
     RerankRequest,
     RerankResponse,
 )
+from reranker_service.api.rerank import rerank
+
+METRICS_PATH = "/metrics"
+PROBE_PATHS = frozenset({"/health", "/ready", METRICS_PATH})
+"""Hit every few seconds by health checks and scrapers: left out of the HTTP latency figures,
+and their access lines are written at debug unless they fail."""
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": description}
@@ -49,17 +55,12 @@ ops_router = APIRouter(tags=["operations"])
 
 
 def _rerank_endpoint(api_version: str) -> Any:
-    async def endpoint(body: RerankRequest, context: RerankContextDep) -> Response:
-        with context.service.serving():
-            response = await serving.rerank(
-                body,
-                context.engine,
-                context.settings,
-                receive=context.receive,
-                record=context.record,
-                request_id=context.request_id,
-                api_version=api_version,
-            )
+    @with_cancellation  # reads ``request`` to watch for the client's disconnect
+    async def endpoint(
+        body: RerankRequest, request: Request, context: RerankContextDep
+    ) -> Response:
+        with context.lifecycle.serving():
+            response = await rerank(body, context, api_version)
         # Serialized here, once, by pydantic-core: handing FastAPI the model would validate it
         # again against the response model before encoding it. The route's response_model
         # still documents the shape.
@@ -98,9 +99,9 @@ async def health() -> HealthResponse:
     responses={503: {"model": ReadyResponse, "description": "Loading or draining"}},
     summary="Readiness: 200 once the model is loaded and warm",
 )
-async def ready(state: ServiceStateDep) -> JSONResponse:
-    status_code = 200 if state.phase == "ready" else 503
-    return JSONResponse({"status": state.phase}, status_code=status_code)
+async def ready(lifecycle: LifecycleDep) -> JSONResponse:
+    status_code = 200 if lifecycle.phase == "ready" else 503
+    return JSONResponse({"status": lifecycle.phase}, status_code=status_code)
 
 
 @ops_router.get("/info", response_model=InfoResponse, summary="What is served, with its limits")

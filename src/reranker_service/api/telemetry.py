@@ -52,7 +52,7 @@ class RerankRecord:
     top_n: int | None = None
     tokens: int | None = None
     top1_score: float | None = None
-    score_std: float | None = None
+    score_stddev: float | None = None
     tokenize_seconds: float | None = None
     queue_seconds: float | None = None
     inference_seconds: float | None = None
@@ -206,7 +206,7 @@ class RerankTelemetryMiddleware:
             documents=record.doc_count or 0,
             tokens=record.tokens or 0,
             top1_score=record.top1_score,
-            score_stddev=record.score_std,
+            score_stddev=record.score_stddev,
         )
         if not self._log_policy.keep_success_line():
             return
@@ -220,7 +220,7 @@ class RerankTelemetryMiddleware:
             queue_ms=_milliseconds(record.queue_seconds),
             inference_ms=_milliseconds(record.inference_seconds),
             top1_score=record.top1_score,
-            score_std=record.score_std,
+            score_std=record.score_stddev,  # the log key is public
             top_n=record.top_n,
             **self._log_policy.query_field(record),
         )

@@ -16,17 +16,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import structlog
 
 from reranker_service.engine.batch_policy import select_window
+from reranker_service.engine.scoring import PairScorer
 
 logger = structlog.get_logger(__name__)
-
-
-class PairScorer(Protocol):
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]: ...
 
 
 class QueueFullError(Exception):
@@ -60,7 +56,6 @@ class BatchReport:
     """What one forward pass did; handed to the observer from the worker thread."""
 
     pairs: int
-    requests: int
     real_tokens: int
     padded_tokens: int
     queue_wait_seconds: tuple[float, ...]
@@ -129,6 +124,11 @@ def _sort_key(pair: _QueuedPair) -> tuple[int, int]:
 
 def _distinct_jobs(batch: Sequence[_QueuedPair]) -> list[ScoringJob]:
     return list({id(pair.job): pair.job for pair in batch}.values())
+
+
+def _padded_tokens(batch: Sequence[_QueuedPair]) -> int:
+    """What a right-padded pass over ``batch`` computes: pairs x longest."""
+    return len(batch) * max(pair.length for pair in batch)
 
 
 class _Lengths(Sequence[int]):
@@ -282,7 +282,7 @@ class Batcher:
                 job.first_batch_at = started
             job.inference_seconds += elapsed
         # Report before answering: once a client has its scores, the batch is on record.
-        self._report(batch, len(jobs), started, elapsed, failed=error is not None, retry=retry)
+        self._report(batch, started, elapsed, failed=error is not None, retry=retry)
         if isinstance(error, BatchTooLargeError):
             self._split_after_oom(batch)
             return
@@ -303,8 +303,7 @@ class Batcher:
             logger.warning("oom_pair_failed", tokens=batch[0].length)
             self._fail_jobs([batch[0].job], PairTooLargeError(batch[0].length))
             return
-        padded = len(batch) * max(pair.length for pair in batch)
-        logger.warning("oom_batch_split", pairs=len(batch), padded_tokens=padded)
+        logger.warning("oom_batch_split", pairs=len(batch), padded_tokens=_padded_tokens(batch))
         half = len(batch) // 2
         for part in (batch[:half], batch[half:]):
             live = [pair for pair in part if not pair.job.closed]
@@ -314,7 +313,6 @@ class Batcher:
     def _report(
         self,
         batch: list[_QueuedPair],
-        requests: int,
         started: float,
         elapsed: float,
         *,
@@ -326,9 +324,8 @@ class Batcher:
             return
         report = BatchReport(
             pairs=len(batch),
-            requests=requests,
             real_tokens=sum(pair.length for pair in batch),
-            padded_tokens=len(batch) * max(pair.length for pair in batch),
+            padded_tokens=_padded_tokens(batch),
             # A retried pair's wait was reported with its first pass.
             queue_wait_seconds=() if retry else tuple(started - pair.enqueued_at for pair in batch),
             inference_seconds=elapsed,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from reranker_service.engine.batcher import PairScorer
+from reranker_service.engine.scoring import PairScorer
 
 SMALL_PASS = (1, 64)
 """pairs, tokens per pair"""

@@ -17,8 +17,7 @@ import torch
 
 from reranker_service.engine.batcher import BatchTooLargeError
 from reranker_service.engine.prompt import PromptEncoder
-from reranker_service.observability.gpu import DeviceMemory
-from reranker_service.observability.logging import route_library_logs
+from reranker_service.engine.scoring import DeviceMemory, ModelDescription
 
 logger = structlog.get_logger(__name__)
 
@@ -37,16 +36,6 @@ class LoadOptions:
     device: str
     dtype: str
     max_length: int
-
-
-@dataclass(frozen=True)
-class ModelDescription:
-    model: str
-    revision: str
-    device: str
-    dtype: str
-    max_length: int
-    load_seconds: float
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -89,8 +78,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-class ScoringModel:
-    """A Qwen3 decoder plus the yes-minus-no direction of its LM head."""
+class Qwen3ScoringModel:
+    """A Qwen3 decoder plus the yes-minus-no direction of its LM head: the engine's
+    ``ScoringModel`` for Qwen3 rerankers."""
 
     def __init__(
         self,
@@ -125,9 +115,7 @@ class ScoringModel:
         except torch.OutOfMemoryError as exc:
             if self._device.type == "cuda":
                 torch.cuda.empty_cache()
-            raise BatchTooLargeError(
-                str(exc).splitlines()[0] if str(exc) else "out of memory"
-            ) from exc
+            raise BatchTooLargeError(_first_line(exc)) from exc
 
     def _score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.long)
@@ -153,7 +141,7 @@ class ScoringModel:
         return scores
 
 
-def load_scoring_model(options: LoadOptions) -> ScoringModel:
+def load_scoring_model(options: LoadOptions) -> Qwen3ScoringModel:
     """Load tokenizer and weights once; raise ``ModelLoadError`` for anything unservable."""
     try:
         model = _load(options)
@@ -173,12 +161,9 @@ def load_scoring_model(options: LoadOptions) -> ScoringModel:
     return model
 
 
-def _load(options: LoadOptions) -> ScoringModel:
+def _load(options: LoadOptions) -> Qwen3ScoringModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    # These libraries install their own stderr handlers on import; send their records through
-    # the service's renderer instead.
-    route_library_logs("transformers", "huggingface_hub", "torch")
     started = time.perf_counter()
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device)
@@ -226,4 +211,4 @@ def _load(options: LoadOptions) -> ScoringModel:
         max_length=options.max_length,
         load_seconds=time.perf_counter() - started,
     )
-    return ScoringModel(backbone, score_direction, encoder, int(pad_token_id), description)
+    return Qwen3ScoringModel(backbone, score_direction, encoder, int(pad_token_id), description)

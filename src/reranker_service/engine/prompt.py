@@ -36,7 +36,6 @@ class PromptEncoder:
         self.suffix_ids: tuple[int, ...] = tuple(
             backend.encode(PROMPT_SUFFIX, add_special_tokens=False).ids
         )
-        self.max_length = max_length
         self.text_budget = max_length - len(self.prefix_ids) - len(self.suffix_ids)
         if self.text_budget < 1:
             raise ValueError(

@@ -1,1 +1,1 @@
-"""Logging (and, later, metrics and GPU polling)."""
+"""Metrics, logs and GPU polling. May read the engine's data types; knows nothing about HTTP."""

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from reranker_service.engine.scoring import DeviceMemory
 from reranker_service.observability.metrics import ServiceMetrics
 
 logger = structlog.get_logger(__name__)
@@ -34,15 +35,6 @@ class NvmlLibrary(Protocol):
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any: ...  # noqa: N802
     def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any: ...  # noqa: N802
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any: ...  # noqa: N802
-
-
-@dataclass(frozen=True)
-class DeviceMemory:
-    """torch's caching allocator on the served device."""
-
-    device: str
-    allocated_bytes: int
-    reserved_bytes: int
 
 
 DeviceMemoryReader = Callable[[], DeviceMemory | None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -11,11 +12,13 @@ import structlog
 from structlog.typing import Processor, WrappedLogger
 
 # uvicorn installs its own handlers unless told not to; these loggers must reach the root.
-_ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi")
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi")
+# These install a stderr handler of their own when they are imported (and transformers and torch
+# stop propagation), so they are imported before their loggers are routed: routing them first
+# would be undone by the model loader's import.
+_LIBRARY_LOGGERS = ("transformers", "huggingface_hub", "torch")
 
 _ACCESS_LOGGER = "uvicorn.access"
-_PROBE_PATHS = frozenset({"/health", "/ready", "/metrics"})
-"""Hit every few seconds by health checks and scrapers; logged at debug unless they fail."""
 
 
 def configure_logging(
@@ -23,11 +26,11 @@ def configure_logging(
     log_format: Literal["json", "console"] = "json",
     stream: TextIO | None = None,
     *,
-    self_logging_paths: frozenset[str] = frozenset(),
+    quiet_access_paths: frozenset[str] = frozenset(),
 ) -> None:
-    """Once, before anything logs. ``stream`` defaults to stdout. Successful requests to
-    ``self_logging_paths``, which write a line of their own, have their access line at debug,
-    like the probes'."""
+    """Once, before anything logs. ``stream`` defaults to stdout. The access lines of successful
+    requests to ``quiet_access_paths`` (probes and scrapes, and routes that write a line of their
+    own) are written at debug."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -64,14 +67,16 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)
-    route_library_logs(*_ROUTED_LOGGERS)
+    for library in _LIBRARY_LOGGERS:
+        importlib.import_module(library)
+    _route_to_root(*_SERVER_LOGGERS, *_LIBRARY_LOGGERS)
     access = logging.getLogger(_ACCESS_LOGGER)
     for old in [f for f in access.filters if isinstance(f, _QuietAccess)]:
         access.removeFilter(old)
-    access.addFilter(_QuietAccess(_PROBE_PATHS | self_logging_paths))
+    access.addFilter(_QuietAccess(quiet_access_paths))
 
 
-def route_library_logs(*logger_names: str) -> None:
+def _route_to_root(*logger_names: str) -> None:
     """Make these loggers, and the ones below them that exist now, hand their records to the
     root handler (and so to the one renderer) instead of handlers of their own. Levels are left
     as the libraries chose."""

@@ -61,7 +61,8 @@ SCORE_SPREAD_BUCKETS: Final = (
 
 
 class ServiceMetrics:
-    """The catalog of the SPEC plus torch's view of device memory.
+    """The published catalog (docs/observability.md; dashboards and alert rules depend on its
+    names) plus torch's view of device memory.
 
     HTTP outcomes are recorded by the rerank telemetry middleware, batches by the engine's
     observer (on the worker thread; prometheus_client is thread-safe), GPU gauges by the NVML

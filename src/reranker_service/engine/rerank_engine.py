@@ -1,4 +1,4 @@
-"""The engine as the HTTP layer sees it: tokenize off the loop, batch, score.
+"""The rerank engine as the HTTP layer sees it: tokenize off the loop, batch, score.
 
 Importing this module does not import torch; the model arrives already loaded.
 """
@@ -10,16 +10,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import structlog
 
 from reranker_service.engine.batcher import Batcher, BatchObserver
 from reranker_service.engine.calibration import measure_pass_overhead
-
-if TYPE_CHECKING:
-    from reranker_service.engine.model import ModelDescription, ScoringModel
-    from reranker_service.observability.gpu import DeviceMemory
+from reranker_service.engine.scoring import DeviceMemory, ModelDescription, ScoringModel
 
 logger = structlog.get_logger(__name__)
 
@@ -28,14 +24,21 @@ logger = structlog.get_logger(__name__)
 # are only the fallbacks for when that measurement is noise.
 _DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
 _FALLBACK_PASS_OVERHEAD_TOKENS = {"cuda": 2048, "cpu": 64}
+# Pairs that may wait when the operator sets no limit: several full-size requests in flight.
+_QUEUED_REQUESTS = 4
+_MIN_QUEUED_PAIRS = 4096
 
 _WARM_UP_DOCUMENTS = ("warm-up", "a longer warm-up document " * 8)
 
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """What the operator asked for; ``None`` leaves the choice to the engine."""
+
     max_batch_tokens: int | None
-    max_queued_pairs: int
+    max_queued_pairs: int | None
+    largest_request_pairs: int
+    """The most pairs one request may bring: the queue must hold at least that many."""
     tokenizer_threads: int
 
 
@@ -64,29 +67,36 @@ class EngineLimits:
     max_queued_pairs: int
 
 
+def choose_limits(config: EngineConfig, model: ModelDescription) -> EngineLimits:
+    """The operator's limits, and the engine's choice where the operator set none: the one
+    place the defaults live."""
+    max_batch_tokens = config.max_batch_tokens or max(
+        _DEFAULT_BATCH_TOKENS[model.device_type], model.max_length
+    )
+    max_queued_pairs = config.max_queued_pairs or max(
+        _QUEUED_REQUESTS * config.largest_request_pairs, _MIN_QUEUED_PAIRS
+    )
+    return EngineLimits(model.max_length, max_batch_tokens, max_queued_pairs)
+
+
 class RerankEngine:
     def __init__(
         self, model: ScoringModel, config: EngineConfig, observer: BatchObserver | None = None
     ) -> None:
-        device_type = "cuda" if model.description.device.startswith("cuda") else "cpu"
-        max_length = model.description.max_length
-        max_batch_tokens = config.max_batch_tokens or max(
-            _DEFAULT_BATCH_TOKENS[device_type], max_length
-        )
+        self.limits = choose_limits(config, model.description)
         self._model = model
         self._encoder = model.encoder
         self._batcher = Batcher(
             model,
-            max_batch_tokens=max_batch_tokens,
-            overhead_tokens=_FALLBACK_PASS_OVERHEAD_TOKENS[device_type],
-            max_queued_pairs=config.max_queued_pairs,
+            max_batch_tokens=self.limits.max_batch_tokens,
+            overhead_tokens=_FALLBACK_PASS_OVERHEAD_TOKENS[model.description.device_type],
+            max_queued_pairs=self.limits.max_queued_pairs,
         )
         self._observer = observer  # attached after the warm-up, which is not client traffic
         self._tokenizer_pool = ThreadPoolExecutor(
             max_workers=config.tokenizer_threads, thread_name_prefix="reranker-tokenize"
         )
         self.description: ModelDescription = model.description
-        self.limits = EngineLimits(max_length, max_batch_tokens, config.max_queued_pairs)
 
     @property
     def queued_pairs(self) -> int:

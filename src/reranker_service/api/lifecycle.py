@@ -1,4 +1,5 @@
-"""What the HTTP layer needs to know about the service's life: phase and engine."""
+"""What the HTTP layer needs to know about the service's life: its phase, its engine, and the
+rerank requests in flight (which a drain waits for)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reranker_service.engine.service import RerankEngine
+from reranker_service.engine.rerank_engine import RerankEngine
 
 Phase = Literal["loading", "ready", "draining"]
 
 
 @dataclass
-class ServiceState:
+class Lifecycle:
     phase: Phase = "loading"
     engine: RerankEngine | None = None
     in_flight: int = 0

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Sequence
 
 import structlog
-from starlette.types import Receive
 
-from reranker_service.api.errors import ApiError
+from reranker_service.api.deps import RerankContext, RerankOptions
+from reranker_service.api.errors import (
+    RETRY_AFTER_BUSY_SECONDS,
+    ApiError,
+    retry_after,
+    unavailable,
+)
 from reranker_service.api.protocol import (
     ApiVersion,
     BilledUnits,
@@ -28,75 +32,53 @@ from reranker_service.engine.batcher import (
     PairTooLargeError,
     QueueFullError,
 )
-from reranker_service.engine.service import RerankEngine, RerankOutcome
-from reranker_service.settings import Settings
+from reranker_service.engine.rerank_engine import RerankOutcome
 
 logger = structlog.get_logger(__name__)
 
 
-def _check_limits(body: RerankRequest, settings: Settings) -> None:
+def _check_limits(body: RerankRequest, options: RerankOptions) -> None:
     count = len(body.documents)
-    if count > settings.max_documents:
+    if count > options.max_documents:
         raise ApiError(
             413,
             "payload_too_large",
-            f"too many documents: {count} > {settings.max_documents}",
+            f"too many documents: {count} > {options.max_documents}",
             field="documents",
-            limit=settings.max_documents,
+            limit=options.max_documents,
             value=count,
         )
 
 
-async def _until_disconnected(receive: Receive) -> None:
-    """Return once the client has gone. Called after the body was read, ``receive`` has
-    nothing left to give but ``http.disconnect``."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _abandon(work: asyncio.Task[RerankOutcome]) -> None:
-    """Cancel the engine call: its pairs still queued leave the queue (the batcher withdraws
-    them), and pairs already in a forward pass are ignored when it ends."""
-    work.cancel()
-    await asyncio.gather(work, return_exceptions=True)
-
-
-async def _outcome_while_wanted(
-    scoring: Coroutine[Any, Any, RerankOutcome], receive: Receive, deadline_seconds: float | None
+async def _outcome_within(
+    scoring: Awaitable[RerankOutcome], timeout_seconds: float | None
 ) -> RerankOutcome:
-    """The engine's outcome, unless the client disconnects or the deadline passes first."""
-    work = asyncio.ensure_future(scoring)
-    client_gone = asyncio.ensure_future(_until_disconnected(receive))
+    """The engine's outcome, or 504 once the deadline passes: the engine call is then cancelled,
+    so its pairs still queued leave the queue (pairs already in a forward pass are ignored when
+    it ends)."""
+    deadline = asyncio.timeout(timeout_seconds)
     try:
-        done, _ = await asyncio.wait(
-            {work, client_gone}, timeout=deadline_seconds, return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        client_gone.cancel()
-        if not work.done():
-            await _abandon(work)
-    if work in done:
-        return work.result()
-    if client_gone in done:
-        # Nobody reads this answer; the status is for the telemetry (nginx's 499).
-        raise ApiError(499, "client_disconnected", "the client closed the connection")
-    raise ApiError(
-        504,
-        "timeout",
-        f"not scored within {deadline_seconds:g} s; its queued pairs were dropped",
-        limit=deadline_seconds,
-        headers={"Retry-After": "1"},
-    )
+        async with deadline:
+            return await scoring
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        raise ApiError(
+            504,
+            "timeout",
+            f"not scored within {timeout_seconds:g} s; its queued pairs were dropped",
+            limit=timeout_seconds,
+            headers=retry_after(RETRY_AFTER_BUSY_SECONDS),
+        ) from None
 
 
-async def _score(
-    engine: RerankEngine, body: RerankRequest, settings: Settings, receive: Receive
-) -> RerankOutcome:
-    instruction = body.instruction or settings.default_instruction
-    timeout = settings.request_timeout_seconds or None
+async def _score(body: RerankRequest, context: RerankContext) -> RerankOutcome:
+    options = context.options
+    instruction = body.instruction or options.default_instruction
     try:
-        return await _outcome_while_wanted(
-            engine.rerank(instruction, body.query, body.document_texts()), receive, timeout
+        return await _outcome_within(
+            context.engine.rerank(instruction, body.query, body.document_texts()),
+            options.timeout_seconds,
         )
     except ApiError:
         raise
@@ -108,7 +90,7 @@ async def _score(
             field="documents",
             limit=exc.limit,
             value=exc.queued + exc.requested,
-            headers={"Retry-After": "1"},
+            headers=retry_after(RETRY_AFTER_BUSY_SECONDS),
         ) from None
     except PairTooLargeError as exc:
         raise ApiError(
@@ -119,9 +101,7 @@ async def _score(
             value=exc.tokens,
         ) from None
     except EngineStoppedError:
-        raise ApiError(
-            503, "draining", "the service is shutting down", headers={"Retry-After": "5"}
-        ) from None
+        raise unavailable("draining") from None
     except Exception as exc:
         # Answered here, inside the middleware, so the 500 still carries its request id.
         logger.exception("scoring_failed")
@@ -163,7 +143,7 @@ def build_response(
     )
 
 
-def _score_spread(scores: list[float]) -> float | None:
+def score_stddev(scores: Sequence[float]) -> float | None:
     """Population standard deviation; undefined (None) for fewer than two documents. Plain
     floats: ``statistics.pstdev`` works in exact fractions, ~0.1 ms a request."""
     if len(scores) < 2:
@@ -175,34 +155,26 @@ def _score_spread(scores: list[float]) -> float | None:
 def _note_outcome(record: RerankRecord, outcome: RerankOutcome) -> None:
     record.tokens = outcome.total_tokens
     record.top1_score = max(outcome.scores) if outcome.scores else None
-    record.score_std = _score_spread(outcome.scores)
+    record.score_stddev = score_stddev(outcome.scores)
     record.tokenize_seconds = outcome.tokenize_seconds
     record.queue_seconds = outcome.queue_seconds
     record.inference_seconds = outcome.inference_seconds
     record.engine_seconds = outcome.engine_seconds
 
 
-async def rerank(
-    body: RerankRequest,
-    engine: RerankEngine,
-    settings: Settings,
-    *,
-    receive: Receive,
-    record: RerankRecord,
-    request_id: str,
-    api_version: str,
-) -> RerankResponse:
+async def rerank(body: RerankRequest, context: RerankContext, api_version: str) -> RerankResponse:
+    record = context.record
     record.doc_count = len(body.documents)
     record.query = body.query
     record.top_n = body.top_n
-    _check_limits(body, settings)
+    _check_limits(body, context.options)
     logger.debug("rerank_started", doc_count=record.doc_count)
-    outcome = await _score(engine, body, settings, receive)
+    outcome = await _score(body, context)
     _note_outcome(record, outcome)
     return build_response(
         body,
         outcome,
-        request_id=request_id,
-        model_name=engine.description.model,
+        request_id=context.request_id,
+        model_name=context.engine.description.model,
         api_version=api_version,
     )

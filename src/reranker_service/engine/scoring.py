@@ -1,0 +1,54 @@
+"""What the engine needs of a scoring model. ``model.py`` holds the Qwen3 implementation; tests
+and benchmarks wrap it through the same protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from reranker_service.engine.prompt import PromptEncoder
+
+
+class PairScorer(Protocol):
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """P(yes) for each token sequence, in one forward pass."""
+        ...
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    model: str
+    revision: str
+    device: str
+    dtype: str
+    max_length: int
+    load_seconds: float
+
+    @property
+    def device_type(self) -> str:
+        """``cuda`` or ``cpu``: what the engine's defaults depend on."""
+        return self.device.partition(":")[0]
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """torch's caching allocator on the served device."""
+
+    device: str
+    allocated_bytes: int
+    reserved_bytes: int
+
+
+class ScoringModel(PairScorer, Protocol):
+    """A loaded model: its prompt encoder, what it is, and its device's memory."""
+
+    @property
+    def encoder(self) -> PromptEncoder: ...
+
+    @property
+    def description(self) -> ModelDescription: ...
+
+    def device_memory(self) -> DeviceMemory | None:
+        """torch's allocator on the served GPU; None when serving on the CPU."""
+        ...
