@@ -15,14 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reranker_service.engine.model import ScoringModel
+from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.local_server import serve_in_thread
 from tests.conftest import AppFactory, ModelWrapper
 from tests.prometheus_server import PrometheusServer, run_prometheus
 
+pytestmark = pytest.mark.slow  # starts real server processes
+
 WINDOW = "10m"
 WINDOW_SECONDS = 600
-README = Path(__file__).resolve().parents[1] / "README.md"
+OBSERVABILITY_DOC = Path(__file__).resolve().parents[1] / "docs" / "observability.md"
 
 FAST, SLOW, FAILING, UNAUTHORIZED = 36, 4, 2, 3
 SLOW_PASS_SECONDS = 0.55
@@ -32,7 +34,7 @@ SLOW_PASS_SECONDS = 0.55
 class ScriptedModel(ModelWrapper):
     """The real model, with a switchable slow forward pass and an injected scoring failure."""
 
-    def __init__(self, model: ScoringModel) -> None:
+    def __init__(self, model: Qwen3ScoringModel) -> None:
         super().__init__(model)
         self.pass_seconds = 0.0
         self.failing = False
@@ -52,7 +54,7 @@ def prometheus(tmp_path: Path, service_url: str) -> Iterator[PrometheusServer]:
 
 
 @pytest.fixture
-def scripted(scoring_model: ScoringModel) -> ScriptedModel:
+def scripted(scoring_model: Qwen3ScoringModel) -> ScriptedModel:
     return ScriptedModel(scoring_model)
 
 
@@ -116,14 +118,14 @@ def test_promql_over_scraped_data_gives_rate_error_ratio_and_p95(
         "unauthorized": pytest.approx(UNAUTHORIZED),
     }
 
-    # The README's queries are the ones users paste: each must evaluate without error.
+    # The documented queries are the ones users paste: each must evaluate without error.
     for promql in _readme_promql():
         prometheus.query(promql, at)
 
 
 def _readme_promql() -> list[str]:
-    blocks = re.findall(r"```promql\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    blocks = re.findall(r"```promql\n(.*?)```", OBSERVABILITY_DOC.read_text(), flags=re.DOTALL)
     queries = [line for block in blocks for line in block.splitlines() if line.strip()]
     queries = [q for q in queries if not q.lstrip().startswith("#")]
-    assert queries, "README.md has no promql blocks"
+    assert queries, "docs/observability.md has no promql blocks"
     return queries
