@@ -11,6 +11,10 @@ FROM ${PYTHON_IMAGE} AS build
 # The torch release the test suite runs on (the README's test command installs its CPU build).
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://pypi.org/simple
+# A directory of extra wheels that pip may take packages from, mounted into the build (for
+# example `podman build -v /opt/wheels:/wheels:ro --build-arg WHEELS_DIR=/wheels`). CI builds
+# with the machine's local CPU torch wheel this way. Empty: the indexes only.
+ARG WHEELS_DIR=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
@@ -20,7 +24,7 @@ WORKDIR /src
 COPY constraints.txt ./
 # torch first and on its own layer: it is most of the image and changes least often.
 RUN pip install --constraint constraints.txt --index-url "${TORCH_INDEX_URL}" \
-    "torch==${TORCH_VERSION}"
+    ${WHEELS_DIR:+--find-links "$WHEELS_DIR"} "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install --constraint constraints.txt .

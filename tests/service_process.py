@@ -17,16 +17,14 @@ LINE_TIMEOUT_S = 60
 
 
 class ServiceProcess:
-    """``python -m reranker_service`` with stdout parsed as JSON lines on a reader thread."""
+    """A command that serves (``python -m reranker_service``, or the image's entry point) with
+    stdout parsed as JSON lines on a reader thread."""
 
-    def __init__(
-        self, *args: str, env: dict[str, str] | None = None, launcher: Sequence[str] = ()
-    ) -> None:
-        """``launcher`` is put before the command: a wrapper that execs it (same process)."""
+    def __init__(self, command: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.lines: Queue[dict[str, Any]] = Queue()
         self.raw_lines: list[str] = []
         self.proc = subprocess.Popen(
-            [*launcher, sys.executable, "-m", "reranker_service", *args],
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -80,6 +78,8 @@ def start_service(
     env: dict[str, str] | None = None,
     launcher: Sequence[str] = (),
 ) -> ServiceProcess:
-    """The service on the test checkpoint, CPU, an ephemeral 127.0.0.1 port, debug logs."""
+    """The service on the test checkpoint, CPU, an ephemeral 127.0.0.1 port, debug logs.
+    ``launcher`` is put before the command: a wrapper that execs it (same process)."""
     base = ("--model", str(checkpoint), "--host", "127.0.0.1", "--port", "0", "--device", "cpu")
-    return ServiceProcess(*base, "--log-level", "debug", *args, env=env, launcher=launcher)
+    command = [*launcher, sys.executable, "-m", "reranker_service", *base, "--log-level", "debug"]
+    return ServiceProcess([*command, *args], env=env)
