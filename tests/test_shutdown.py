@@ -60,14 +60,23 @@ def test_sigterm_under_load_drains_then_exits_zero(checkpoint: Path) -> None:
     assert (ready.status_code, ready.json()) == (503, {"status": "draining"})
     assert refused.status_code == 503
     assert refused.json()["error"]["type"] == "draining"
-    # Every request accepted before the signal was answered in full.
-    assert [response.status_code for response in answered] == [200] * CLIENTS
-    assert all(len(response.json()["results"]) == len(DOCUMENTS) for response in answered)
+    # Every request accepted before the signal was answered in full; one that arrived after it
+    # was refused as draining, or (admitted in the same instant) answered in full. stdout is
+    # one ordered stream, so the log says which came before the signal.
+    drained_at = next(i for i, r in enumerate(records) if r["event"] == "draining")
+    accepted = {r["request_id"] for r in records[:drained_at] if r["event"] == "rerank_started"}
+    assert len(accepted) >= 8
+    for n, response in enumerate(answered):
+        if response.status_code == 503 and f"load-{n}" not in accepted:
+            assert response.json()["error"]["type"] == "draining"
+            continue
+        assert response.status_code == 200, f"load-{n}"
+        assert len(response.json()["results"]) == len(DOCUMENTS)
     assert exit_code == 0
     assert exited_after < 120
     draining = next(r for r in records if r["event"] == "draining")
     assert draining["signal"] == "SIGTERM"
     assert draining["in_flight"] >= 1
     completed = {r["request_id"] for r in records if r["event"] == "request_completed"}
-    assert {f"load-{n}" for n in range(CLIENTS)} <= completed
+    assert accepted <= completed
     assert any(r["event"] == "shutdown" for r in records)
