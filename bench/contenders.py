@@ -157,13 +157,22 @@ class ModelCardBaseline:
 
 
 class EngineInProcess:
-    """The service's engine without HTTP: the most the service can reach."""
+    """The service's engine without HTTP: the most the service can reach. With
+    ``prefix_reuse=False`` it recomputes every pair's whole prompt, as before reuse."""
 
-    name = "engine"
-
-    def __init__(self, checkpoint: str, device: str, dtype: str, max_length: int) -> None:
+    def __init__(
+        self,
+        checkpoint: str,
+        device: str,
+        dtype: str,
+        max_length: int,
+        *,
+        prefix_reuse: bool,
+        pass_overhead_tokens: int | None = None,
+    ) -> None:
         from reranker_service.engine.model import LoadOptions
 
+        self.name = "engine" if prefix_reuse else "engine, reuse off"
         model = load_scoring_model(LoadOptions(checkpoint, None, device, dtype, max_length))
         self._reports: list[BatchReport] = []
         self._engine = RerankEngine(
@@ -173,6 +182,8 @@ class EngineInProcess:
                 max_queued_pairs=1_000_000,
                 largest_request_pairs=1000,
                 tokenizer_threads=2,
+                prefix_reuse=prefix_reuse,
+                pass_overhead_tokens=pass_overhead_tokens,
             ),
             observer=self._reports.append,
         )
@@ -180,6 +191,10 @@ class EngineInProcess:
 
     async def start(self) -> None:
         await self._engine.start()
+
+    @property
+    def pass_overhead_tokens(self) -> int:
+        return self._engine.pass_overhead_tokens
 
     async def stop(self) -> None:
         await self._engine.stop()
@@ -321,7 +336,10 @@ class ServiceOverHttp:
         return Passes(
             count=int(delta("reranker_batch_size_count")),
             pairs=int(delta("reranker_batch_size_sum")),
-            real_tokens=int(delta("reranker_request_tokens_sum")),
+            # Computed: billed tokens less those read from shared-prefix caches.
+            real_tokens=int(
+                delta("reranker_request_tokens_sum") - delta("reranker_prefix_tokens_reused_total")
+            ),
             padded_tokens=int(delta("reranker_batch_tokens_sum")),
         )
 

@@ -12,6 +12,8 @@ concurrency the three contenders run back to back, so drift of the machine hits 
 - model card: the Qwen3-Reranker card's code as the seed tutorial's app runs it, one request at
   a time, each request one batch padded to its longest pair, full LM head;
 - engine: the service's batching engine in this process, no HTTP: the service's ceiling;
+- engine, reuse off: the same engine recomputing every pair's whole prompt
+  (``RERANKER_PREFIX_REUSE=false``);
 - service: ``python -m reranker_service`` in its own process, over HTTP on 127.0.0.1; its
   batching figures are read from its own /metrics.
 
@@ -117,7 +119,10 @@ async def _run_cell(
         overhead = round(statistics.median(contender.overhead_seconds) * 1000, 2)
     mfu = None
     if flops_per_token is not None and peak_flops is not None:
-        mfu = round(tokens * flops_per_token / elapsed / peak_flops, 4)
+        # Counted on the tokens the passes computed (no padding, no reused prefix), where the
+        # contender reports them; else on the tokens fed to the model.
+        computed = passes.real_tokens or tokens
+        mfu = round(computed * flops_per_token / elapsed / peak_flops, 4)
     return Cell(
         workload=workload,
         concurrency=concurrency,
@@ -175,8 +180,13 @@ def _ratios(cells: list[Cell]) -> dict[str, Any]:
     for workload in sorted({c.workload for c in cells}):
         for concurrency in sorted({c.concurrency for c in cells}):
             engine = by_key.get((workload, concurrency, "engine"))
+            without_reuse = by_key.get((workload, concurrency, "engine, reuse off"))
             card = by_key.get((workload, concurrency, "model card"))
             service = by_key.get((workload, concurrency, "service"))
+            if engine and without_reuse:
+                ratios[f"reuse on/off pairs/s {workload} c={concurrency}"] = round(
+                    engine.pairs_per_second / without_reuse.pairs_per_second, 2
+                )
             if engine and card:
                 ratios[f"engine/card pairs/s {workload} c={concurrency}"] = round(
                     engine.pairs_per_second / card.pairs_per_second, 2
@@ -210,11 +220,23 @@ async def _main(args: argparse.Namespace, checkpoint: str) -> list[Cell]:
     contenders: dict[str, Contender] = {}
     if "card" in args.contenders:
         contenders["card"] = ModelCardBaseline(checkpoint, args.device, args.dtype, args.max_length)
-    engine = service = None
-    if "engine" in args.contenders:
-        engine = EngineInProcess(checkpoint, args.device, args.dtype, args.max_length)
-        await engine.start()
-        contenders["engine"] = engine
+    engines: list[EngineInProcess] = []
+    service = None
+    for key, prefix_reuse in (("engine", True), ("engine-no-reuse", False)):
+        if key in args.contenders:
+            # The first engine measures the pass cost; the second takes the same figure, so
+            # the two batch alike and differ only in reuse (calibration moves between runs).
+            engine = EngineInProcess(
+                checkpoint,
+                args.device,
+                args.dtype,
+                args.max_length,
+                prefix_reuse=prefix_reuse,
+                pass_overhead_tokens=engines[0].pass_overhead_tokens if engines else None,
+            )
+            await engine.start()
+            engines.append(engine)
+            contenders[key] = engine
     if "service" in args.contenders:
         service = ServiceOverHttp(checkpoint, args.device, args.dtype, args.max_length)
         await service.start()
@@ -242,7 +264,7 @@ async def _main(args: argparse.Namespace, checkpoint: str) -> list[Cell]:
                     cells.append(cell)
                     print(_table([cell]).splitlines()[-1], flush=True)
     finally:
-        if engine is not None:
+        for engine in engines:
             await engine.stop()
         if service is not None:
             await service.stop()
@@ -263,8 +285,8 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument(
-        "--contenders", nargs="+", default=["card", "engine", "service"],
-        choices=["card", "engine", "service"],
+        "--contenders", nargs="+", default=["card", "engine", "engine-no-reuse", "service"],
+        choices=["card", "engine", "engine-no-reuse", "service"],
     )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=6.0, help="per cell")
     parser.add_argument("--distinct-requests", type=int, default=32)

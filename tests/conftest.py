@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from reranker_service.app import create_app, load_options
 from reranker_service.engine.model import Qwen3ScoringModel, load_scoring_model
+from reranker_service.engine.prefix import SharedPrefix
 from reranker_service.engine.scoring import DeviceMemory
 from reranker_service.observability.gpu import NvmlLibrary
 from reranker_service.settings import Settings
@@ -111,8 +112,12 @@ class ModelWrapper:
     def device_memory(self) -> DeviceMemory | None:
         return self._model.device_memory()
 
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        return self._model.score(sequences)
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
+        return self._model.score(sequences, prefixes)
 
 
 class GatedModel(ModelWrapper):
@@ -125,7 +130,11 @@ class GatedModel(ModelWrapper):
         self.entered = threading.Event()
         """Set once a forward pass has started (and is perhaps waiting at the gate)."""
 
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
         self.entered.set()
         self.gate.wait(timeout=60)
-        return super().score(sequences)
+        return super().score(sequences, prefixes)

@@ -14,6 +14,7 @@ from reranker_service.app import create_app
 from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import AppFactory, GatedModel, asgi_client, make_settings
+from tests.exposition import Exposition
 
 QUERY = "What is the capital of France?"
 DOCS = ["Paris is the capital of France.", "Berlin is in Germany.", "Cheese.", "Rivers flow."]
@@ -270,3 +271,25 @@ async def test_app_loads_the_model_itself_when_given_none(checkpoint: Path) -> N
         response = await http.post("/rerank", json={"query": QUERY, "documents": DOCS[:2]})
     assert (info["model"], info["max_length"]) == (str(checkpoint), 256)
     assert response.status_code == 200
+
+
+async def test_prefix_reuse_changes_the_work_not_the_answer(app_factory: AppFactory) -> None:
+    payload = {"query": QUERY, "documents": DOCS, "return_documents": True}
+    scores: dict[bool, dict[int, float]] = {}
+    usage: dict[bool, int] = {}
+    reused: dict[bool, float] = {}
+    for reuse in (True, False):
+        app = app_factory(prefix_reuse=reuse)
+        async with asgi_client(app) as http:
+            assert (await http.get("/info")).json()["prefix_reuse"] is reuse
+            body = (await http.post("/rerank", json=payload)).json()
+        scores[reuse] = {r["index"]: r["relevance_score"] for r in body["results"]}
+        usage[reuse] = body["usage"]["total_tokens"]
+        reused[reuse] = Exposition.of(app.state.metrics.registry).value(
+            "reranker_prefix_tokens_reused_total"
+        )
+    assert scores[True].keys() == scores[False].keys() == set(range(len(DOCS)))
+    assert max(abs(scores[True][i] - scores[False][i]) for i in scores[True]) <= 1e-5
+    assert usage[True] == usage[False], "billing must not change with an optimisation"
+    assert reused[False] == 0
+    assert reused[True] > 0

@@ -15,6 +15,7 @@ from reranker_service.engine.batcher import (
     QueueFullError,
 )
 from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.prefix import SharedPrefix, shared_prefix
 from reranker_service.settings import DEFAULT_INSTRUCTION
 
 
@@ -27,12 +28,16 @@ class RecordingScorer:
         self.batches: list[list[int]] = []
         self.passes: list[list[tuple[int, ...]]] = []
 
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
         self.batches.append([len(seq) for seq in sequences])
         self.passes.append([tuple(seq) for seq in sequences])
         if self._fail_on_length in {len(seq) for seq in sequences}:
             raise RuntimeError("injected forward failure")
-        return self._model.score(sequences)
+        return self._model.score(sequences, prefixes)
 
 
 def _requests(model: Qwen3ScoringModel, count: int) -> list[list[list[int]]]:
@@ -43,12 +48,18 @@ def _requests(model: Qwen3ScoringModel, count: int) -> list[list[list[int]]]:
     return requests
 
 
-def _batcher(scorer: RecordingScorer, reports: list[BatchReport] | None = None) -> Batcher:
+def _batcher(
+    scorer: RecordingScorer,
+    reports: list[BatchReport] | None = None,
+    *,
+    max_prefix_tokens: int = 0,
+) -> Batcher:
     return Batcher(
         scorer,
         max_batch_tokens=2048,
         overhead_tokens=128,
         max_queued_pairs=1000,
+        max_prefix_tokens=max_prefix_tokens,
         observer=reports.append if reports is not None else None,
     )
 
@@ -159,3 +170,70 @@ async def test_results_resolve_on_the_submitting_loop(scoring_model: Qwen3Scorin
     await job.future
     assert seen == [threading.get_ident()]
     await batcher.stop()
+
+
+# Shared prefixes: held while a request has pairs waiting, within a budget, and counted once.
+
+
+async def test_each_token_is_counted_once_computed_or_reused(
+    scoring_model: Qwen3ScoringModel,
+) -> None:
+    requests = _requests(scoring_model, 12)
+    prefixes = [shared_prefix(seqs) for seqs in requests]
+    reports: list[BatchReport] = []
+    batcher = _batcher(RecordingScorer(scoring_model), reports, max_prefix_tokens=100_000)
+    jobs = [batcher.submit(seqs, prefix) for seqs, prefix in zip(requests, prefixes, strict=True)]
+    assert batcher.prefix_tokens_held == sum(len(p) for p in prefixes if p is not None)
+    batcher.start()
+    results = await asyncio.gather(*(job.future for job in jobs))
+    await batcher.stop()
+
+    pair_tokens = sum(len(seq) for seqs in requests for seq in seqs)
+    reused = sum(report.reused_tokens for report in reports)
+    # A request of n pairs computes its prefix once and reads it n - 1 times.
+    assert reused == sum(
+        (len(seqs) - 1) * len(p) for seqs, p in zip(requests, prefixes, strict=True) if p
+    )
+    assert sum(report.real_tokens for report in reports) + reused == pair_tokens
+    assert all(report.padded_tokens >= report.real_tokens for report in reports)
+    # Released with the last pair: nothing held, no keys and values kept.
+    assert batcher.prefix_tokens_held == 0
+    assert all(p is None or p.state is None for p in prefixes)
+    for seqs, result in zip(requests, results, strict=True):
+        alone = [scoring_model.score([ids])[0] for ids in seqs]
+        assert max(abs(a - b) for a, b in zip(result.scores, alone, strict=True)) <= 1e-5
+
+
+async def test_a_prefix_past_the_budget_is_not_held(scoring_model: Qwen3ScoringModel) -> None:
+    first, second = _requests(scoring_model, 2)[0], _requests(scoring_model, 7)[6]
+    first_prefix, second_prefix = shared_prefix(first + first), shared_prefix(second)
+    assert first_prefix is not None
+    assert second_prefix is not None
+    scorer = RecordingScorer(scoring_model)
+    batcher = Batcher(
+        scorer,
+        max_batch_tokens=2048,
+        overhead_tokens=0,
+        max_queued_pairs=100,
+        max_prefix_tokens=len(first_prefix) + len(second_prefix) - 1,
+    )
+    held, refused = batcher.submit(first, first_prefix), batcher.submit(second, second_prefix)
+    assert (held.prefix, refused.prefix) == (first_prefix, None)
+    assert batcher.prefix_tokens_held == len(first_prefix)
+    batcher.start()
+    await asyncio.gather(held.future, refused.future)
+    await batcher.stop()
+    assert batcher.prefix_tokens_held == 0
+
+
+async def test_a_withdrawn_request_releases_its_prefix(scoring_model: Qwen3ScoringModel) -> None:
+    seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b", "c"])
+    prefix = shared_prefix(seqs)
+    assert prefix is not None
+    prefix.state = "keys and values"  # as if a pass had computed it
+    batcher = _batcher(RecordingScorer(scoring_model), max_prefix_tokens=4096)
+    job = batcher.submit(seqs, prefix)
+    assert batcher.prefix_tokens_held == len(prefix)
+    batcher.withdraw(job)
+    assert batcher.prefix_tokens_held == 0
+    assert prefix.state is None

@@ -44,3 +44,16 @@ async def test_engine_start_sets_a_bounded_overhead(scoring_model: Qwen3ScoringM
         assert len(outcome.scores) == 2
     finally:
         await engine.stop()
+
+
+async def test_a_pinned_pass_cost_is_used_as_given(scoring_model: Qwen3ScoringModel) -> None:
+    config = EngineConfig(
+        None, 1000, largest_request_pairs=1000, tokenizer_threads=1, pass_overhead_tokens=123
+    )
+    engine = RerankEngine(scoring_model, config)
+    await engine.start()
+    try:
+        assert engine.pass_overhead_tokens == 123
+        assert len((await engine.rerank("instruction", "query", ["a"])).scores) == 1
+    finally:
+        await engine.stop()

@@ -15,6 +15,7 @@ import httpx
 from reranker_service.app import create_app
 from reranker_service.engine.batcher import BatchReport
 from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.prefix import SharedPrefix
 from reranker_service.local_server import serve_in_thread
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import ModelWrapper, make_settings
@@ -42,10 +43,14 @@ class PassRecorder(ModelWrapper):
         self._lock = threading.Lock()
         self.passes: list[list[tuple[int, ...]]] = []
 
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
         with self._lock:
             self.passes.append([tuple(seq) for seq in sequences])
-        return super().score(sequences)
+        return super().score(sequences, prefixes)
 
 
 async def test_concurrent_requests_get_their_own_scores(

@@ -255,6 +255,8 @@ def test_dashboard_has_the_panels_users_need() -> None:
         "batch size and batch tokens",
         "inference time",
         "throughput",
+        "padding efficiency",
+        "prompt tokens reused",
         "top-1 score",
         "score spread",
         "gpu memory used / total",

@@ -13,6 +13,7 @@ from asgi_lifespan import LifespanManager
 
 from reranker_service.app import StartupError
 from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.prefix import SharedPrefix
 from tests.conftest import AppFactory, ModelWrapper
 from tests.prometheus_server import free_port, taken_port
 
@@ -22,11 +23,15 @@ class FailsOnRealPairs(ModelWrapper):
     forward pass: after the metrics server, the NVML poller, the batcher's worker thread and the
     tokenizer threads have all started."""
 
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
         suffix = self.encoder.suffix_ids
         if any(tuple(seq[-len(suffix) :]) == suffix for seq in sequences):
             raise RuntimeError("injected warm-up failure")
-        return super().score(sequences)
+        return super().score(sequences, prefixes)
 
 
 def _our_threads() -> set[threading.Thread]:

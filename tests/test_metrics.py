@@ -33,6 +33,7 @@ SPEC_FAMILIES = {
     "reranker_inference_seconds": "histogram",
     "reranker_batch_size": "histogram",
     "reranker_batch_tokens": "histogram",
+    "reranker_prefix_tokens_reused": "counter",
     "reranker_queue_depth": "gauge",
     "reranker_inflight_requests": "gauge",
     "reranker_top1_score": "histogram",
@@ -186,7 +187,11 @@ async def test_counts_equal_what_was_sent(
     assert batch_size.sum == pairs
     assert after.histogram("reranker_queue_wait_seconds").count == pairs
     assert after.histogram("reranker_inference_seconds").count == batch_size.count
-    assert after.histogram("reranker_batch_tokens").sum >= tokens.sum
+    # Every token a request was billed for was either computed (padding aside) or read from
+    # its shared-prefix cache.
+    reused = after.value("reranker_prefix_tokens_reused_total")
+    assert reused > 0
+    assert after.histogram("reranker_batch_tokens").sum + reused >= tokens.sum
     assert after.value("reranker_queue_depth") == 0
     assert after.value("reranker_inflight_requests") == 0
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.prefix import SharedPrefix
 from reranker_service.local_server import serve_in_thread
 from tests.conftest import AppFactory, ModelWrapper
 from tests.prometheus_server import PrometheusServer, run_prometheus
@@ -39,12 +40,16 @@ class ScriptedModel(ModelWrapper):
         self.pass_seconds = 0.0
         self.failing = False
 
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
         if self.failing:
             raise RuntimeError("injected scoring failure")
         if self.pass_seconds:
             time.sleep(self.pass_seconds)  # stands in for a long forward pass
-        return super().score(sequences)
+        return super().score(sequences, prefixes)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import torch
 
 from reranker_service.engine.batcher import BatchTooLargeError, PairTooLargeError
 from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.prefix import SharedPrefix
 from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
 from reranker_service.local_server import serve_in_thread
 from tests.conftest import AppFactory, GatedModel, ModelWrapper, asgi_client
@@ -125,13 +126,17 @@ class OutOfMemoryAbove(ModelWrapper):
         self.passes: list[int] = []
         self._lock = threading.Lock()
 
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
         padded = len(sequences) * max(len(seq) for seq in sequences)
         with self._lock:
             self.passes.append(len(sequences))
         if padded > self.capacity:
             raise BatchTooLargeError(f"CUDA out of memory: {padded} tokens")
-        return super().score(sequences)
+        return super().score(sequences, prefixes)
 
 
 async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(

@@ -9,6 +9,7 @@ import pytest
 
 from reranker_service.app import load_options
 from reranker_service.engine.model import Qwen3ScoringModel, load_scoring_model
+from reranker_service.engine.prefix import SharedPrefix, shared_prefix
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import SMALL_MAX_LENGTH, make_settings
 from tests.model_card import ModelCardReranker
@@ -33,8 +34,24 @@ def _long_document(words: int, seed: int = 7) -> str:
     return " ".join(rng.choice(vocab) for _ in range(words))
 
 
-def _ours(model: Qwen3ScoringModel, instruction: str, query: str, docs: list[str]) -> list[float]:
-    return model.score(model.encoder.encode(instruction, query, docs))
+@pytest.fixture(params=[False, True], ids=["reuse-off", "reuse-on"])
+def reuse(request: pytest.FixtureRequest) -> bool:
+    """Every oracle test runs with shared-prefix reuse off and on, as the engine would."""
+    return bool(request.param)
+
+
+def _score(model: Qwen3ScoringModel, token_ids: list[list[int]], reuse: bool) -> list[float]:
+    """One pass, the pairs continuing after their shared prefix when ``reuse`` is on."""
+    prefix = shared_prefix(token_ids) if reuse else None
+    if reuse and len(token_ids) > 1:
+        assert prefix is not None, "these pairs share at least the system prompt"
+    return model.score(token_ids, [prefix] * len(token_ids))
+
+
+def _ours(
+    model: Qwen3ScoringModel, instruction: str, query: str, docs: list[str], reuse: bool = False
+) -> list[float]:
+    return _score(model, model.encoder.encode(instruction, query, docs), reuse)
 
 
 def _assert_close(ours: list[float], reference: list[float]) -> None:
@@ -44,24 +61,24 @@ def _assert_close(ours: list[float], reference: list[float]) -> None:
 
 
 def test_default_instruction_matches_model_card(
-    scoring_model: Qwen3ScoringModel, card: ModelCardReranker
+    scoring_model: Qwen3ScoringModel, card: ModelCardReranker, reuse: bool
 ) -> None:
     reference = card.score_alone(None, QUERY, DOCUMENTS)
-    _assert_close(_ours(scoring_model, DEFAULT_INSTRUCTION, QUERY, DOCUMENTS), reference)
+    _assert_close(_ours(scoring_model, DEFAULT_INSTRUCTION, QUERY, DOCUMENTS, reuse), reference)
 
 
 def test_custom_instruction_matches_model_card(
-    scoring_model: Qwen3ScoringModel, card: ModelCardReranker
+    scoring_model: Qwen3ScoringModel, card: ModelCardReranker, reuse: bool
 ) -> None:
     instruction = "Given a question, retrieve passages written in French that answer it"
     reference = card.score_alone(instruction, QUERY, DOCUMENTS)
-    _assert_close(_ours(scoring_model, instruction, QUERY, DOCUMENTS), reference)
+    _assert_close(_ours(scoring_model, instruction, QUERY, DOCUMENTS, reuse), reference)
     default = card.score_alone(None, QUERY, DOCUMENTS)
     assert reference != default, "the instruction must change the scores"
 
 
 def test_truncated_long_documents_match_model_card(
-    short_scoring_model: Qwen3ScoringModel, short_card: ModelCardReranker
+    short_scoring_model: Qwen3ScoringModel, short_card: ModelCardReranker, reuse: bool
 ) -> None:
     docs = [_long_document(400, seed) for seed in range(4)] + DOCUMENTS[:2]
     token_ids = short_scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, docs)
@@ -69,15 +86,17 @@ def test_truncated_long_documents_match_model_card(
     assert [len(ids) for ids in token_ids] == [
         short_card.token_count(None, QUERY, doc) for doc in docs
     ]
-    _assert_close(short_scoring_model.score(token_ids), short_card.score_alone(None, QUERY, docs))
+    _assert_close(
+        _score(short_scoring_model, token_ids, reuse), short_card.score_alone(None, QUERY, docs)
+    )
 
 
 def test_long_query_is_truncated_like_the_model_card(
-    short_scoring_model: Qwen3ScoringModel, short_card: ModelCardReranker
+    short_scoring_model: Qwen3ScoringModel, short_card: ModelCardReranker, reuse: bool
 ) -> None:
     query = _long_document(300, seed=99)
     _assert_close(
-        _ours(short_scoring_model, DEFAULT_INSTRUCTION, query, DOCUMENTS[:3]),
+        _ours(short_scoring_model, DEFAULT_INSTRUCTION, query, DOCUMENTS[:3], reuse),
         short_card.score_alone(None, query, DOCUMENTS[:3]),
     )
 
@@ -108,10 +127,10 @@ def test_equal_length_batch_without_mask_matches(scoring_model: Qwen3ScoringMode
     _assert_close(scoring_model.score(token_ids), alone)
 
 
-def test_tied_embeddings_checkpoint_matches_model_card(tied_checkpoint: Path) -> None:
+def test_tied_embeddings_checkpoint_matches_model_card(tied_checkpoint: Path, reuse: bool) -> None:
     model = load_scoring_model(load_options(make_settings(tied_checkpoint)))
     reference = ModelCardReranker(tied_checkpoint, 8192).score_alone(None, QUERY, DOCUMENTS)
-    _assert_close(_ours(model, DEFAULT_INSTRUCTION, QUERY, DOCUMENTS), reference)
+    _assert_close(_ours(model, DEFAULT_INSTRUCTION, QUERY, DOCUMENTS, reuse), reference)
 
 
 def test_scores_are_probabilities_that_vary(scoring_model: Qwen3ScoringModel) -> None:
@@ -126,3 +145,78 @@ def test_every_pair_fits_max_length(checkpoint: Path, max_length: int) -> None:
     docs = [_long_document(n, seed=n) for n in (1, 50, 2000)]
     lengths = [len(ids) for ids in model.encoder.encode("x" * 500, QUERY * 50, docs)]
     assert max(lengths) == max_length
+
+
+# Shared-prefix reuse: the cases where it could go wrong.
+
+
+def test_documents_that_share_their_first_words_match_model_card(
+    scoring_model: Qwen3ScoringModel, card: ModelCardReranker
+) -> None:
+    docs = [
+        "The capital of France is Paris, on the Seine.",
+        "The capital of France is Lyon, says nobody.",
+        "The capital of France",
+        "The capital of Franc",
+    ]
+    token_ids = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, docs)
+    prefix = shared_prefix(token_ids)
+    assert prefix is not None
+    query_only = shared_prefix(scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, ["x", "y"]))
+    assert query_only is not None
+    assert len(prefix) > len(query_only), "the shared prefix should reach into the documents"
+    _assert_close(_score(scoring_model, token_ids, True), card.score_alone(None, QUERY, docs))
+
+
+def test_a_pass_mixing_requests_with_and_without_prefixes_matches_model_card(
+    short_scoring_model: Qwen3ScoringModel, short_card: ModelCardReranker
+) -> None:
+    encoder = short_scoring_model.encoder
+    instruction = "Given a question, retrieve passages written in French that answer it"
+    requests = [
+        (DEFAULT_INSTRUCTION, QUERY, [DOCUMENTS[0], _long_document(400, 1), DOCUMENTS[4]]),
+        (instruction, "Où est Paris ?", [DOCUMENTS[1], DOCUMENTS[2], _long_document(30, 3)]),
+        (DEFAULT_INSTRUCTION, _long_document(60, 5), ["solo document"]),
+    ]
+    rows: list[list[int]] = []
+    prefixes: list[SharedPrefix | None] = []
+    reference: list[float] = []
+    for request_instruction, query, docs in requests:
+        token_ids = encoder.encode(request_instruction, query, docs)
+        prefix = shared_prefix(token_ids)
+        rows += token_ids
+        prefixes += [prefix] * len(token_ids)
+        card_instruction = None if request_instruction == DEFAULT_INSTRUCTION else instruction
+        reference += short_card.score_alone(card_instruction, query, docs)
+    assert prefixes[-1] is None, "a one-document request has no prefix to share"
+    # Interleave the requests' rows, as a length-sorted pass would.
+    order = sorted(range(len(rows)), key=lambda row: len(rows[row]))
+    scores = short_scoring_model.score([rows[i] for i in order], [prefixes[i] for i in order])
+    in_request_order = [0.0] * len(rows)
+    for position, row in enumerate(order):
+        in_request_order[row] = scores[position]
+    _assert_close(in_request_order, reference)
+
+
+def test_a_one_document_request_with_a_prefix_matches_model_card(
+    scoring_model: Qwen3ScoringModel, card: ModelCardReranker
+) -> None:
+    (ids,) = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, [DOCUMENTS[0]])
+    # All but the last token cached: the most a prefix can hold.
+    prefix = SharedPrefix(tuple(ids[:-1]))
+    _assert_close(
+        scoring_model.score([ids], [prefix]), card.score_alone(None, QUERY, [DOCUMENTS[0]])
+    )
+
+
+def test_a_cached_prefix_is_computed_once_and_reused(scoring_model: Qwen3ScoringModel) -> None:
+    token_ids = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
+    prefix = shared_prefix(token_ids)
+    assert prefix is not None
+    first = scoring_model.score(token_ids[:3], [prefix] * 3)
+    state = prefix.state
+    assert state is not None
+    second = scoring_model.score(token_ids, [prefix] * len(token_ids))
+    assert prefix.state is state, "the second pass recomputed the prefix"
+    _assert_close(second[:3], first)
+    _assert_close(second, scoring_model.score(token_ids))

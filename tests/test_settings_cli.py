@@ -24,6 +24,7 @@ def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
         1.0,
     )
     assert settings.gpu_poll_seconds == 5
+    assert settings.prefix_reuse is True
     for device in ("cpu", "cuda:0"):
         described = ModelDescription("m", "local", device, "float32", settings.max_length, 0.0)
         limits = choose_limits(engine_config(settings), described)
@@ -44,6 +45,14 @@ def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.api_key.get_secret_value() == "from-env"
     assert settings.log_level == "debug"
     assert "from-env" not in repr(settings)
+
+
+def test_prefix_reuse_reads_true_and_false_from_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RERANKER_PREFIX_REUSE", "false")
+    assert load_settings([]).prefix_reuse is False
+    assert load_settings(["--prefix-reuse", "true"]).prefix_reuse is True
+    with pytest.raises(SettingsError, match="prefix_reuse"):
+        load_settings(["--prefix-reuse", "sometimes"])
 
 
 def test_empty_variables_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -66,6 +66,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_queued_pairs=settings.max_queued_pairs,
         largest_request_pairs=settings.max_documents,
         tokenizer_threads=settings.tokenizer_threads,
+        prefix_reuse=settings.prefix_reuse,
     )
 
 

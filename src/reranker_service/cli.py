@@ -26,8 +26,8 @@ def _flag_type(annotation: Any) -> type:
         return _flag_type(members[0])
     if typing.get_origin(annotation) is typing.Literal:
         return str
-    if annotation is SecretStr:
-        return str
+    if annotation in (SecretStr, bool):
+        return str  # pydantic reads true/false, 1/0, yes/no, on/off
     if annotation in (int, float, str):
         return typing.cast(type, annotation)
     raise TypeError(f"no CLI conversion for {annotation!r}")

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         8192, ge=64, le=131072, description="tokens per (query, document) pair, prompt included"
     )
     max_documents: int = Field(1000, ge=1, description="documents per request")
+    prefix_reuse: bool = Field(
+        True, description="compute a request's shared prompt prefix once (true or false)"
+    )
     max_batch_tokens: int | None = Field(
         None, ge=1, description="padded tokens per forward pass; unset = chosen by the engine"
     )

@@ -153,6 +153,7 @@ class InfoResponse(BaseModel):
     max_documents: int
     max_batch_tokens: int
     max_queued_pairs: int
+    prefix_reuse: bool
     max_request_bytes: int
     default_instruction: str
     auth_required: bool

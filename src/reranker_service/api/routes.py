@@ -115,6 +115,7 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
         max_length=engine.limits.max_length,
         max_documents=settings.max_documents,
         max_batch_tokens=engine.limits.max_batch_tokens,
+        prefix_reuse=engine.prefix_reuse,
         max_queued_pairs=engine.limits.max_queued_pairs,
         max_request_bytes=settings.max_request_bytes,
         default_instruction=settings.default_instruction,

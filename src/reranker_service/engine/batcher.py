@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from reranker_service.engine.batch_policy import select_window
+from reranker_service.engine.prefix import SharedPrefix
 from reranker_service.engine.scoring import PairScorer
 
 logger = structlog.get_logger(__name__)
@@ -53,11 +54,16 @@ class PairTooLargeError(Exception):
 
 @dataclass(frozen=True)
 class BatchReport:
-    """What one forward pass did; handed to the observer from the worker thread."""
+    """What one forward pass did; handed to the observer from the worker thread. Token counts
+    are what the pass computed: a shared prefix computed in it counts once, and a cached one not
+    at all."""
 
     pairs: int
     real_tokens: int
     padded_tokens: int
+    reused_tokens: int
+    """Prefix tokens the pass's pairs read from their request's cache instead of computing them,
+    less the prefixes computed in this pass (so a request's n pairs save n - 1 prefixes)."""
     queue_wait_seconds: tuple[float, ...]
     inference_seconds: float
     failed: bool
@@ -88,6 +94,8 @@ class ScoringJob:
         self.first_batch_at: float | None = None
         self.inference_seconds = 0.0
         self.closed = False  # failed or withdrawn: the worker ignores its pairs
+        self.prefix: SharedPrefix | None = None
+        """Held while the job has pairs to score; counted against the batcher's prefix budget."""
 
     def _resolve(self) -> None:
         if not self.future.done():
@@ -126,9 +134,28 @@ def _distinct_jobs(batch: Sequence[_QueuedPair]) -> list[ScoringJob]:
     return list({id(pair.job): pair.job for pair in batch}.values())
 
 
-def _padded_tokens(batch: Sequence[_QueuedPair]) -> int:
-    """What a right-padded pass over ``batch`` computes: pairs x longest."""
-    return len(batch) * max(pair.length for pair in batch)
+@dataclass(frozen=True)
+class _PassTokens:
+    real: int
+    padded: int
+    reused: int
+
+
+def _pass_tokens(
+    batch: Sequence[_QueuedPair],
+    prefixes: Sequence[SharedPrefix | None],
+    computed_prefixes: Sequence[SharedPrefix],
+) -> _PassTokens:
+    """What a right-padded pass over ``batch`` computes: each pair's tokens after its cached
+    prefix, padded to the longest, plus the prefixes computed for it."""
+    cached = [len(prefix) if prefix is not None else 0 for prefix in prefixes]
+    own = [pair.length - skipped for pair, skipped in zip(batch, cached, strict=True)]
+    prefix_work = sum(len(prefix) for prefix in computed_prefixes)
+    return _PassTokens(
+        real=sum(own) + prefix_work,
+        padded=len(batch) * max(own) + prefix_work,
+        reused=sum(cached) - prefix_work,
+    )
 
 
 class _Lengths(Sequence[int]):
@@ -152,13 +179,18 @@ class Batcher:
         max_batch_tokens: int,
         overhead_tokens: int,
         max_queued_pairs: int,
+        max_prefix_tokens: int = 0,
         observer: BatchObserver | None = None,
     ) -> None:
+        """``max_prefix_tokens`` bounds the shared prefixes held for the jobs in the queue (their
+        keys and values take device memory); a job past it is scored without its prefix."""
         self._scorer = scorer
         self.max_batch_tokens = max_batch_tokens
         self.overhead_tokens = overhead_tokens
         self.max_queued_pairs = max_queued_pairs
+        self.max_prefix_tokens = max_prefix_tokens
         self.observer = observer
+        self._prefix_tokens_held = 0
         self._lock = threading.Lock()
         self._work_available = threading.Condition(self._lock)
         self._by_length: list[_QueuedPair] = []
@@ -185,8 +217,16 @@ class Batcher:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
 
-    def submit(self, sequences: Sequence[Sequence[int]]) -> ScoringJob:
-        """Queue a request's pairs; call from the event loop that will await the job."""
+    @property
+    def prefix_tokens_held(self) -> int:
+        """Tokens of the shared prefixes the queued jobs hold."""
+        return self._prefix_tokens_held
+
+    def submit(
+        self, sequences: Sequence[Sequence[int]], prefix: SharedPrefix | None = None
+    ) -> ScoringJob:
+        """Queue a request's pairs, which all start with ``prefix`` if given; call from the event
+        loop that will await the job."""
         job = ScoringJob(asyncio.get_running_loop(), len(sequences))
         if not sequences:
             job._resolve()
@@ -198,6 +238,11 @@ class Batcher:
             queued = len(self._by_length)
             if queued + len(sequences) > self.max_queued_pairs:
                 raise QueueFullError(len(sequences), queued, self.max_queued_pairs)
+            if prefix is not None and (
+                self._prefix_tokens_held + len(prefix) <= self.max_prefix_tokens
+            ):
+                job.prefix = prefix
+                self._prefix_tokens_held += len(prefix)
             for position, tokens in enumerate(sequences):
                 pair = _QueuedPair(len(tokens), self._next_order, tokens, job, position, now)
                 self._next_order += 1
@@ -206,8 +251,10 @@ class Batcher:
             self._work_available.notify()
         return job
 
-    async def score(self, sequences: Sequence[Sequence[int]]) -> JobResult:
-        job = self.submit(sequences)
+    async def score(
+        self, sequences: Sequence[Sequence[int]], prefix: SharedPrefix | None = None
+    ) -> JobResult:
+        job = self.submit(sequences, prefix)
         try:
             return await job.future
         except asyncio.CancelledError:
@@ -219,8 +266,16 @@ class Batcher:
         with self._lock:
             self._withdraw_locked(job)
 
+    def _release_prefix_locked(self, job: ScoringJob) -> None:
+        """Free the job's prefix cache: it has no pair left to score."""
+        if job.prefix is not None:
+            self._prefix_tokens_held -= len(job.prefix)
+            job.prefix.state = None
+            job.prefix = None
+
     def _withdraw_locked(self, job: ScoringJob) -> None:
         job.closed = True
+        self._release_prefix_locked(job)
         kept = []
         for pair in self._by_length:
             if pair.job is job:
@@ -268,11 +323,16 @@ class Batcher:
         """Score a batch and answer the requests it completes. Out of device memory, the
         batch is split in halves (it is sorted by length, so the short half is cheap) down to
         single pairs; only the requests of a pair that does not fit alone fail."""
+        prefixes = [pair.job.prefix for pair in batch]
+        # Known before the pass: the prefixes it will compute rather than read from the cache.
+        computed_prefixes = list(
+            {id(p): p for p in prefixes if p is not None and p.state is None}.values()
+        )
         started = time.perf_counter()
         error: Exception | None = None
         scores: list[float] = []
         try:
-            scores = self._scorer.score([pair.tokens for pair in batch])
+            scores = self._scorer.score([pair.tokens for pair in batch], prefixes)
         except Exception as exc:
             error = exc
         elapsed = time.perf_counter() - started
@@ -282,9 +342,10 @@ class Batcher:
                 job.first_batch_at = started
             job.inference_seconds += elapsed
         # Report before answering: once a client has its scores, the batch is on record.
-        self._report(batch, started, elapsed, failed=error is not None, retry=retry)
+        tokens = _pass_tokens(batch, prefixes, computed_prefixes)
+        self._report(batch, tokens, started, elapsed, failed=error is not None, retry=retry)
         if isinstance(error, BatchTooLargeError):
-            self._split_after_oom(batch)
+            self._split_after_oom(batch, tokens)
             return
         if error is not None:
             self._fail_jobs(jobs, error)
@@ -297,13 +358,16 @@ class Batcher:
             job.remaining -= 1
             if job.remaining == 0:
                 job.resolve_threadsafe()
+                if job.prefix is not None:
+                    with self._lock:
+                        self._release_prefix_locked(job)
 
-    def _split_after_oom(self, batch: list[_QueuedPair]) -> None:
+    def _split_after_oom(self, batch: list[_QueuedPair], tokens: _PassTokens) -> None:
         if len(batch) == 1:
             logger.warning("oom_pair_failed", tokens=batch[0].length)
             self._fail_jobs([batch[0].job], PairTooLargeError(batch[0].length))
             return
-        logger.warning("oom_batch_split", pairs=len(batch), padded_tokens=_padded_tokens(batch))
+        logger.warning("oom_batch_split", pairs=len(batch), padded_tokens=tokens.padded)
         half = len(batch) // 2
         for part in (batch[:half], batch[half:]):
             live = [pair for pair in part if not pair.job.closed]
@@ -313,6 +377,7 @@ class Batcher:
     def _report(
         self,
         batch: list[_QueuedPair],
+        tokens: _PassTokens,
         started: float,
         elapsed: float,
         *,
@@ -324,8 +389,9 @@ class Batcher:
             return
         report = BatchReport(
             pairs=len(batch),
-            real_tokens=sum(pair.length for pair in batch),
-            padded_tokens=_padded_tokens(batch),
+            real_tokens=tokens.real,
+            padded_tokens=tokens.padded,
+            reused_tokens=tokens.reused,
             # A retried pair's wait was reported with its first pass.
             queue_wait_seconds=() if retry else tuple(started - pair.enqueued_at for pair in batch),
             inference_seconds=elapsed,

@@ -7,15 +7,19 @@ state of each pair's last real token, which equals the model card's softmax over
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import torch
+from transformers import DynamicCache
 
 from reranker_service.engine.batcher import BatchTooLargeError
+from reranker_service.engine.prefix import SharedPrefix
 from reranker_service.engine.prompt import PromptEncoder
 from reranker_service.engine.scoring import DeviceMemory, ModelDescription
 
@@ -73,6 +77,35 @@ def _single_token_id(tokenizer: Any, word: str) -> int:
     return int(ids[0])
 
 
+KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
+"""Per decoder layer, the keys and values of a sequence: ``[1, kv_heads, tokens, head_dim]``."""
+
+
+def _right_padded(
+    rows: Sequence[Sequence[int]], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` as one right-padded ``[rows, longest]`` id tensor, built in one scatter, and
+    their lengths."""
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
+    width = int(lengths.max())
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    real = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    input_ids[real] = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=torch.long)
+    return input_ids, lengths
+
+
+def _rows_of(blocks: Sequence[torch.Tensor], row_slots: torch.Tensor, width: int) -> torch.Tensor:
+    """One ``[rows, heads, width, head_dim]`` tensor whose row i holds ``blocks[row_slots[i]]``
+    (``[1, heads, tokens, head_dim]``) left-aligned; a slot past the blocks is empty."""
+    first = blocks[0]
+    if len(blocks) == 1 and first.shape[2] == width and bool((row_slots == 0).all()):
+        return first.expand(len(row_slots), -1, -1, -1)  # one request: a view, no copy
+    slots = first.new_zeros((len(blocks) + 1, first.shape[1], width, first.shape[3]))
+    for slot, block in enumerate(blocks):
+        slots[slot, :, : block.shape[2]] = block[0]
+    return slots.index_select(0, row_slots)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -94,6 +127,11 @@ class Qwen3ScoringModel:
         self._score_direction = score_direction
         self._pad_token_id = pad_token_id
         self._device = score_direction.device
+        self._dtype = next(backbone.parameters()).dtype
+        # Newer transformers call the decoder's cache argument and output field "cache" (the
+        # older "past_key_values" warns); take whichever this release has.
+        parameters = inspect.signature(backbone.forward).parameters
+        self._cache_name = "cache" if "cache" in parameters else "past_key_values"
         self.encoder = encoder
         self.description = description
 
@@ -107,10 +145,18 @@ class Qwen3ScoringModel:
             reserved_bytes=torch.cuda.memory_reserved(self._device),
         )
 
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
         """P(yes) for each token sequence; sequences are right-padded into one forward pass.
-        Out of device memory, raises ``BatchTooLargeError`` with the allocator's cache freed."""
+        A sequence with a prefix runs only its tokens after it, attending to the prefix's cached
+        keys and values (computed first if the prefix has none yet). Out of device memory,
+        raises ``BatchTooLargeError`` with the allocator's cache freed."""
         try:
+            if prefixes is not None and any(prefix is not None for prefix in prefixes):
+                return self._score_after_prefixes(sequences, prefixes)
             return self._score(sequences)
         except torch.OutOfMemoryError as exc:
             if self._device.type == "cuda":
@@ -118,27 +164,119 @@ class Qwen3ScoringModel:
             raise BatchTooLargeError(_first_line(exc)) from exc
 
     def _score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        lengths = torch.tensor([len(seq) for seq in sequences], dtype=torch.long)
-        width = int(lengths.max())
-        input_ids = torch.full((len(sequences), width), self._pad_token_id, dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        # Equal lengths need no mask, which lets attention take its plain causal fast path.
-        attention_mask = None
-        if int(lengths.min()) != width:
-            attention_mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
-            attention_mask = attention_mask.to(self._device, dtype=torch.long, non_blocking=True)
+        input_ids, lengths = _right_padded(sequences, self._pad_token_id)
         with torch.inference_mode():
             hidden = self._backbone(
                 input_ids=input_ids.to(self._device, non_blocking=True),
-                attention_mask=attention_mask,
+                attention_mask=self._padding_mask(lengths, input_ids.shape[1]),
                 use_cache=False,
             ).last_hidden_state
-            last_index = (lengths - 1).to(self._device)
-            last_hidden = hidden[torch.arange(len(sequences), device=self._device), last_index]
-            logits = last_hidden.float() @ self._score_direction
-            scores: list[float] = torch.sigmoid(logits).cpu().tolist()
+            return self._scores_at(hidden, lengths - 1)
+
+    def _padding_mask(self, lengths: torch.Tensor, width: int) -> torch.Tensor | None:
+        """The 2D mask of right-padded rows; none for equal lengths, which lets attention take
+        its plain causal fast path."""
+        if int(lengths.min()) == width:
+            return None
+        mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+        return mask.to(self._device, dtype=torch.long, non_blocking=True)
+
+    def _scores_at(self, hidden: torch.Tensor, last_index: torch.Tensor) -> list[float]:
+        """Each row's score at its last real token: the one device-to-host copy of a pass."""
+        rows = torch.arange(hidden.shape[0], device=self._device)
+        last_hidden = hidden[rows, last_index.to(self._device)]
+        logits = last_hidden.float() @ self._score_direction
+        scores: list[float] = torch.sigmoid(logits).cpu().tolist()
         return scores
+
+    def _compute_prefixes(self, prefixes: Sequence[SharedPrefix]) -> None:
+        """Fill in the keys and values of ``prefixes`` in one right-padded pass. Each prefix
+        keeps views of its own rows: valid, since a causal pass's first tokens never see the
+        padding after them."""
+        input_ids, lengths = _right_padded(
+            [prefix.tokens for prefix in prefixes], self._pad_token_id
+        )
+        output = self._backbone(
+            input_ids=input_ids.to(self._device, non_blocking=True),
+            attention_mask=self._padding_mask(lengths, input_ids.shape[1]),
+            use_cache=True,
+        )
+        layers = [(layer.keys, layer.values) for layer in getattr(output, self._cache_name).layers]
+        for row, prefix in enumerate(prefixes):
+            length = len(prefix)
+            prefix.state = [
+                (keys[row : row + 1, :, :length], values[row : row + 1, :, :length])
+                for keys, values in layers
+            ]
+
+    def _score_after_prefixes(
+        self, sequences: Sequence[Sequence[int]], prefixes: Sequence[SharedPrefix | None]
+    ) -> list[float]:
+        """Rows continue after their request's cached prefix: their own tokens are right-padded,
+        take positions that follow the prefix, and attend to their own prefix (left-aligned in
+        a shared key block, the rest masked) and causally to their own tokens."""
+        slot_of: dict[int, int] = {}
+        distinct: list[SharedPrefix] = []
+        for prefix in prefixes:
+            if prefix is not None and id(prefix) not in slot_of:
+                slot_of[id(prefix)] = len(distinct)
+                distinct.append(prefix)
+        with torch.inference_mode():
+            missing = [prefix for prefix in distinct if prefix.state is None]
+            if missing:
+                self._compute_prefixes(missing)
+            states = [cast(KeysValues, prefix.state) for prefix in distinct]
+            skipped = [len(prefix) if prefix is not None else 0 for prefix in prefixes]
+            own_ids, own_lengths = _right_padded(
+                [sequence[skip:] for sequence, skip in zip(sequences, skipped, strict=True)],
+                self._pad_token_id,
+            )
+            longest_prefix = max(skipped)
+            # Rows without a prefix read the empty slot after the distinct prefixes.
+            row_slots = torch.tensor(
+                [slot_of[id(p)] if p is not None else len(distinct) for p in prefixes],
+                device=self._device,
+            )
+            cache = DynamicCache(
+                ddp_cache_data=[
+                    (
+                        _rows_of([state[layer][0] for state in states], row_slots, longest_prefix),
+                        _rows_of([state[layer][1] for state in states], row_slots, longest_prefix),
+                    )
+                    for layer in range(len(states[0]))
+                ]
+            )
+            prefix_lengths = torch.tensor(skipped, dtype=torch.long)
+            width = own_ids.shape[1]
+            positions = prefix_lengths.unsqueeze(1) + torch.arange(width).unsqueeze(0)
+            hidden = self._backbone(
+                input_ids=own_ids.to(self._device, non_blocking=True),
+                attention_mask=self._prefix_mask(prefix_lengths, longest_prefix, own_lengths),
+                position_ids=positions.to(self._device, non_blocking=True),
+                use_cache=True,
+                **{self._cache_name: cache},
+            ).last_hidden_state
+            return self._scores_at(hidden, own_lengths - 1)
+
+    def _prefix_mask(
+        self, prefix_lengths: torch.Tensor, key_prefix: int, own_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """``[rows, 1, own tokens, key_prefix + own tokens]``, additive: row i's token t sees
+        its prefix's first ``prefix_lengths[i]`` keys and its own tokens up to t."""
+        width = int(own_lengths.max())
+        keys = torch.arange(key_prefix + width)
+        own_key = keys - key_prefix
+        query = torch.arange(width)
+        sees_prefix = keys.view(1, 1, -1) < prefix_lengths.view(-1, 1, 1)
+        sees_own = (
+            (own_key.view(1, 1, -1) >= 0)
+            & (own_key.view(1, 1, -1) <= query.view(1, -1, 1))
+            & (own_key.view(1, 1, -1) < own_lengths.view(-1, 1, 1))
+        )
+        blocked = ~(sees_prefix | sees_own)
+        mask = torch.zeros(blocked.shape, dtype=self._dtype)
+        mask.masked_fill_(blocked, torch.finfo(self._dtype).min)
+        return mask.unsqueeze(1).to(self._device, non_blocking=True)
 
 
 def load_scoring_model(options: LoadOptions) -> Qwen3ScoringModel:

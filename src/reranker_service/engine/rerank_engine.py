@@ -15,6 +15,7 @@ import structlog
 
 from reranker_service.engine.batcher import Batcher, BatchObserver
 from reranker_service.engine.calibration import measure_pass_overhead
+from reranker_service.engine.prefix import SharedPrefix, shared_prefix
 from reranker_service.engine.scoring import DeviceMemory, ModelDescription, ScoringModel
 
 logger = structlog.get_logger(__name__)
@@ -40,6 +41,12 @@ class EngineConfig:
     largest_request_pairs: int
     """The most pairs one request may bring: the queue must hold at least that many."""
     tokenizer_threads: int
+    prefix_reuse: bool = True
+    """Compute each request's shared prompt prefix once. Its keys and values are held while the
+    request has pairs waiting, for at most ``max_batch_tokens`` prefix tokens at a time."""
+    pass_overhead_tokens: int | None = None
+    """A forward pass's fixed cost in token-equivalents, for the batch policy; None: measured at
+    start-up. Pinned, two engines batch alike (the benchmark compares them so)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,10 @@ class RerankEngine:
             max_batch_tokens=self.limits.max_batch_tokens,
             overhead_tokens=_FALLBACK_PASS_OVERHEAD_TOKENS[model.description.device_type],
             max_queued_pairs=self.limits.max_queued_pairs,
+            max_prefix_tokens=self.limits.max_batch_tokens if config.prefix_reuse else 0,
         )
+        self.prefix_reuse = config.prefix_reuse
+        self._pinned_overhead_tokens = config.pass_overhead_tokens
         self._observer = observer  # attached after the warm-up, which is not client traffic
         self._tokenizer_pool = ThreadPoolExecutor(
             max_workers=config.tokenizer_threads, thread_name_prefix="reranker-tokenize"
@@ -111,20 +121,26 @@ class RerankEngine:
         return self._batcher.overhead_tokens
 
     async def start(self) -> None:
-        """Calibrate the batch policy on the model (which also warms it up), start the worker,
-        then send one request through the whole path so the first client pays no setup."""
-        measured = await asyncio.to_thread(
-            measure_pass_overhead,
-            self._model,
-            self._encoder.prefix_ids,
-            self.limits.max_batch_tokens,
-        )
-        if measured is not None:
-            self._batcher.overhead_tokens = min(round(measured), self.limits.max_batch_tokens)
+        """Calibrate the batch policy on the model (which also warms it up) unless its pass cost
+        is pinned, start the worker, then send one request through the whole path so the first
+        client pays no setup."""
+        measured: float | None = None
+        if self._pinned_overhead_tokens is not None:
+            self._batcher.overhead_tokens = self._pinned_overhead_tokens
+        else:
+            measured = await asyncio.to_thread(
+                measure_pass_overhead,
+                self._model,
+                self._encoder.prefix_ids,
+                self.limits.max_batch_tokens,
+            )
+            if measured is not None:
+                self._batcher.overhead_tokens = min(round(measured), self.limits.max_batch_tokens)
         logger.info(
             "batch_policy_calibrated",
             pass_overhead_tokens=self._batcher.overhead_tokens,
             measured=measured is not None,
+            pinned=self._pinned_overhead_tokens is not None,
         )
         self._batcher.start()
         await self.rerank("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
@@ -136,19 +152,22 @@ class RerankEngine:
         await self._batcher.stop()
         await asyncio.to_thread(self._tokenizer_pool.shutdown, wait=True)
 
-    async def tokenize(
+    def _pairs_and_prefix(
         self, instruction: str, query: str, documents: Sequence[str]
-    ) -> list[list[int]]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._tokenizer_pool, self._encoder.encode, instruction, query, documents
-        )
+    ) -> tuple[list[list[int]], SharedPrefix | None]:
+        """The pairs' token ids and, with reuse on and two pairs or more, the prefix they
+        share; blocking, so it runs on the tokenizer pool."""
+        token_ids = self._encoder.encode(instruction, query, documents)
+        return token_ids, shared_prefix(token_ids) if self.prefix_reuse else None
 
     async def rerank(self, instruction: str, query: str, documents: Sequence[str]) -> RerankOutcome:
         started = time.perf_counter()
-        token_ids = await self.tokenize(instruction, query, documents)
+        loop = asyncio.get_running_loop()
+        token_ids, prefix = await loop.run_in_executor(
+            self._tokenizer_pool, self._pairs_and_prefix, instruction, query, documents
+        )
         tokenized = time.perf_counter()
-        result = await self._batcher.score(token_ids)
+        result = await self._batcher.score(token_ids, prefix)
         return RerankOutcome(
             scores=result.scores,
             pair_tokens=[len(ids) for ids in token_ids],

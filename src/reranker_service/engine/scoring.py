@@ -7,12 +7,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from reranker_service.engine.prefix import SharedPrefix
 from reranker_service.engine.prompt import PromptEncoder
 
 
 class PairScorer(Protocol):
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        """P(yes) for each token sequence, in one forward pass."""
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
+        """P(yes) for each token sequence, in one forward pass. A sequence whose ``prefixes``
+        entry is set starts with that prefix's tokens, which the scorer may compute once (and
+        keep in the prefix's ``state``) instead of once per sequence; the scores are the same."""
         ...
 
 

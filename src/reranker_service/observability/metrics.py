@@ -126,8 +126,14 @@ class ServiceMetrics:
         )
         self.batch_tokens = Histogram(
             "reranker_batch_tokens",
-            "Tokens computed per forward pass, padding included (pairs x longest pair)",
+            "Tokens computed per forward pass, padding included (shared prefixes computed in the "
+            "pass count once, cached ones not at all)",
             buckets=BATCH_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.prefix_tokens_reused = Counter(
+            "reranker_prefix_tokens_reused",
+            "Prompt tokens not recomputed: read from the request's shared-prefix cache",
             registry=registry,
         )
         self.queue_depth = Gauge(
@@ -202,6 +208,7 @@ class ServiceMetrics:
         """Batch observer for the engine's worker thread."""
         self.batch_size.observe(report.pairs)
         self.batch_tokens.observe(report.padded_tokens)
+        self.prefix_tokens_reused.inc(report.reused_tokens)
         self.inference.observe(report.inference_seconds)
         for wait in report.queue_wait_seconds:
             self.queue_wait.observe(wait)
