@@ -120,6 +120,29 @@ class ModelWrapper:
         return self._model.score(sequences, prefixes)
 
 
+class PassRecorder(ModelWrapper):
+    """The real model, remembering the token sequences of each forward pass."""
+
+    def __init__(self, model: Qwen3ScoringModel) -> None:
+        super().__init__(model)
+        self._lock = threading.Lock()
+        self.passes: list[list[tuple[int, ...]]] = []
+
+    @property
+    def batches(self) -> list[list[int]]:
+        """Each pass's pair lengths."""
+        return [[len(sequence) for sequence in batch] for batch in self.passes]
+
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
+        with self._lock:
+            self.passes.append([tuple(sequence) for sequence in sequences])
+        return super().score(sequences, prefixes)
+
+
 class GatedModel(ModelWrapper):
     """The real model, except that forward passes wait until the test opens the gate."""
 

@@ -17,27 +17,26 @@ from reranker_service.engine.batcher import (
 from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.engine.prefix import SharedPrefix, shared_prefix
 from reranker_service.settings import DEFAULT_INSTRUCTION
+from tests.conftest import PassRecorder
 
 
-class RecordingScorer:
-    """The real model, remembering what each forward pass was given."""
+class RecordingScorer(PassRecorder):
+    """The real model, remembering what each forward pass was given, and failing any pass that
+    holds a pair of ``fail_on_length`` tokens."""
 
     def __init__(self, model: Qwen3ScoringModel, fail_on_length: int | None = None) -> None:
-        self._model = model
+        super().__init__(model)
         self._fail_on_length = fail_on_length
-        self.batches: list[list[int]] = []
-        self.passes: list[list[tuple[int, ...]]] = []
 
     def score(
         self,
         sequences: Sequence[Sequence[int]],
         prefixes: Sequence[SharedPrefix | None] | None = None,
     ) -> list[float]:
-        self.batches.append([len(seq) for seq in sequences])
-        self.passes.append([tuple(seq) for seq in sequences])
+        scores = super().score(sequences, prefixes)
         if self._fail_on_length in {len(seq) for seq in sequences}:
             raise RuntimeError("injected forward failure")
-        return self._model.score(sequences, prefixes)
+        return scores
 
 
 def _requests(model: Qwen3ScoringModel, count: int) -> list[list[list[int]]]:

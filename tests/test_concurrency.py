@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +13,9 @@ import httpx
 from reranker_service.app import create_app
 from reranker_service.engine.batcher import BatchReport
 from reranker_service.engine.model import Qwen3ScoringModel
-from reranker_service.engine.prefix import SharedPrefix
 from reranker_service.local_server import serve_in_thread
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import ModelWrapper, make_settings
+from tests.conftest import PassRecorder, make_settings
 
 CLIENTS = 16
 REQUESTS_PER_CLIENT = 4
@@ -33,24 +30,6 @@ def _workload(seed: int) -> tuple[str, list[str]]:
         for _ in range(rng.randint(1, 12))
     ]
     return query, docs
-
-
-class PassRecorder(ModelWrapper):
-    """The real model, remembering the token sequences of each forward pass."""
-
-    def __init__(self, model: Qwen3ScoringModel) -> None:
-        super().__init__(model)
-        self._lock = threading.Lock()
-        self.passes: list[list[tuple[int, ...]]] = []
-
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
-        with self._lock:
-            self.passes.append([tuple(seq) for seq in sequences])
-        return super().score(sequences, prefixes)
 
 
 async def test_concurrent_requests_get_their_own_scores(
