@@ -143,7 +143,7 @@ def build_response(
     )
 
 
-def score_stddev(scores: Sequence[float]) -> float | None:
+def _score_stddev(scores: Sequence[float]) -> float | None:
     """Population standard deviation; undefined (None) for fewer than two documents. Plain
     floats: ``statistics.pstdev`` works in exact fractions, ~0.1 ms a request."""
     if len(scores) < 2:
@@ -155,7 +155,7 @@ def score_stddev(scores: Sequence[float]) -> float | None:
 def _note_outcome(record: RerankRecord, outcome: RerankOutcome) -> None:
     record.tokens = outcome.total_tokens
     record.top1_score = max(outcome.scores) if outcome.scores else None
-    record.score_stddev = score_stddev(outcome.scores)
+    record.score_stddev = _score_stddev(outcome.scores)
     record.tokenize_seconds = outcome.tokenize_seconds
     record.queue_seconds = outcome.queue_seconds
     record.inference_seconds = outcome.inference_seconds

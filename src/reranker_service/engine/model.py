@@ -94,12 +94,15 @@ def _right_padded(
     return input_ids, lengths
 
 
-def _rows_of(blocks: Sequence[torch.Tensor], row_slots: torch.Tensor, width: int) -> torch.Tensor:
+def _rows_of(
+    blocks: Sequence[torch.Tensor], row_slots: torch.Tensor, width: int, *, one_for_all: bool
+) -> torch.Tensor:
     """One ``[rows, heads, width, head_dim]`` tensor whose row i holds ``blocks[row_slots[i]]``
-    (``[1, heads, tokens, head_dim]``) left-aligned; a slot past the blocks is empty."""
+    (``[1, heads, tokens, head_dim]``) left-aligned; a slot past the blocks is empty. With
+    ``one_for_all`` (every row reads the one block) it is a view, no copy."""
     first = blocks[0]
-    if len(blocks) == 1 and first.shape[2] == width and bool((row_slots == 0).all()):
-        return first.expand(len(row_slots), -1, -1, -1)  # one request: a view, no copy
+    if one_for_all:
+        return first.expand(len(row_slots), -1, -1, -1)
     slots = first.new_zeros((len(blocks) + 1, first.shape[1], width, first.shape[3]))
     for slot, block in enumerate(blocks):
         slots[slot, :, : block.shape[2]] = block[0]
@@ -232,6 +235,8 @@ class Qwen3ScoringModel:
                 self._pad_token_id,
             )
             longest_prefix = max(skipped)
+            # Decided here, on the host: checking row_slots per layer would sync the device.
+            one_for_all = len(distinct) == 1 and all(p is not None for p in prefixes)
             # Rows without a prefix read the empty slot after the distinct prefixes.
             row_slots = torch.tensor(
                 [slot_of[id(p)] if p is not None else len(distinct) for p in prefixes],
@@ -240,8 +245,18 @@ class Qwen3ScoringModel:
             cache = DynamicCache(
                 ddp_cache_data=[
                     (
-                        _rows_of([state[layer][0] for state in states], row_slots, longest_prefix),
-                        _rows_of([state[layer][1] for state in states], row_slots, longest_prefix),
+                        _rows_of(
+                            [state[layer][0] for state in states],
+                            row_slots,
+                            longest_prefix,
+                            one_for_all=one_for_all,
+                        ),
+                        _rows_of(
+                            [state[layer][1] for state in states],
+                            row_slots,
+                            longest_prefix,
+                            one_for_all=one_for_all,
+                        ),
                     )
                     for layer in range(len(states[0]))
                 ]

@@ -155,8 +155,8 @@ class RerankEngine:
     def _pairs_and_prefix(
         self, instruction: str, query: str, documents: Sequence[str]
     ) -> tuple[list[list[int]], SharedPrefix | None]:
-        """The pairs' token ids and, with reuse on and two pairs or more, the prefix they
-        share; blocking, so it runs on the tokenizer pool."""
+        """The pairs' token ids and, with reuse on, the prefix worth sharing among them (see
+        ``shared_prefix``); blocking, so it runs on the tokenizer pool."""
         token_ids = self._encoder.encode(instruction, query, documents)
         return token_ids, shared_prefix(token_ids) if self.prefix_reuse else None
 
