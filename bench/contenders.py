@@ -1,10 +1,12 @@
-"""The three contenders: the model card's code, the engine in process, the service over HTTP."""
+"""The contenders: the model card's code, the engine in process (reuse on and off), the service
+over HTTP, and the best fixed batch budget as the ceiling for the batch policy."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -168,7 +170,7 @@ class EngineInProcess:
         max_length: int,
         *,
         prefix_reuse: bool,
-        pass_overhead_tokens: int | None = None,
+        pass_costs: tuple[tuple[float, float], ...] | None = None,
     ) -> None:
         from reranker_service.engine.model import LoadOptions
 
@@ -183,7 +185,7 @@ class EngineInProcess:
                 largest_request_pairs=1000,
                 tokenizer_threads=2,
                 prefix_reuse=prefix_reuse,
-                pass_overhead_tokens=pass_overhead_tokens,
+                pass_costs=pass_costs,
             ),
             observer=self._reports.append,
         )
@@ -193,8 +195,9 @@ class EngineInProcess:
         await self._engine.start()
 
     @property
-    def pass_overhead_tokens(self) -> int:
-        return self._engine.pass_overhead_tokens
+    def pass_costs(self) -> tuple[tuple[float, float], ...]:
+        """The pass cost the engine measured at start-up, to start another engine from."""
+        return tuple(self._engine.pass_costs.points)
 
     async def stop(self) -> None:
         await self._engine.stop()
@@ -215,6 +218,78 @@ class EngineInProcess:
             real_tokens=sum(r.real_tokens for r in reports),
             padded_tokens=sum(r.padded_tokens for r in reports),
         )
+
+    def peak_memory_bytes(self) -> int | None:
+        return self._memory.peak()
+
+
+@dataclass(frozen=True)
+class BudgetRun:
+    budget: int
+    pairs: int
+    seconds: float
+    passes: Passes
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs / self.seconds
+
+
+class BestFixedBudget:
+    """The batch policy's ceiling: every pair of the workload known up front, sorted by length
+    and cut into passes of at most a fixed padded-token budget, scored in process without
+    prefix reuse; the best of several budgets. No queue, no waiting, no policy."""
+
+    name = "best fixed budget"
+
+    def __init__(self, checkpoint: str, device: str, dtype: str, max_length: int) -> None:
+        from reranker_service.engine.model import LoadOptions
+
+        self._model = load_scoring_model(LoadOptions(checkpoint, None, device, dtype, max_length))
+        self._memory = _MemoryMeter(resolve_device(device), os.getpid())
+
+    def encode(self, requests: list[Request]) -> list[list[int]]:
+        encoder = self._model.encoder
+        return [
+            pair
+            for request in requests
+            for pair in encoder.encode(DEFAULT_INSTRUCTION, request.query, request.documents)
+        ]
+
+    def run(self, pairs: list[list[int]], budget: int, seconds: float, seed: int) -> BudgetRun:
+        """Score length-sorted passes of at most ``budget`` padded tokens, in a shuffled order
+        (so that a time limit does not favour the short ones), for about ``seconds``."""
+        ordered = sorted(pairs, key=len)
+        batches: list[list[list[int]]] = []
+        for pair in ordered:
+            if batches and (len(batches[-1]) + 1) * len(pair) <= budget:
+                batches[-1].append(pair)
+            else:
+                batches.append([pair])
+        random.Random(seed).shuffle(batches)
+        self._model.score(batches[0])  # warm for this shape
+        scored = 0
+        passes = Passes()
+        started = time.perf_counter()
+        for batch in batches:
+            self._model.score(batch)
+            scored += len(batch)
+            passes.count += 1
+            passes.pairs += len(batch)
+            passes.real_tokens += sum(len(pair) for pair in batch)
+            passes.padded_tokens += len(batch) * len(batch[-1])
+            if time.perf_counter() - started >= seconds:
+                break
+        return BudgetRun(budget, scored, time.perf_counter() - started, passes)
+
+    def best(
+        self, requests: list[Request], budgets: list[int], seconds: float, seed: int
+    ) -> tuple[BudgetRun, list[BudgetRun]]:
+        """Every budget's run and the fastest, in pairs/s; blocking."""
+        pairs = self.encode(requests)
+        self._memory.reset()
+        runs = [self.run(pairs, budget, seconds, seed) for budget in budgets]
+        return max(runs, key=lambda run: run.pairs_per_second), runs
 
     def peak_memory_bytes(self) -> int | None:
         return self._memory.peak()

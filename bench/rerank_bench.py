@@ -15,9 +15,13 @@ concurrency the three contenders run back to back, so drift of the machine hits 
 - engine, reuse off: the same engine recomputing every pair's whole prompt
   (``RERANKER_PREFIX_REUSE=false``);
 - service: ``python -m reranker_service`` in its own process, over HTTP on 127.0.0.1; its
-  batching figures are read from its own /metrics.
+  batching figures are read from its own /metrics;
+- best fixed budget: every pair of the workload known up front, length-sorted into passes of a
+  fixed padded-token budget, in process, without reuse; the best of several budgets. The
+  ceiling the batch policy must approach (one row per workload, no concurrency).
 
-Prints a Markdown table and the target ratios; ``--json`` writes every figure.
+Prints a Markdown table, the ratios and the issue's targets met or missed; ``--json`` writes
+every figure.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from contenders import (
+    BestFixedBudget,
     Contender,
     EngineInProcess,
     ModelCardBaseline,
@@ -47,6 +52,16 @@ from contenders import (
 from reranker_service.tiny_checkpoint import QWEN3_RERANKER_0_6B, build_checkpoint
 from workloads import WORKLOADS, Request, make_requests
 
+REFERENCE_BUDGETS = {
+    "cpu": [256, 512, 1024, 2048, 4096, 8192],
+    "cuda": [4096, 8192, 16384, 32768, 65536],
+}
+REFERENCE = "best fixed budget"
+# Minimum ratios (the engine-speed issue's targets), judged at concurrency 16.
+REUSE_TARGETS = {"short": 1.6, "rag": 1.15, "long": 0.97}
+SERVICE_VS_REFERENCE_TARGETS = {"short": 1.4, "rag": 1.05, "long": 0.9}
+HTTP_OVERHEAD_TARGET_MS = 2.5
+TARGET_CONCURRENCY = 16
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
 
@@ -165,8 +180,10 @@ def _table(cells: list[Cell]) -> str:
         return "–" if value is None else str(value)
 
     rows = [
-        f"| {c.workload} | {c.concurrency} | {c.contender} | {c.requests} | {c.pairs_per_second} "
-        f"| {c.tokens_per_second} | {c.p50_ms} | {c.p95_ms} | {c.p99_ms} "
+        f"| {c.workload} | {c.concurrency or '–'} | {c.contender} | {show(c.requests or None)} "
+        f"| {c.pairs_per_second} "
+        f"| {c.tokens_per_second} | {show(c.p50_ms or None)} | {show(c.p95_ms or None)} "
+        f"| {show(c.p99_ms or None)} "
         f"| {show(c.padding_efficiency)} | {show(c.pairs_per_pass)} | {show(c.peak_memory_mb)} "
         f"| {show(c.mfu)} | {show(c.http_overhead_p50_ms)} |"
         for c in cells
@@ -183,26 +200,99 @@ def _ratios(cells: list[Cell]) -> dict[str, Any]:
             without_reuse = by_key.get((workload, concurrency, "engine, reuse off"))
             card = by_key.get((workload, concurrency, "model card"))
             service = by_key.get((workload, concurrency, "service"))
-            if engine and without_reuse:
-                ratios[f"reuse on/off pairs/s {workload} c={concurrency}"] = round(
-                    engine.pairs_per_second / without_reuse.pairs_per_second, 2
-                )
-            if engine and card:
-                ratios[f"engine/card pairs/s {workload} c={concurrency}"] = round(
-                    engine.pairs_per_second / card.pairs_per_second, 2
-                )
-            if engine and service:
-                ratios[f"service/engine pairs/s {workload} c={concurrency}"] = round(
-                    service.pairs_per_second / engine.pairs_per_second, 2
-                )
-                if concurrency == 1:
-                    ratios[f"service-engine p50 ms {workload} c=1"] = round(
-                        service.p50_ms - engine.p50_ms, 2
+            reference = next(
+                (c for c in cells if c.workload == workload and c.contender.startswith(REFERENCE)),
+                None,
+            )
+
+            pairs = [
+                (f"service/{REFERENCE}", service, reference),
+                (f"engine/{REFERENCE}", engine, reference),
+                (f"engine reuse off/{REFERENCE}", without_reuse, reference),
+                ("reuse on/off", engine, without_reuse),
+                ("engine/card", engine, card),
+                ("service/engine", service, engine),
+            ]
+            for name, numerator, denominator in pairs:
+                if numerator and denominator:
+                    ratios[f"{name} pairs/s {workload} c={concurrency}"] = round(
+                        numerator.pairs_per_second / denominator.pairs_per_second, 2
                     )
-                    ratios[f"service HTTP overhead p50 ms {workload} c=1"] = (
-                        service.http_overhead_p50_ms
-                    )
+            if engine and service and concurrency == 1:
+                ratios[f"service-engine p50 ms {workload} c=1"] = round(
+                    service.p50_ms - engine.p50_ms, 2
+                )
+                ratios[f"service HTTP overhead p50 ms {workload} c=1"] = (
+                    service.http_overhead_p50_ms
+                )
     return ratios
+
+
+def _targets(ratios: dict[str, Any]) -> list[str]:
+    """The issue's targets, each met or missed, from ``ratios``."""
+    lines = []
+
+    def judge(name: str, key: str, minimum: float | None, maximum: float | None = None) -> None:
+        value = ratios.get(key)
+        if value is None:
+            return
+        met = (minimum is None or value >= minimum) and (maximum is None or value < maximum)
+        bound = f">= {minimum}" if minimum is not None else f"< {maximum}"
+        lines.append(f"- {'met' if met else 'MISSED'}: {name} = {value} (target {bound})")
+
+    c = TARGET_CONCURRENCY
+    for workload, minimum in REUSE_TARGETS.items():
+        key = f"reuse on/off pairs/s {workload} c={c}"
+        judge(f"engine reuse on/off, {workload}, c={c}", key, minimum)
+    for workload, minimum in SERVICE_VS_REFERENCE_TARGETS.items():
+        key = f"service/{REFERENCE} pairs/s {workload} c={c}"
+        judge(f"service c={c} / {REFERENCE}, {workload}", key, minimum)
+    for workload in WORKLOADS:
+        key = f"service HTTP overhead p50 ms {workload} c=1"
+        judge(f"HTTP overhead p50 ms, {workload}, c=1", key, None, HTTP_OVERHEAD_TARGET_MS)
+    return lines
+
+
+async def _reference_cell(
+    reference: BestFixedBudget,
+    requests: list[Request],
+    workload: str,
+    budgets: list[int],
+    seconds: float,
+    seed: int,
+    flops_per_token: float | None,
+    peak_flops: float | None,
+) -> Cell:
+    best, runs = await asyncio.to_thread(reference.best, requests, budgets, seconds, seed)
+    print(
+        f"  {REFERENCE}, {workload}: "
+        + ", ".join(f"{run.budget}: {run.pairs_per_second:.1f}" for run in runs)
+        + " pairs/s",
+        flush=True,
+    )
+    passes = best.passes
+    mfu = None
+    if flops_per_token is not None and peak_flops is not None:
+        mfu = round(passes.real_tokens * flops_per_token / best.seconds / peak_flops, 4)
+    memory = reference.peak_memory_bytes()
+    return Cell(
+        workload=workload,
+        concurrency=0,
+        contender=f"{REFERENCE} ({best.budget})",
+        requests=0,
+        pairs=best.pairs,
+        seconds=round(best.seconds, 2),
+        pairs_per_second=round(best.pairs_per_second, 1),
+        tokens_per_second=round(passes.real_tokens / best.seconds, 1),
+        p50_ms=0.0,
+        p95_ms=0.0,
+        p99_ms=0.0,
+        padding_efficiency=round(passes.real_tokens / passes.padded_tokens, 3),
+        pairs_per_pass=round(passes.pairs / passes.count, 2),
+        peak_memory_mb=round(memory / 2**20, 1) if memory else None,
+        mfu=mfu,
+        http_overhead_p50_ms=None,
+    )
 
 
 def _checkpoint(choice: str, scratch: Path) -> str:
@@ -224,15 +314,15 @@ async def _main(args: argparse.Namespace, checkpoint: str) -> list[Cell]:
     service = None
     for key, prefix_reuse in (("engine", True), ("engine-no-reuse", False)):
         if key in args.contenders:
-            # The first engine measures the pass cost; the second takes the same figure, so
-            # the two batch alike and differ only in reuse (calibration moves between runs).
+            # The first engine measures the pass cost; the second starts from the same curve,
+            # so the two batch alike and differ only in reuse (measurements move between runs).
             engine = EngineInProcess(
                 checkpoint,
                 args.device,
                 args.dtype,
                 args.max_length,
                 prefix_reuse=prefix_reuse,
-                pass_overhead_tokens=engines[0].pass_overhead_tokens if engines else None,
+                pass_costs=engines[0].pass_costs if engines else None,
             )
             await engine.start()
             engines.append(engine)
@@ -241,6 +331,10 @@ async def _main(args: argparse.Namespace, checkpoint: str) -> list[Cell]:
         service = ServiceOverHttp(checkpoint, args.device, args.dtype, args.max_length)
         await service.start()
         contenders["service"] = service
+    reference = None
+    if "reference" in args.contenders:
+        reference = BestFixedBudget(checkpoint, args.device, args.dtype, args.max_length)
+    budgets = REFERENCE_BUDGETS["cuda" if args.device.startswith("cuda") else "cpu"]
     cells: list[Cell] = []
     try:
         for workload_name in args.workloads:
@@ -250,6 +344,19 @@ async def _main(args: argparse.Namespace, checkpoint: str) -> list[Cell]:
                 len(tokenizer.encode(doc)) + 80 for r in requests for doc in r.documents
             )
             flops = model_flops_per_token(config, round(mean_pair)) if peak_flops else None
+            if reference is not None:
+                cell = await _reference_cell(
+                    reference,
+                    requests,
+                    workload_name,
+                    budgets,
+                    args.reference_seconds,
+                    args.seed,
+                    flops,
+                    peak_flops,
+                )
+                cells.append(cell)
+                print(_table([cell]).splitlines()[-1], flush=True)
             for concurrency in args.concurrency:
                 for contender in contenders.values():
                     cell = await _run_cell(
@@ -285,10 +392,14 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument(
-        "--contenders", nargs="+", default=["card", "engine", "engine-no-reuse", "service"],
-        choices=["card", "engine", "engine-no-reuse", "service"],
+        "--contenders", nargs="+",
+        default=["card", "engine", "engine-no-reuse", "service", "reference"],
+        choices=["card", "engine", "engine-no-reuse", "service", "reference"],
     )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=6.0, help="per cell")
+    parser.add_argument(
+        "--reference-seconds", type=float, default=3.0, help="per budget of the reference"
+    )
     parser.add_argument("--distinct-requests", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peak-tflops", type=float, help="device bf16 peak, for MFU")
@@ -311,6 +422,9 @@ def main() -> None:
     print()
     for name, value in ratios.items():
         print(f"- {name}: {value}")
+    targets = _targets(ratios)
+    print()
+    print("\n".join(targets))
     if args.json:
         result = {
             "model": args.model,
@@ -318,6 +432,7 @@ def main() -> None:
             "machine": machine,
             "cells": [asdict(c) for c in cells],
             "ratios": ratios,
+            "targets": targets,
         }
         args.json.write_text(json.dumps(result, indent=2))
 

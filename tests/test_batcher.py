@@ -15,7 +15,9 @@ from reranker_service.engine.batcher import (
     QueueFullError,
 )
 from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.pass_cost import PassCostModel
 from reranker_service.engine.prefix import SharedPrefix, shared_prefix
+from reranker_service.engine.scoring import PendingScores
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import PassRecorder
 
@@ -39,6 +41,34 @@ class RecordingScorer(PassRecorder):
         return scores
 
 
+class DeferredLauncher(PassRecorder):
+    """The real model's ``launch``, with each pass's scores taken only when the batcher asks
+    for them, and a log of both: the order an asynchronous device would see."""
+
+    def __init__(self, model: Qwen3ScoringModel) -> None:
+        super().__init__(model)
+        self.events: list[tuple[str, int]] = []
+
+    def launch(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> PendingScores:
+        index = sum(1 for event, _ in self.events if event == "launch")
+        self.events.append(("launch", index))
+        self.passes.append([tuple(sequence) for sequence in sequences])
+        return _LoggedScores(self._model.launch(sequences, prefixes), self.events, index)
+
+
+class _LoggedScores:
+    def __init__(self, pending: PendingScores, events: list[tuple[str, int]], index: int) -> None:
+        self._pending, self._events, self._index = pending, events, index
+
+    def result(self) -> list[float]:
+        self._events.append(("result", self._index))
+        return self._pending.result()
+
+
 def _requests(model: Qwen3ScoringModel, count: int) -> list[list[list[int]]]:
     requests = []
     for r in range(count):
@@ -56,7 +86,7 @@ def _batcher(
     return Batcher(
         scorer,
         max_batch_tokens=2048,
-        overhead_tokens=128,
+        pass_costs=PassCostModel([(64, 0.002), (128, 0.0025), (1024, 0.01)]),
         max_queued_pairs=1000,
         max_prefix_tokens=max_prefix_tokens,
         observer=reports.append if reports is not None else None,
@@ -107,7 +137,7 @@ async def test_a_failing_batch_fails_only_its_requests(scoring_model: Qwen3Scori
     good = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["short"])
     bad = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["much longer " * 300])
     scorer = RecordingScorer(scoring_model, fail_on_length=len(bad[0]))
-    batcher = Batcher(scorer, max_batch_tokens=len(bad[0]), overhead_tokens=0, max_queued_pairs=10)
+    batcher = Batcher(scorer, max_batch_tokens=len(bad[0]), max_queued_pairs=10)
     bad_job, good_job = batcher.submit(bad), batcher.submit(good)
     batcher.start()
     with pytest.raises(RuntimeError, match="injected"):
@@ -120,9 +150,7 @@ async def test_a_failing_batch_fails_only_its_requests(scoring_model: Qwen3Scori
 
 async def test_queue_limit_refuses_new_work(scoring_model: Qwen3ScoringModel) -> None:
     seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b", "c"])
-    batcher = Batcher(
-        RecordingScorer(scoring_model), max_batch_tokens=4096, overhead_tokens=0, max_queued_pairs=5
-    )
+    batcher = Batcher(RecordingScorer(scoring_model), max_batch_tokens=4096, max_queued_pairs=5)
     first = batcher.submit(seqs)
     with pytest.raises(QueueFullError) as refused:
         batcher.submit(seqs)
@@ -137,7 +165,7 @@ async def test_queue_limit_refuses_new_work(scoring_model: Qwen3ScoringModel) ->
 async def test_cancelled_request_leaves_the_queue(scoring_model: Qwen3ScoringModel) -> None:
     seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b", "c", "d"])
     scorer = RecordingScorer(scoring_model)
-    batcher = Batcher(scorer, max_batch_tokens=4096, overhead_tokens=0, max_queued_pairs=100)
+    batcher = Batcher(scorer, max_batch_tokens=4096, max_queued_pairs=100)
     task = asyncio.create_task(batcher.score(seqs))
     await asyncio.sleep(0)  # let the task submit (a scheduling yield, not a timed wait)
     assert batcher.queued_pairs == 4
@@ -212,7 +240,6 @@ async def test_a_prefix_past_the_budget_is_not_held(scoring_model: Qwen3ScoringM
     batcher = Batcher(
         scorer,
         max_batch_tokens=2048,
-        overhead_tokens=0,
         max_queued_pairs=100,
         max_prefix_tokens=len(first_prefix) + len(second_prefix) - 1,
     )
@@ -236,3 +263,38 @@ async def test_a_withdrawn_request_releases_its_prefix(scoring_model: Qwen3Scori
     batcher.withdraw(job)
     assert batcher.prefix_tokens_held == 0
     assert prefix.state is None
+
+
+async def test_with_a_launcher_the_next_pass_starts_before_the_last_is_awaited(
+    scoring_model: Qwen3ScoringModel,
+) -> None:
+    requests = _requests(scoring_model, 12)
+    prefixes = [shared_prefix(seqs) for seqs in requests]
+    launcher = DeferredLauncher(scoring_model)
+    reports: list[BatchReport] = []
+    batcher = Batcher(
+        launcher,
+        max_batch_tokens=512,
+        max_queued_pairs=1000,
+        max_prefix_tokens=100_000,
+        launcher=launcher,
+        observer=reports.append,
+    )
+    assert batcher.overlapping
+    jobs = [batcher.submit(seqs, prefix) for seqs, prefix in zip(requests, prefixes, strict=True)]
+    batcher.start()
+    results = await asyncio.gather(*(job.future for job in jobs))
+    await batcher.stop()
+
+    passes = len(launcher.passes)
+    assert passes > 2
+    # Pass k + 1 is launched before pass k's scores are taken, and every pass's are taken.
+    assert launcher.events[:3] == [("launch", 0), ("launch", 1), ("result", 0)]
+    assert sorted(index for event, index in launcher.events if event == "result") == list(
+        range(passes)
+    )
+    assert len(reports) == passes
+    # Prefixes computed by one pass are read by the next before the first's scores are taken.
+    for seqs, result in zip(requests, results, strict=True):
+        alone = [scoring_model.score([ids])[0] for ids in seqs]
+        assert max(abs(a - b) for a, b in zip(result.scores, alone, strict=True)) <= 1e-5

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 import torch
 
 from reranker_service.app import load_options
-from reranker_service.engine.model import load_scoring_model
+from reranker_service.engine.model import _right_padded, load_scoring_model
+from reranker_service.engine.prefix import shared_prefix
+from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import make_settings
 from tests.model_card import ModelCardReranker
@@ -52,3 +55,32 @@ def test_poller_reads_the_real_driver_and_torch_memory(checkpoint: Path) -> None
     assert all(sample.value > 0 for sample in totals)
     device = model.description.device
     assert exposition.value("reranker_torch_memory_allocated_bytes", device=device) > 0
+
+
+def test_host_batches_are_page_locked() -> None:
+    input_ids, lengths = _right_padded([[1, 2, 3], [4]], 0, pin=True)
+    assert input_ids.is_pinned()
+    assert lengths.is_pinned()
+
+
+async def test_overlapping_passes_keep_every_score_exact(checkpoint: Path) -> None:
+    """Many requests at once through the engine on the GPU: the worker launches pass k + 1
+    before it takes pass k's scores, and prefixes computed in one pass are read by the next."""
+    model = load_scoring_model(
+        load_options(make_settings(checkpoint, device="cuda", dtype="float32"))
+    )
+    engine = RerankEngine(model, EngineConfig(2048, 100_000, 1000, 2))
+    assert engine.overlapping_passes
+    await engine.start()
+    try:
+        queries = [f"query {index} about France" for index in range(24)]
+        outcomes = await asyncio.gather(
+            *(engine.rerank(DEFAULT_INSTRUCTION, query, DOCS) for query in queries)
+        )
+    finally:
+        await engine.stop()
+    for query, outcome in zip(queries, outcomes, strict=True):
+        sequences = model.encoder.encode(DEFAULT_INSTRUCTION, query, DOCS)
+        alone = [model.score([sequence])[0] for sequence in sequences]
+        assert shared_prefix(sequences) is not None
+        assert max(abs(a - b) for a, b in zip(outcome.scores, alone, strict=True)) <= 1e-4

@@ -127,6 +127,24 @@ def test_equal_length_batch_without_mask_matches(scoring_model: Qwen3ScoringMode
     _assert_close(scoring_model.score(token_ids), alone)
 
 
+def test_the_gpus_full_mask_matches_model_card(
+    scoring_model: Qwen3ScoringModel, card: ModelCardReranker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU every pass takes a full causal mask built on the device (so that nothing reads
+    it on the host); the same code runs here, padded and unpadded, against the card."""
+    monkeypatch.setattr(scoring_model, "_full_masks", True)
+    docs = [_long_document(n, seed=n) for n in (3, 40, 200)] + DOCUMENTS
+    _assert_close(
+        _ours(scoring_model, DEFAULT_INSTRUCTION, QUERY, docs),
+        card.score_alone(None, QUERY, docs),
+    )
+    equal = ["aaaa", "bbbb", "cccc"]
+    _assert_close(
+        _ours(scoring_model, DEFAULT_INSTRUCTION, QUERY, equal),
+        card.score_alone(None, QUERY, equal),
+    )
+
+
 def test_tied_embeddings_checkpoint_matches_model_card(tied_checkpoint: Path, reuse: bool) -> None:
     model = load_scoring_model(load_options(make_settings(tied_checkpoint)))
     reference = ModelCardReranker(tied_checkpoint, 8192).score_alone(None, QUERY, DOCUMENTS)

@@ -181,7 +181,7 @@ def create_app(
             max_length=engine.limits.max_length,
             max_batch_tokens=engine.limits.max_batch_tokens,
             max_queued_pairs=engine.limits.max_queued_pairs,
-            pass_overhead_tokens=engine.pass_overhead_tokens,
+            batch_saturation_tokens=engine.pass_costs.saturation_tokens(),
         )
         return engine
 

@@ -5,6 +5,10 @@ takes the next batch (see ``batch_policy``), runs the forward pass off the event
 scores into each request's slot and resolves a request's future, on its own loop, once its last
 pair is scored. A pair's score depends only on its own tokens, so a request's results do not
 depend on which other requests shared its batches.
+
+On a device that computes asynchronously (a GPU), the worker launches the next pass before it
+waits for the current one's scores, so the device never idles while the host picks, pads and
+copies a batch.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from reranker_service.engine.batch_policy import select_window
+from reranker_service.engine.pass_cost import PassCostModel
 from reranker_service.engine.prefix import SharedPrefix
-from reranker_service.engine.scoring import PairScorer
+from reranker_service.engine.scoring import PairScorer, PassLauncher, PendingScores, ReadyScores
 
 logger = structlog.get_logger(__name__)
 
@@ -117,8 +122,10 @@ class ScoringJob:
 
 @dataclass(slots=True)
 class _QueuedPair:
-    length: int
+    cost: int
+    """Tokens the pair computes: after its request's shared prefix, if one is held."""
     order: int
+    length: int
     tokens: Sequence[int]
     job: ScoringJob
     position: int
@@ -127,7 +134,7 @@ class _QueuedPair:
 
 
 def _sort_key(pair: _QueuedPair) -> tuple[int, int]:
-    return pair.length, pair.order
+    return pair.cost, pair.order
 
 
 def _distinct_jobs(batch: Sequence[_QueuedPair]) -> list[ScoringJob]:
@@ -158,8 +165,8 @@ def _pass_tokens(
     )
 
 
-class _Lengths(Sequence[int]):
-    """Read-only view of the queue's lengths; the policy only looks near the anchor."""
+class _Costs(Sequence[int]):
+    """Read-only view of the queue's pair costs; the policy only looks near the anchor."""
 
     def __init__(self, pairs: list[_QueuedPair]) -> None:
         self._pairs = pairs
@@ -168,7 +175,21 @@ class _Lengths(Sequence[int]):
         return len(self._pairs)
 
     def __getitem__(self, index: int) -> int:  # type: ignore[override]
-        return self._pairs[index].length
+        return self._pairs[index].cost
+
+
+@dataclass
+class _Pass:
+    """A launched forward pass whose scores the worker has not taken yet."""
+
+    batch: list[_QueuedPair]
+    prefixes: list[SharedPrefix | None]
+    computed_prefixes: list[SharedPrefix]
+    """The prefixes it computes rather than reads from their cache."""
+    launched_at: float
+    retry: bool
+    pending: PendingScores | None = None
+    error: Exception | None = None
 
 
 class Batcher:
@@ -177,16 +198,21 @@ class Batcher:
         scorer: PairScorer,
         *,
         max_batch_tokens: int,
-        overhead_tokens: int,
         max_queued_pairs: int,
+        pass_costs: PassCostModel | None = None,
         max_prefix_tokens: int = 0,
+        launcher: PassLauncher | None = None,
         observer: BatchObserver | None = None,
     ) -> None:
-        """``max_prefix_tokens`` bounds the shared prefixes held for the jobs in the queue (their
-        keys and values take device memory); a job past it is scored without its prefix."""
+        """``pass_costs`` predicts a pass's time for the batch policy and learns from every pass
+        (none: padding is the only cost). ``max_prefix_tokens`` bounds the shared prefixes held
+        for the jobs in the queue (their keys and values take device memory); a job past it is
+        scored without its prefix. With a ``launcher``, passes go through it and the next is
+        launched before the current one's scores are awaited."""
         self._scorer = scorer
+        self._launcher = launcher
         self.max_batch_tokens = max_batch_tokens
-        self.overhead_tokens = overhead_tokens
+        self.pass_costs = pass_costs if pass_costs is not None else PassCostModel()
         self.max_queued_pairs = max_queued_pairs
         self.max_prefix_tokens = max_prefix_tokens
         self.observer = observer
@@ -198,10 +224,16 @@ class Batcher:
         self._next_order = 0
         self._accepting = True
         self._thread: threading.Thread | None = None
+        self._last_finished = 0.0
 
     @property
     def queued_pairs(self) -> int:
         return len(self._by_length)
+
+    @property
+    def overlapping(self) -> bool:
+        """Whether the next pass is launched before the current one's scores are awaited."""
+        return self._launcher is not None
 
     def start(self) -> None:
         if self._thread is not None:
@@ -238,13 +270,17 @@ class Batcher:
             queued = len(self._by_length)
             if queued + len(sequences) > self.max_queued_pairs:
                 raise QueueFullError(len(sequences), queued, self.max_queued_pairs)
+            skipped = 0
             if prefix is not None and (
                 self._prefix_tokens_held + len(prefix) <= self.max_prefix_tokens
             ):
                 job.prefix = prefix
                 self._prefix_tokens_held += len(prefix)
+                skipped = len(prefix)
             for position, tokens in enumerate(sequences):
-                pair = _QueuedPair(len(tokens), self._next_order, tokens, job, position, now)
+                pair = _QueuedPair(
+                    len(tokens) - skipped, self._next_order, len(tokens), tokens, job, position, now
+                )
                 self._next_order += 1
                 bisect.insort(self._by_length, pair, key=_sort_key)
                 self._by_arrival.append(pair)
@@ -294,7 +330,7 @@ class Batcher:
         anchor = self._by_arrival[0]
         anchor_index = bisect.bisect_left(self._by_length, _sort_key(anchor), key=_sort_key)
         start, stop = select_window(
-            _Lengths(self._by_length), anchor_index, self.max_batch_tokens, self.overhead_tokens
+            _Costs(self._by_length), anchor_index, self.max_batch_tokens, self.pass_costs.seconds
         )
         batch = self._by_length[start:stop]
         del self._by_length[start:stop]
@@ -304,46 +340,78 @@ class Batcher:
         return batch
 
     def _run(self) -> None:
+        in_flight: _Pass | None = None
         while True:
             with self._lock:
-                while not self._by_length and self._accepting:
+                while not self._by_length and self._accepting and in_flight is None:
                     self._work_available.wait()
-                if not self._by_length:
-                    return
-                batch = self._take_batch_locked()
-            try:
-                self._execute(batch)
-            except Exception as exc:  # a bug here must not strand every waiting request
-                logger.exception("batch_failed", pairs=len(batch))
-                self._fail_jobs(_distinct_jobs(batch), exc)
+                batch = self._take_batch_locked() if self._by_length else None
+            if batch is None and in_flight is None:
+                return
+            launched = self._launch(batch) if batch is not None else None
             # The worker may now sleep for long; it must not keep the last requests alive.
             del batch
+            if in_flight is not None:
+                self._finish_safely(in_flight)
+            in_flight = launched
+            if in_flight is not None and self._launcher is None:
+                self._finish_safely(in_flight)
+                in_flight = None
 
-    def _execute(self, batch: list[_QueuedPair], *, retry: bool = False) -> None:
-        """Score a batch and answer the requests it completes. Out of device memory, the
+    def _launch(self, batch: list[_QueuedPair], *, retry: bool = False) -> _Pass:
+        """Start the pass over ``batch``; a scorer error is kept for ``_finish``."""
+        prefixes = [pair.job.prefix for pair in batch]
+        flight = _Pass(
+            batch,
+            prefixes,
+            # Known before the pass: the prefixes it will compute rather than read from cache.
+            list({id(p): p for p in prefixes if p is not None and p.state is None}.values()),
+            time.perf_counter(),
+            retry,
+        )
+        for job in _distinct_jobs(batch):
+            if job.first_batch_at is None:
+                job.first_batch_at = flight.launched_at
+        sequences = [pair.tokens for pair in batch]
+        try:
+            if self._launcher is not None:
+                flight.pending = self._launcher.launch(sequences, prefixes)
+            else:
+                flight.pending = ReadyScores(self._scorer.score(sequences, prefixes))
+        except Exception as exc:
+            flight.error = exc
+        return flight
+
+    def _finish_safely(self, flight: _Pass) -> None:
+        try:
+            self._finish(flight)
+        except Exception as exc:  # a bug here must not strand every waiting request
+            logger.exception("batch_failed", pairs=len(flight.batch))
+            self._fail_jobs(_distinct_jobs(flight.batch), exc)
+
+    def _finish(self, flight: _Pass) -> None:
+        """Take a pass's scores and answer the requests it completes. Out of device memory, the
         batch is split in halves (it is sorted by length, so the short half is cheap) down to
         single pairs; only the requests of a pair that does not fit alone fail."""
-        prefixes = [pair.job.prefix for pair in batch]
-        # Known before the pass: the prefixes it will compute rather than read from the cache.
-        computed_prefixes = list(
-            {id(p): p for p in prefixes if p is not None and p.state is None}.values()
-        )
-        started = time.perf_counter()
-        error: Exception | None = None
+        batch, error = flight.batch, flight.error
         scores: list[float] = []
-        try:
-            scores = self._scorer.score([pair.tokens for pair in batch], prefixes)
-        except Exception as exc:
-            error = exc
-        elapsed = time.perf_counter() - started
+        if error is None and flight.pending is not None:
+            try:
+                scores = flight.pending.result()
+            except Exception as exc:
+                error = exc
+        finished = time.perf_counter()
+        # Overlapping passes: each is billed the device time after the one before it ended.
+        elapsed = finished - max(flight.launched_at, self._last_finished)
+        self._last_finished = finished
         jobs = _distinct_jobs(batch)
         for job in jobs:
-            if job.first_batch_at is None:
-                job.first_batch_at = started
             job.inference_seconds += elapsed
+        tokens = _pass_tokens(batch, flight.prefixes, flight.computed_prefixes)
+        if error is None:
+            self.pass_costs.observe(tokens.padded, elapsed)
         # Report before answering: once a client has its scores, the batch is on record.
-        tokens = _pass_tokens(batch, prefixes, computed_prefixes)
-        self._report(batch, tokens, started, elapsed, failed=error is not None, retry=retry)
+        self._report(flight, tokens, elapsed, failed=error is not None)
         if isinstance(error, BatchTooLargeError):
             self._split_after_oom(batch, tokens)
             return
@@ -372,28 +440,21 @@ class Batcher:
         for part in (batch[:half], batch[half:]):
             live = [pair for pair in part if not pair.job.closed]
             if live:
-                self._execute(live, retry=True)
+                self._finish(self._launch(live, retry=True))
 
-    def _report(
-        self,
-        batch: list[_QueuedPair],
-        tokens: _PassTokens,
-        started: float,
-        elapsed: float,
-        *,
-        failed: bool,
-        retry: bool,
-    ) -> None:
+    def _report(self, flight: _Pass, tokens: _PassTokens, elapsed: float, *, failed: bool) -> None:
         observer = self.observer
         if observer is None:
             return
         report = BatchReport(
-            pairs=len(batch),
+            pairs=len(flight.batch),
             real_tokens=tokens.real,
             padded_tokens=tokens.padded,
             reused_tokens=tokens.reused,
             # A retried pair's wait was reported with its first pass.
-            queue_wait_seconds=() if retry else tuple(started - pair.enqueued_at for pair in batch),
+            queue_wait_seconds=()
+            if flight.retry
+            else tuple(flight.launched_at - pair.enqueued_at for pair in flight.batch),
             inference_seconds=elapsed,
             failed=failed,
         )

@@ -82,16 +82,31 @@ KeysValues = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def _right_padded(
-    rows: Sequence[Sequence[int]], pad_token_id: int
+    rows: Sequence[Sequence[int]], pad_token_id: int, *, pin: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``rows`` as one right-padded ``[rows, longest]`` id tensor, built in one scatter, and
-    their lengths."""
+    their lengths; in page-locked memory with ``pin``, so that copying them to the GPU does not
+    wait for the device."""
     lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
     width = int(lengths.max())
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long, pin_memory=pin)
     real = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
     input_ids[real] = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=torch.long)
-    return input_ids, lengths
+    return input_ids, lengths.pin_memory() if pin else lengths
+
+
+@dataclass
+class _PendingScores:
+    """A launched pass's scores, copied to host memory when ``ready`` is reached."""
+
+    scores: torch.Tensor
+    ready: torch.Event | None
+
+    def result(self) -> list[float]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        scores: list[float] = self.scores.tolist()
+        return scores
 
 
 def _rows_of(
@@ -130,6 +145,10 @@ class Qwen3ScoringModel:
         self._score_direction = score_direction
         self._pad_token_id = pad_token_id
         self._device = score_direction.device
+        # A GPU computes asynchronously: host buffers are pinned, and nothing in a pass may
+        # read a device value on the host before its scores.
+        self._asynchronous = self._device.type == "cuda"
+        self._full_masks = self._asynchronous
         self._dtype = next(backbone.parameters()).dtype
         # Newer transformers call the decoder's cache argument and output field "cache" (the
         # older "past_key_values" warns); take whichever this release has.
@@ -157,51 +176,75 @@ class Qwen3ScoringModel:
         A sequence with a prefix runs only its tokens after it, attending to the prefix's cached
         keys and values (computed first if the prefix has none yet). Out of device memory,
         raises ``BatchTooLargeError`` with the allocator's cache freed."""
+        return self.launch(sequences, prefixes).result()
+
+    def launch(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> _PendingScores:
+        """``score``'s pass, returning once it is queued on the device: on a GPU the host is
+        then free to prepare the next one. On the CPU the pass has run by then."""
         try:
-            if prefixes is not None and any(prefix is not None for prefix in prefixes):
-                return self._score_after_prefixes(sequences, prefixes)
-            return self._score(sequences)
+            with torch.inference_mode():
+                if prefixes is not None and any(prefix is not None for prefix in prefixes):
+                    return self._score_after_prefixes(sequences, prefixes)
+                return self._score(sequences)
         except torch.OutOfMemoryError as exc:
             if self._device.type == "cuda":
                 torch.cuda.empty_cache()
             raise BatchTooLargeError(_first_line(exc)) from exc
 
-    def _score(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        input_ids, lengths = _right_padded(sequences, self._pad_token_id)
-        with torch.inference_mode():
-            hidden = self._backbone(
-                input_ids=input_ids.to(self._device, non_blocking=True),
-                attention_mask=self._padding_mask(lengths, input_ids.shape[1]),
-                use_cache=False,
-            ).last_hidden_state
-            return self._scores_at(hidden, lengths - 1)
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(self._device, non_blocking=True)
 
-    def _padding_mask(self, lengths: torch.Tensor, width: int) -> torch.Tensor | None:
-        """The 2D mask of right-padded rows; none for equal lengths, which lets attention take
-        its plain causal fast path."""
-        if int(lengths.min()) == width:
+    def _score(self, sequences: Sequence[Sequence[int]]) -> _PendingScores:
+        input_ids, lengths = _right_padded(sequences, self._pad_token_id, pin=self._asynchronous)
+        device_lengths = self._to_device(lengths)
+        hidden = self._backbone(
+            input_ids=self._to_device(input_ids),
+            attention_mask=self._attention_mask(device_lengths, input_ids.shape[1]),
+            use_cache=False,
+        ).last_hidden_state
+        return self._scores_at(hidden, device_lengths - 1)
+
+    def _attention_mask(self, device_lengths: torch.Tensor, width: int) -> torch.Tensor | None:
+        """What right-padded rows need besides causality: nothing, since a real token only
+        sees the tokens before it, all real, and what padding positions compute is never read.
+        So on the CPU no mask is passed, and attention takes its causal kernel, which on rows
+        of thousands of tokens is about three times faster than a masked one. On a GPU a full
+        causal mask is built on the device: without one, transformers reads the position ids
+        on the host to detect packed sequences, a sync per pass that would stall the
+        pipeline."""
+        if not self._full_masks:
             return None
-        mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
-        return mask.to(self._device, dtype=torch.long, non_blocking=True)
+        no_prefix = torch.zeros_like(device_lengths)
+        return self._prefix_mask(no_prefix, 0, device_lengths, width)
 
-    def _scores_at(self, hidden: torch.Tensor, last_index: torch.Tensor) -> list[float]:
-        """Each row's score at its last real token: the one device-to-host copy of a pass."""
+    def _scores_at(self, hidden: torch.Tensor, last_index: torch.Tensor) -> _PendingScores:
+        """Each row's score at its last real token, copied to the host as the pass's one
+        device-to-host transfer; on a GPU, without waiting for it."""
         rows = torch.arange(hidden.shape[0], device=self._device)
-        last_hidden = hidden[rows, last_index.to(self._device)]
-        logits = last_hidden.float() @ self._score_direction
-        scores: list[float] = torch.sigmoid(logits).cpu().tolist()
-        return scores
+        logits = hidden[rows, last_index].float() @ self._score_direction
+        scores = torch.sigmoid(logits)
+        if not self._asynchronous:
+            return _PendingScores(scores, None)
+        host = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)
+        host.copy_(scores, non_blocking=True)
+        ready = torch.Event(self._device)
+        ready.record()
+        return _PendingScores(host, ready)
 
     def _compute_prefixes(self, prefixes: Sequence[SharedPrefix]) -> None:
         """Fill in the keys and values of ``prefixes`` in one right-padded pass. Each prefix
         keeps views of its own rows: valid, since a causal pass's first tokens never see the
         padding after them."""
         input_ids, lengths = _right_padded(
-            [prefix.tokens for prefix in prefixes], self._pad_token_id
+            [prefix.tokens for prefix in prefixes], self._pad_token_id, pin=self._asynchronous
         )
         output = self._backbone(
-            input_ids=input_ids.to(self._device, non_blocking=True),
-            attention_mask=self._padding_mask(lengths, input_ids.shape[1]),
+            input_ids=self._to_device(input_ids),
+            attention_mask=self._attention_mask(self._to_device(lengths), input_ids.shape[1]),
             use_cache=True,
         )
         layers = [(layer.keys, layer.values) for layer in getattr(output, self._cache_name).layers]
@@ -214,7 +257,7 @@ class Qwen3ScoringModel:
 
     def _score_after_prefixes(
         self, sequences: Sequence[Sequence[int]], prefixes: Sequence[SharedPrefix | None]
-    ) -> list[float]:
+    ) -> _PendingScores:
         """Rows continue after their request's cached prefix: their own tokens are right-padded,
         take positions that follow the prefix, and attend to their own prefix (left-aligned in
         a shared key block, the rest masked) and causally to their own tokens."""
@@ -224,74 +267,83 @@ class Qwen3ScoringModel:
             if prefix is not None and id(prefix) not in slot_of:
                 slot_of[id(prefix)] = len(distinct)
                 distinct.append(prefix)
-        with torch.inference_mode():
-            missing = [prefix for prefix in distinct if prefix.state is None]
-            if missing:
-                self._compute_prefixes(missing)
-            states = [cast(KeysValues, prefix.state) for prefix in distinct]
-            skipped = [len(prefix) if prefix is not None else 0 for prefix in prefixes]
-            own_ids, own_lengths = _right_padded(
-                [sequence[skip:] for sequence, skip in zip(sequences, skipped, strict=True)],
-                self._pad_token_id,
-            )
-            longest_prefix = max(skipped)
-            # Decided here, on the host: checking row_slots per layer would sync the device.
-            one_for_all = len(distinct) == 1 and all(p is not None for p in prefixes)
-            # Rows without a prefix read the empty slot after the distinct prefixes.
-            row_slots = torch.tensor(
+        missing = [prefix for prefix in distinct if prefix.state is None]
+        if missing:
+            self._compute_prefixes(missing)
+        states = [cast(KeysValues, prefix.state) for prefix in distinct]
+        skipped = [len(prefix) if prefix is not None else 0 for prefix in prefixes]
+        own_ids, own_lengths = _right_padded(
+            [sequence[skip:] for sequence, skip in zip(sequences, skipped, strict=True)],
+            self._pad_token_id,
+            pin=self._asynchronous,
+        )
+        longest_prefix = max(skipped)
+        # Decided here, on the host: checking row_slots per layer would sync the device.
+        one_for_all = len(distinct) == 1 and all(p is not None for p in prefixes)
+        # Rows without a prefix read the empty slot after the distinct prefixes. One host
+        # buffer carries each row's slot and prefix length to the device.
+        row_facts = torch.tensor(
+            [
                 [slot_of[id(p)] if p is not None else len(distinct) for p in prefixes],
-                device=self._device,
-            )
-            cache = DynamicCache(
-                ddp_cache_data=[
-                    (
-                        _rows_of(
-                            [state[layer][0] for state in states],
-                            row_slots,
-                            longest_prefix,
-                            one_for_all=one_for_all,
-                        ),
-                        _rows_of(
-                            [state[layer][1] for state in states],
-                            row_slots,
-                            longest_prefix,
-                            one_for_all=one_for_all,
-                        ),
-                    )
-                    for layer in range(len(states[0]))
-                ]
-            )
-            prefix_lengths = torch.tensor(skipped, dtype=torch.long)
-            width = own_ids.shape[1]
-            positions = prefix_lengths.unsqueeze(1) + torch.arange(width).unsqueeze(0)
-            hidden = self._backbone(
-                input_ids=own_ids.to(self._device, non_blocking=True),
-                attention_mask=self._prefix_mask(prefix_lengths, longest_prefix, own_lengths),
-                position_ids=positions.to(self._device, non_blocking=True),
-                use_cache=True,
-                **{self._cache_name: cache},
-            ).last_hidden_state
-            return self._scores_at(hidden, own_lengths - 1)
+                skipped,
+            ],
+            dtype=torch.long,
+        )
+        row_slots, prefix_lengths = self._to_device(
+            row_facts.pin_memory() if self._asynchronous else row_facts
+        )
+        cache = DynamicCache(
+            ddp_cache_data=[
+                (
+                    _rows_of(
+                        [state[layer][0] for state in states],
+                        row_slots,
+                        longest_prefix,
+                        one_for_all=one_for_all,
+                    ),
+                    _rows_of(
+                        [state[layer][1] for state in states],
+                        row_slots,
+                        longest_prefix,
+                        one_for_all=one_for_all,
+                    ),
+                )
+                for layer in range(len(states[0]))
+            ]
+        )
+        width = own_ids.shape[1]
+        device_own_lengths = self._to_device(own_lengths)
+        positions = prefix_lengths.unsqueeze(1) + torch.arange(width, device=self._device)
+        hidden = self._backbone(
+            input_ids=self._to_device(own_ids),
+            attention_mask=self._prefix_mask(
+                prefix_lengths, longest_prefix, device_own_lengths, width
+            ),
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_name: cache},
+        ).last_hidden_state
+        return self._scores_at(hidden, device_own_lengths - 1)
 
     def _prefix_mask(
-        self, prefix_lengths: torch.Tensor, key_prefix: int, own_lengths: torch.Tensor
+        self,
+        prefix_lengths: torch.Tensor,
+        key_prefix: int,
+        own_lengths: torch.Tensor,
+        width: int,
     ) -> torch.Tensor:
-        """``[rows, 1, own tokens, key_prefix + own tokens]``, additive: row i's token t sees
-        its prefix's first ``prefix_lengths[i]`` keys and its own tokens up to t."""
-        width = int(own_lengths.max())
-        keys = torch.arange(key_prefix + width)
+        """``[rows, 1, own tokens, key_prefix + own tokens]``, additive, built on the device:
+        row i's token t sees its prefix's first ``prefix_lengths[i]`` keys and its own tokens
+        up to t."""
+        keys = torch.arange(key_prefix + width, device=self._device).view(1, 1, -1)
         own_key = keys - key_prefix
-        query = torch.arange(width)
-        sees_prefix = keys.view(1, 1, -1) < prefix_lengths.view(-1, 1, 1)
-        sees_own = (
-            (own_key.view(1, 1, -1) >= 0)
-            & (own_key.view(1, 1, -1) <= query.view(1, -1, 1))
-            & (own_key.view(1, 1, -1) < own_lengths.view(-1, 1, 1))
-        )
+        query = torch.arange(width, device=self._device).view(1, -1, 1)
+        sees_prefix = keys < prefix_lengths.view(-1, 1, 1)
+        sees_own = (own_key >= 0) & (own_key <= query) & (own_key < own_lengths.view(-1, 1, 1))
         blocked = ~(sees_prefix | sees_own)
-        mask = torch.zeros(blocked.shape, dtype=self._dtype)
+        mask = torch.zeros(blocked.shape, dtype=self._dtype, device=self._device)
         mask.masked_fill_(blocked, torch.finfo(self._dtype).min)
-        return mask.unsqueeze(1).to(self._device, non_blocking=True)
+        return mask.unsqueeze(1)
 
 
 def load_scoring_model(options: LoadOptions) -> Qwen3ScoringModel:

@@ -14,22 +14,32 @@ from dataclasses import dataclass
 import structlog
 
 from reranker_service.engine.batcher import Batcher, BatchObserver
-from reranker_service.engine.calibration import measure_pass_overhead
+from reranker_service.engine.pass_cost import PassCostModel, measure_pass_costs
 from reranker_service.engine.prefix import SharedPrefix, shared_prefix
-from reranker_service.engine.scoring import DeviceMemory, ModelDescription, ScoringModel
+from reranker_service.engine.scoring import (
+    DeviceMemory,
+    ModelDescription,
+    PassLauncher,
+    ScoringModel,
+)
 
 logger = structlog.get_logger(__name__)
 
 # Padded tokens per forward pass when the operator sets no budget: a GPU needs big batches to be
-# busy; a CPU gains little from them. The fixed cost of a pass is measured at start-up; these
-# are only the fallbacks for when that measurement is noise.
+# busy; a CPU gains little from them. Within it, the batch policy follows the pass cost measured
+# at start-up and kept current from the passes the worker times.
 _DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
-_FALLBACK_PASS_OVERHEAD_TOKENS = {"cuda": 2048, "cpu": 64}
+CALIBRATION_BUDGET_SECONDS = 6.0
+"""Start-up time for measuring the pass cost. The 0.6B model on two CPU cores fits passes up to
+128-256 tokens in it, near where its cost per token stops falling; the passes it serves extend
+the curve from there."""
 # Pairs that may wait when the operator sets no limit: several full-size requests in flight.
 _QUEUED_REQUESTS = 4
 _MIN_QUEUED_PAIRS = 4096
 
-_WARM_UP_DOCUMENTS = ("warm-up", "a longer warm-up document " * 8)
+# Two documents, so that the warm-up also takes the shared-prefix path; short, because on a
+# CPU every token of it is start-up time.
+_WARM_UP_DOCUMENTS = ("warm-up", "a warm-up document")
 
 
 @dataclass(frozen=True)
@@ -44,9 +54,10 @@ class EngineConfig:
     prefix_reuse: bool = True
     """Compute each request's shared prompt prefix once. Its keys and values are held while the
     request has pairs waiting, for at most ``max_batch_tokens`` prefix tokens at a time."""
-    pass_overhead_tokens: int | None = None
-    """A forward pass's fixed cost in token-equivalents, for the batch policy; None: measured at
-    start-up. Pinned, two engines batch alike (the benchmark compares them so)."""
+    pass_costs: tuple[tuple[float, float], ...] | None = None
+    """``(tokens, seconds)`` of forward passes to start the batch policy from, instead of
+    measuring them at start-up; given another engine's ``pass_costs``, two engines start
+    batching alike (the benchmark compares them so)."""
 
 
 @dataclass(frozen=True)
@@ -93,15 +104,18 @@ class RerankEngine:
         self.limits = choose_limits(config, model.description)
         self._model = model
         self._encoder = model.encoder
+        # On a GPU the host prepares the next pass while the device runs the current one; on a
+        # CPU a pass runs as it is launched, and overlapping would only delay the answers.
+        on_gpu = model.description.device_type == "cuda"
         self._batcher = Batcher(
             model,
             max_batch_tokens=self.limits.max_batch_tokens,
-            overhead_tokens=_FALLBACK_PASS_OVERHEAD_TOKENS[model.description.device_type],
             max_queued_pairs=self.limits.max_queued_pairs,
             max_prefix_tokens=self.limits.max_batch_tokens if config.prefix_reuse else 0,
+            launcher=model if on_gpu and isinstance(model, PassLauncher) else None,
         )
         self.prefix_reuse = config.prefix_reuse
-        self._pinned_overhead_tokens = config.pass_overhead_tokens
+        self._pinned_pass_costs = config.pass_costs
         self._observer = observer  # attached after the warm-up, which is not client traffic
         self._tokenizer_pool = ThreadPoolExecutor(
             max_workers=config.tokenizer_threads, thread_name_prefix="reranker-tokenize"
@@ -116,37 +130,49 @@ class RerankEngine:
         return self._model.device_memory()
 
     @property
-    def pass_overhead_tokens(self) -> int:
-        """Fixed cost of a forward pass in token-equivalents, as the batch policy uses it."""
-        return self._batcher.overhead_tokens
+    def overlapping_passes(self) -> bool:
+        """Whether the worker launches the next pass before the current one's scores are in."""
+        return self._batcher.overlapping
+
+    @property
+    def pass_costs(self) -> PassCostModel:
+        """What the batch policy predicts a forward pass costs; the worker keeps it current."""
+        return self._batcher.pass_costs
 
     async def start(self) -> None:
-        """Calibrate the batch policy on the model (which also warms it up) unless its pass cost
-        is pinned, start the worker, then send one request through the whole path so the first
-        client pays no setup."""
-        measured: float | None = None
-        if self._pinned_overhead_tokens is not None:
-            self._batcher.overhead_tokens = self._pinned_overhead_tokens
+        """Measure the pass cost on the model (which also warms it up) unless it is pinned,
+        start the worker, then send one request through the whole path so the first client
+        pays no setup; log both and what they took."""
+        started = time.perf_counter()
+        if self._pinned_pass_costs is not None:
+            self._batcher.pass_costs = PassCostModel(self._pinned_pass_costs)
         else:
-            measured = await asyncio.to_thread(
-                measure_pass_overhead,
+            self._batcher.pass_costs = await asyncio.to_thread(
+                measure_pass_costs,
                 self._model,
                 self._encoder.prefix_ids,
                 self.limits.max_batch_tokens,
+                CALIBRATION_BUDGET_SECONDS,
             )
-            if measured is not None:
-                self._batcher.overhead_tokens = min(round(measured), self.limits.max_batch_tokens)
-        logger.info(
-            "batch_policy_calibrated",
-            pass_overhead_tokens=self._batcher.overhead_tokens,
-            measured=measured is not None,
-            pinned=self._pinned_overhead_tokens is not None,
-        )
+        costs = self._batcher.pass_costs
+        measured_at = time.perf_counter()
         self._batcher.start()
         await self.rerank("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
-        # The batcher reports a batch before it answers its requests, so the warm-up's report
-        # is behind us.
+        # The batcher times and reports a pass before it answers its requests, so the warm-up's
+        # are behind us. Its passes paid first-use setup: they are no measure of the device.
+        self._batcher.pass_costs = PassCostModel(costs.points)
         self._batcher.observer = self._observer
+        finished = time.perf_counter()
+        logger.info(
+            "batch_policy_calibrated",
+            seconds=round(finished - started, 3),
+            warm_up_seconds=round(finished - measured_at, 3),
+            pinned=self._pinned_pass_costs is not None,
+            saturation_tokens=costs.saturation_tokens(),
+            max_batch_tokens=self.limits.max_batch_tokens,
+            pass_ms=[[round(tokens), round(seconds * 1e3, 3)] for tokens, seconds in costs.points],
+            overlapping_passes=self.overlapping_passes,
+        )
 
     async def stop(self) -> None:
         await self._batcher.stop()

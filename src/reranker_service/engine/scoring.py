@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from reranker_service.engine.prefix import SharedPrefix
 from reranker_service.engine.prompt import PromptEncoder
@@ -20,6 +20,34 @@ class PairScorer(Protocol):
         """P(yes) for each token sequence, in one forward pass. A sequence whose ``prefixes``
         entry is set starts with that prefix's tokens, which the scorer may compute once (and
         keep in the prefix's ``state``) instead of once per sequence; the scores are the same."""
+        ...
+
+
+class PendingScores(Protocol):
+    def result(self) -> list[float]:
+        """Wait for the pass and return its scores."""
+        ...
+
+
+@dataclass(frozen=True)
+class ReadyScores:
+    """The scores of a pass that already ran."""
+
+    scores: list[float]
+
+    def result(self) -> list[float]:
+        return self.scores
+
+
+@runtime_checkable
+class PassLauncher(Protocol):
+    def launch(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> PendingScores:
+        """Start ``score``'s pass and return without waiting for the device to finish it.
+        Passes run in launch order; a prefix state set by one is usable by the next."""
         ...
 
 
