@@ -226,13 +226,16 @@ class EngineInProcess:
 @dataclass(frozen=True)
 class BudgetRun:
     budget: int
-    pairs: int
     seconds: float
     passes: Passes
+    mean_pair_tokens: float
+    """Over all the workload's pairs, not only those the time allowed."""
 
     @property
     def pairs_per_second(self) -> float:
-        return self.pairs / self.seconds
+        """The tokens/s of the passes run, in pairs of the workload's mean length: a time
+        limit that happened to draw short passes must not look faster."""
+        return self.passes.real_tokens / self.seconds / self.mean_pair_tokens
 
 
 class BestFixedBudget:
@@ -268,19 +271,18 @@ class BestFixedBudget:
                 batches.append([pair])
         random.Random(seed).shuffle(batches)
         self._model.score(batches[0])  # warm for this shape
-        scored = 0
         passes = Passes()
         started = time.perf_counter()
         for batch in batches:
             self._model.score(batch)
-            scored += len(batch)
             passes.count += 1
             passes.pairs += len(batch)
             passes.real_tokens += sum(len(pair) for pair in batch)
             passes.padded_tokens += len(batch) * len(batch[-1])
             if time.perf_counter() - started >= seconds:
                 break
-        return BudgetRun(budget, scored, time.perf_counter() - started, passes)
+        mean_pair_tokens = sum(len(pair) for pair in pairs) / len(pairs)
+        return BudgetRun(budget, time.perf_counter() - started, passes, mean_pair_tokens)
 
     def best(
         self, requests: list[Request], budgets: list[int], seconds: float, seed: int

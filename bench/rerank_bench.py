@@ -280,7 +280,7 @@ async def _reference_cell(
         concurrency=0,
         contender=f"{REFERENCE} ({best.budget})",
         requests=0,
-        pairs=best.pairs,
+        pairs=best.passes.pairs,
         seconds=round(best.seconds, 2),
         pairs_per_second=round(best.pairs_per_second, 1),
         tokens_per_second=round(passes.real_tokens / best.seconds, 1),

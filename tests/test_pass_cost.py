@@ -129,6 +129,8 @@ async def test_pinned_pass_costs_are_used_as_given(scoring_model: Qwen3ScoringMo
     await engine.start()
     try:
         assert len(recorder.passes) == 1  # the warm-up request, no grid
+        # The warm-up's pass paid first-use setup: it is not kept in the curve.
+        assert engine.pass_costs.points == list(pinned)
         assert len((await engine.rerank("instruction", "query", ["a"])).scores) == 1
     finally:
         await engine.stop()

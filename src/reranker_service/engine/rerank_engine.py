@@ -154,13 +154,13 @@ class RerankEngine:
                 self.limits.max_batch_tokens,
                 CALIBRATION_BUDGET_SECONDS,
             )
-        costs = self._batcher.pass_costs
+        measured = self._batcher.pass_costs.points
         measured_at = time.perf_counter()
         self._batcher.start()
         await self.rerank("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
         # The batcher times and reports a pass before it answers its requests, so the warm-up's
         # are behind us. Its passes paid first-use setup: they are no measure of the device.
-        self._batcher.pass_costs = PassCostModel(costs.points)
+        costs = self._batcher.pass_costs = PassCostModel(measured)
         self._batcher.observer = self._observer
         finished = time.perf_counter()
         logger.info(
