@@ -259,7 +259,14 @@ class BestFixedBudget:
             for pair in encoder.encode(DEFAULT_INSTRUCTION, request.query, request.documents)
         ]
 
-    def run(self, pairs: list[list[int]], budget: int, seconds: float, seed: int) -> BudgetRun:
+    def run(
+        self,
+        pairs: list[list[int]],
+        budget: int,
+        seconds: float,
+        seed: int,
+        mean_pair_tokens: float,
+    ) -> BudgetRun:
         """Score length-sorted passes of at most ``budget`` padded tokens, in a shuffled order
         (so that a time limit does not favour the short ones), for about ``seconds``."""
         ordered = sorted(pairs, key=len)
@@ -281,7 +288,6 @@ class BestFixedBudget:
             passes.padded_tokens += len(batch) * len(batch[-1])
             if time.perf_counter() - started >= seconds:
                 break
-        mean_pair_tokens = sum(len(pair) for pair in pairs) / len(pairs)
         return BudgetRun(budget, time.perf_counter() - started, passes, mean_pair_tokens)
 
     def best(
@@ -290,7 +296,8 @@ class BestFixedBudget:
         """Every budget's run and the fastest, in pairs/s; blocking."""
         pairs = self.encode(requests)
         self._memory.reset()
-        runs = [self.run(pairs, budget, seconds, seed) for budget in budgets]
+        mean_pair_tokens = sum(len(pair) for pair in pairs) / len(pairs)
+        runs = [self.run(pairs, budget, seconds, seed, mean_pair_tokens) for budget in budgets]
         return max(runs, key=lambda run: run.pairs_per_second), runs
 
     def peak_memory_bytes(self) -> int | None:

@@ -188,6 +188,8 @@ class _Pass:
     """The prefixes it computes rather than reads from their cache."""
     launched_at: float
     retry: bool
+    jobs: list[ScoringJob]
+    """The requests its pairs belong to, each once."""
     pending: PendingScores | None = None
     error: Exception | None = None
 
@@ -368,8 +370,9 @@ class Batcher:
             list({id(p): p for p in prefixes if p is not None and p.state is None}.values()),
             time.perf_counter(),
             retry,
+            _distinct_jobs(batch),
         )
-        for job in _distinct_jobs(batch):
+        for job in flight.jobs:
             if job.first_batch_at is None:
                 job.first_batch_at = flight.launched_at
         sequences = [pair.tokens for pair in batch]
@@ -387,7 +390,7 @@ class Batcher:
             self._finish(flight)
         except Exception as exc:  # a bug here must not strand every waiting request
             logger.exception("batch_failed", pairs=len(flight.batch))
-            self._fail_jobs(_distinct_jobs(flight.batch), exc)
+            self._fail_jobs(flight.jobs, exc)
 
     def _finish(self, flight: _Pass) -> None:
         """Take a pass's scores and answer the requests it completes. Out of device memory, the
@@ -404,7 +407,7 @@ class Batcher:
         # Overlapping passes: each is billed the device time after the one before it ended.
         elapsed = finished - max(flight.launched_at, self._last_finished)
         self._last_finished = finished
-        jobs = _distinct_jobs(batch)
+        jobs = flight.jobs
         for job in jobs:
             job.inference_seconds += elapsed
         tokens = _pass_tokens(batch, flight.prefixes, flight.computed_prefixes)
