@@ -19,7 +19,12 @@ import torch
 
 from http_client import HttpError, KeepAliveClient
 from reranker_service.engine.batcher import BatchReport
-from reranker_service.engine.model import load_scoring_model, resolve_device, resolve_dtype
+from reranker_service.engine.model import (
+    load_scoring_model,
+    resolve_device,
+    resolve_devices,
+    resolve_dtype,
+)
 from reranker_service.engine.prompt import PROMPT_PREFIX, PROMPT_SUFFIX
 from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
 from reranker_service.settings import DEFAULT_INSTRUCTION
@@ -107,7 +112,7 @@ class ModelCardBaseline:
         self._device = resolve_device(device)
         self._tokenizer = AutoTokenizer.from_pretrained(checkpoint, padding_side="left")
         self._model = AutoModelForCausalLM.from_pretrained(
-            checkpoint, dtype=resolve_dtype(dtype, self._device)
+            checkpoint, dtype=resolve_dtype(dtype, [self._device])
         )
         self._model = self._model.to(self._device).eval()
         self._prefix = self._tokenizer.encode(PROMPT_PREFIX, add_special_tokens=False)
@@ -172,13 +177,15 @@ class EngineInProcess:
         prefix_reuse: bool,
         pass_costs: tuple[tuple[float, float], ...] | None = None,
     ) -> None:
-        from reranker_service.engine.model import LoadOptions
+        from reranker_service.engine.model import LoadOptions, load_scoring_models
 
+        replicas = load_scoring_models(LoadOptions(checkpoint, None, device, dtype, max_length))
         self.name = "engine" if prefix_reuse else "engine, reuse off"
-        model = load_scoring_model(LoadOptions(checkpoint, None, device, dtype, max_length))
+        if len(replicas) > 1:
+            self.name += f", {len(replicas)} workers"
         self._reports: list[BatchReport] = []
         self._engine = RerankEngine(
-            model,
+            replicas,
             EngineConfig(
                 max_batch_tokens=None,
                 max_queued_pairs=1_000_000,
@@ -189,7 +196,7 @@ class EngineInProcess:
             ),
             observer=self._reports.append,
         )
-        self._memory = _MemoryMeter(resolve_device(device), os.getpid())
+        self._memory = _MemoryMeter(resolve_devices(device)[0], os.getpid())
 
     async def start(self) -> None:
         await self._engine.start()

@@ -16,6 +16,8 @@ concurrency the three contenders run back to back, so drift of the machine hits 
   (``RERANKER_PREFIX_REUSE=false``);
 - service: ``python -m reranker_service`` in its own process, over HTTP on 127.0.0.1; its
   batching figures are read from its own /metrics;
+- engine, N workers (``--contenders ... engine-workers``): the engine with one worker per entry
+  of ``--workers-device`` (default ``cpu,cpu``, or ``cuda:all`` on a GPU), reuse on;
 - best fixed budget: every pair of the workload known up front, length-sorted into passes of a
   fixed padded-token budget, in process, without reuse; the best of several budgets. The
   ceiling the batch policy must approach (one row per workload, no concurrency).
@@ -200,6 +202,15 @@ def _ratios(cells: list[Cell]) -> dict[str, Any]:
             without_reuse = by_key.get((workload, concurrency, "engine, reuse off"))
             card = by_key.get((workload, concurrency, "model card"))
             service = by_key.get((workload, concurrency, "service"))
+            workers = next(
+                (
+                    c
+                    for c in cells
+                    if (c.workload, c.concurrency) == (workload, concurrency)
+                    and c.contender.endswith(" workers")
+                ),
+                None,
+            )
             reference = next(
                 (c for c in cells if c.workload == workload and c.contender.startswith(REFERENCE)),
                 None,
@@ -212,6 +223,7 @@ def _ratios(cells: list[Cell]) -> dict[str, Any]:
                 ("reuse on/off", engine, without_reuse),
                 ("engine/card", engine, card),
                 ("service/engine", service, engine),
+                ("workers/engine", workers, engine),
             ]
             for name, numerator, denominator in pairs:
                 if numerator and denominator:
@@ -295,6 +307,11 @@ async def _reference_cell(
     )
 
 
+def _all_workers(device: str) -> str:
+    """Two CPU workers, or one per GPU."""
+    return "cpu,cpu" if device == "cpu" else "cuda:all"
+
+
 def _checkpoint(choice: str, scratch: Path) -> str:
     if choice == "test":
         return str(build_checkpoint(scratch / "test-checkpoint"))
@@ -312,13 +329,20 @@ async def _main(args: argparse.Namespace, checkpoint: str) -> list[Cell]:
         contenders["card"] = ModelCardBaseline(checkpoint, args.device, args.dtype, args.max_length)
     engines: list[EngineInProcess] = []
     service = None
-    for key, prefix_reuse in (("engine", True), ("engine-no-reuse", False)):
+    engine_kinds = (
+        ("engine", args.device, True),
+        ("engine-no-reuse", args.device, False),
+        # Reuse on, one worker per entry of --workers-device.
+        ("engine-workers", args.workers_device or _all_workers(args.device), True),
+    )
+    for key, device, prefix_reuse in engine_kinds:
         if key in args.contenders:
-            # The first engine measures the pass cost; the second starts from the same curve,
-            # so the two batch alike and differ only in reuse (measurements move between runs).
+            # The first engine measures the pass cost; the others start from the same curve,
+            # so they batch alike and differ only in what they compare (measurements move
+            # between runs).
             engine = EngineInProcess(
                 checkpoint,
-                args.device,
+                device,
                 args.dtype,
                 args.max_length,
                 prefix_reuse=prefix_reuse,
@@ -394,8 +418,12 @@ def main() -> None:
     parser.add_argument(
         "--contenders", nargs="+",
         default=["card", "engine", "engine-no-reuse", "service", "reference"],
-        choices=["card", "engine", "engine-no-reuse", "service", "reference"],
+        choices=["card", "engine", "engine-no-reuse", "engine-workers", "service", "reference"],
     )  # fmt: skip
+    parser.add_argument(
+        "--workers-device",
+        help="RERANKER_DEVICE of the engine-workers contender; default: cpu,cpu or cuda:all",
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="per cell")
     parser.add_argument(
         "--reference-seconds", type=float, default=3.0, help="per budget of the reference"

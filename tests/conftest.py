@@ -18,7 +18,11 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from reranker_service.app import create_app, load_options
-from reranker_service.engine.model import Qwen3ScoringModel, load_scoring_model
+from reranker_service.engine.model import (
+    Qwen3ScoringModel,
+    load_scoring_model,
+    load_scoring_models,
+)
 from reranker_service.engine.prefix import SharedPrefix
 from reranker_service.engine.scoring import DeviceMemory
 from reranker_service.observability.gpu import NvmlLibrary
@@ -50,6 +54,12 @@ def make_settings(checkpoint: Path, **overrides: Any) -> Settings:
 @pytest.fixture(scope="session")
 def scoring_model(checkpoint: Path) -> Qwen3ScoringModel:
     return load_scoring_model(load_options(make_settings(checkpoint)))
+
+
+@pytest.fixture(scope="session")
+def cpu_replicas(checkpoint: Path) -> list[Qwen3ScoringModel]:
+    """``RERANKER_DEVICE=cpu,cpu``: two workers' replicas, sharing one set of weights."""
+    return load_scoring_models(load_options(make_settings(checkpoint, device="cpu,cpu")))
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +121,9 @@ class ModelWrapper:
 
     def device_memory(self) -> DeviceMemory | None:
         return self._model.device_memory()
+
+    def bind_worker_thread(self) -> None:
+        self._model.bind_worker_thread()
 
     def score(
         self,

@@ -42,16 +42,22 @@ class Exposition:
             raise KeyError(f"{sample_name}{labels}: {len(matches)} samples")
         return matches[0]
 
-    def histogram(self, name: str) -> Histogram:
-        samples = self.samples(name)
-        buckets = {
-            float(sample.labels["le"]): sample.value
-            for sample in samples
-            if sample.name == f"{name}_bucket"
-        }
-        return Histogram(
-            count=self.value(f"{name}_count"), sum=self.value(f"{name}_sum"), buckets=buckets
-        )
+    def histogram(self, name: str, **labels: str) -> Histogram:
+        """The histogram's series that carry ``labels``, summed (as PromQL's ``sum`` would):
+        with none given, over every device."""
+        count = total = 0.0
+        buckets: dict[float, float] = {}
+        for sample in self.samples(name):
+            if any(sample.labels.get(key) != value for key, value in labels.items()):
+                continue
+            if sample.name == f"{name}_bucket":
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+            elif sample.name == f"{name}_count":
+                count += sample.value
+            elif sample.name == f"{name}_sum":
+                total += sample.value
+        return Histogram(count=count, sum=total, buckets=buckets)
 
 
 def _family_name(sample_name: str) -> str:

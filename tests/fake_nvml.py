@@ -1,6 +1,8 @@
 """A stand-in for pynvml on a machine with no NVIDIA driver.
 
-It has pynvml's function names and signatures, returns pynvml's own ctypes structs, and fails
+It has pynvml's function names and signatures, returns pynvml's own ctypes structs (and ``str``
+for UUIDs and names, as pynvml 11.5 and later do), numbers every GPU of the host as NVML does
+(whatever ``CUDA_VISIBLE_DEVICES`` shows torch), and fails
 the way pynvml fails: by raising pynvml's ``NVMLError`` subclasses (``Uninitialized`` before
 ``nvmlInit``, ``GPUIsLost`` for a GPU that fell off the bus, ``NotSupported`` for a reading the
 device cannot give, ``DriverNotLoaded`` when there is no driver).
@@ -9,7 +11,8 @@ device cannot give, ``DriverNotLoaded`` when there is no driver).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 
 import pynvml
 
@@ -20,6 +23,9 @@ class FakeGpu:
     used_bytes: int
     utilization_percent: int | None = 50
     """None: the device does not support utilization readings (MIG slices, some vGPUs)."""
+    uuid: str = field(default_factory=lambda: f"GPU-{uuid.uuid4()}")
+    """As the driver gives it: ``GPU-`` and 32 hex digits in 8-4-4-4-12 groups."""
+    name: str = "NVIDIA H100 80GB HBM3"
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,14 @@ class FakeNvml:
         return pynvml.c_nvmlMemory_t(
             total=gpu.total_bytes, free=gpu.total_bytes - gpu.used_bytes, used=gpu.used_bytes
         )
+
+    def nvmlDeviceGetUUID(self, handle: _Handle) -> str:  # noqa: N802
+        self._check()
+        return self.gpus[handle.index].uuid
+
+    def nvmlDeviceGetName(self, handle: _Handle) -> str:  # noqa: N802
+        self._check()
+        return self.gpus[handle.index].name
 
     def nvmlDeviceGetUtilizationRates(  # noqa: N802
         self, handle: _Handle

@@ -13,6 +13,7 @@ from reranker_service.engine.batcher import (
     BatchReport,
     EngineStoppedError,
     QueueFullError,
+    Worker,
 )
 from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.engine.pass_cost import PassCostModel
@@ -84,7 +85,7 @@ def _batcher(
     max_prefix_tokens: int = 0,
 ) -> Batcher:
     return Batcher(
-        scorer,
+        [Worker("cpu", scorer)],
         max_batch_tokens=2048,
         pass_costs=PassCostModel([(64, 0.002), (128, 0.0025), (1024, 0.01)]),
         max_queued_pairs=1000,
@@ -137,7 +138,7 @@ async def test_a_failing_batch_fails_only_its_requests(scoring_model: Qwen3Scori
     good = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["short"])
     bad = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["much longer " * 300])
     scorer = RecordingScorer(scoring_model, fail_on_length=len(bad[0]))
-    batcher = Batcher(scorer, max_batch_tokens=len(bad[0]), max_queued_pairs=10)
+    batcher = Batcher([Worker("cpu", scorer)], max_batch_tokens=len(bad[0]), max_queued_pairs=10)
     bad_job, good_job = batcher.submit(bad), batcher.submit(good)
     batcher.start()
     with pytest.raises(RuntimeError, match="injected"):
@@ -150,7 +151,9 @@ async def test_a_failing_batch_fails_only_its_requests(scoring_model: Qwen3Scori
 
 async def test_queue_limit_refuses_new_work(scoring_model: Qwen3ScoringModel) -> None:
     seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b", "c"])
-    batcher = Batcher(RecordingScorer(scoring_model), max_batch_tokens=4096, max_queued_pairs=5)
+    batcher = Batcher(
+        [Worker("cpu", RecordingScorer(scoring_model))], max_batch_tokens=4096, max_queued_pairs=5
+    )
     first = batcher.submit(seqs)
     with pytest.raises(QueueFullError) as refused:
         batcher.submit(seqs)
@@ -165,7 +168,7 @@ async def test_queue_limit_refuses_new_work(scoring_model: Qwen3ScoringModel) ->
 async def test_cancelled_request_leaves_the_queue(scoring_model: Qwen3ScoringModel) -> None:
     seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b", "c", "d"])
     scorer = RecordingScorer(scoring_model)
-    batcher = Batcher(scorer, max_batch_tokens=4096, max_queued_pairs=100)
+    batcher = Batcher([Worker("cpu", scorer)], max_batch_tokens=4096, max_queued_pairs=100)
     task = asyncio.create_task(batcher.score(seqs))
     await asyncio.sleep(0)  # let the task submit (a scheduling yield, not a timed wait)
     assert batcher.queued_pairs == 4
@@ -225,7 +228,7 @@ async def test_each_token_is_counted_once_computed_or_reused(
     assert all(report.padded_tokens >= report.real_tokens for report in reports)
     # Released with the last pair: nothing held, no keys and values kept.
     assert batcher.prefix_tokens_held == 0
-    assert all(p is None or p.state is None for p in prefixes)
+    assert all(p is None or not p.states for p in prefixes)
     for seqs, result in zip(requests, results, strict=True):
         alone = [scoring_model.score([ids])[0] for ids in seqs]
         assert max(abs(a - b) for a, b in zip(result.scores, alone, strict=True)) <= 1e-5
@@ -238,7 +241,7 @@ async def test_a_prefix_past_the_budget_is_not_held(scoring_model: Qwen3ScoringM
     assert second_prefix is not None
     scorer = RecordingScorer(scoring_model)
     batcher = Batcher(
-        scorer,
+        [Worker("cpu", scorer)],
         max_batch_tokens=2048,
         max_queued_pairs=100,
         max_prefix_tokens=len(first_prefix) + len(second_prefix) - 1,
@@ -256,13 +259,13 @@ async def test_a_withdrawn_request_releases_its_prefix(scoring_model: Qwen3Scori
     seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b", "c"])
     prefix = shared_prefix(seqs)
     assert prefix is not None
-    prefix.state = "keys and values"  # as if a pass had computed it
+    prefix.states["cpu"] = "keys and values"  # as if a pass had computed it
     batcher = _batcher(RecordingScorer(scoring_model), max_prefix_tokens=4096)
     job = batcher.submit(seqs, prefix)
     assert batcher.prefix_tokens_held == len(prefix)
     batcher.withdraw(job)
     assert batcher.prefix_tokens_held == 0
-    assert prefix.state is None
+    assert not prefix.states
 
 
 async def test_with_a_launcher_the_next_pass_starts_before_the_last_is_awaited(
@@ -273,11 +276,10 @@ async def test_with_a_launcher_the_next_pass_starts_before_the_last_is_awaited(
     launcher = DeferredLauncher(scoring_model)
     reports: list[BatchReport] = []
     batcher = Batcher(
-        launcher,
+        [Worker("cpu", launcher, launcher=launcher)],
         max_batch_tokens=512,
         max_queued_pairs=1000,
         max_prefix_tokens=100_000,
-        launcher=launcher,
         observer=reports.append,
     )
     assert batcher.overlapping

@@ -120,11 +120,62 @@ def test_driver_that_appears_later_is_picked_up() -> None:
     assert _exposition(metrics).value("reranker_nvml_up") == 1
 
 
+def test_served_gpus_are_paired_with_nvml_by_uuid_not_by_index() -> None:
+    """A host with four GPUs and ``CUDA_VISIBLE_DEVICES=3,1``: torch's cuda:0 is NVML's GPU 3
+    and cuda:1 is GPU 1. ``reranker_gpu_info`` says so; GPUs 0 and 2 belong to others."""
+    gpus = [FakeGpu(80 * GIB, used * GIB) for used in (70, 10, 50, 20)]
+    served = {gpus[3].uuid: "cuda:0", gpus[1].uuid.lower(): "cuda:1"}
+    metrics = ServiceMetrics()
+    poller = GpuPoller(metrics, interval_seconds=60, nvml=FakeNvml(gpus), served_gpus=served)
+    with capture_logs() as logs:
+        assert poller.poll_once() is True
+    info = {
+        sample.labels["gpu"]: sample.labels
+        for sample in _exposition(metrics).samples("reranker_gpu_info")
+    }
+    assert {gpu: labels["device"] for gpu, labels in info.items()} == {
+        "0": "",
+        "1": "cuda:1",
+        "2": "",
+        "3": "cuda:0",
+    }
+    assert all(info[str(index)]["uuid"] == gpu.uuid for index, gpu in enumerate(gpus))
+    assert info["3"]["name"] == "NVIDIA H100 80GB HBM3"
+    [up] = _events(logs, "nvml_up")
+    assert up["served"] == {"cuda:0": "3", "cuda:1": "1"}
+    assert not _events(logs, "served_gpu_not_in_nvml")
+
+
+def test_a_served_gpu_nvml_does_not_list_is_said_once() -> None:
+    nvml = FakeNvml([FakeGpu(80 * GIB, GIB)])
+    served = {"GPU-00000000-0000-0000-0000-000000000000": "cuda:0"}
+    metrics = ServiceMetrics()
+    poller = GpuPoller(metrics, interval_seconds=60, nvml=nvml, served_gpus=served)
+    with capture_logs() as logs:
+        assert poller.poll_once() is True
+        assert poller.poll_once() is True
+    [warning] = _events(logs, "served_gpu_not_in_nvml")
+    assert warning["devices"] == ["cuda:0"]
+    [sample] = _exposition(metrics).samples("reranker_gpu_info")
+    assert sample.labels["device"] == ""
+
+
+def test_a_lost_gpu_takes_its_info_series_along() -> None:
+    gpus = [FakeGpu(80 * GIB, GIB), FakeGpu(80 * GIB, GIB)]
+    nvml = FakeNvml(gpus)
+    poller, metrics = _poller(nvml)
+    assert poller.poll_once() is True
+    assert len(_exposition(metrics).samples("reranker_gpu_info")) == 2
+    nvml.gpus = gpus[:1]
+    assert poller.poll_once() is True
+    assert [s.labels["gpu"] for s in _exposition(metrics).samples("reranker_gpu_info")] == ["0"]
+
+
 def test_torch_memory_is_reported_even_when_nvml_is_down() -> None:
     nvml = FakeNvml([])
     nvml.driver_loaded = False
     memory = DeviceMemory(device="cuda:0", allocated_bytes=3 * GIB, reserved_bytes=4 * GIB)
-    poller, metrics = _poller(nvml, read_device_memory=lambda: memory)
+    poller, metrics = _poller(nvml, read_device_memory=lambda: [memory])
     poller.poll_once()
     exposition = _exposition(metrics)
     assert exposition.value("reranker_torch_memory_allocated_bytes", device="cuda:0") == 3 * GIB

@@ -139,9 +139,11 @@ class OutOfMemoryAbove(ModelWrapper):
         return super().score(sequences, prefixes)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(
-    scoring_model: Qwen3ScoringModel,
+    scoring_model: Qwen3ScoringModel, cpu_replicas: list[Qwen3ScoringModel], workers: int
 ) -> None:
+    """With two workers, each splits the passes it ran out of memory on."""
     encoder = scoring_model.encoder
     short_docs = [f"short document {n}" for n in range(12)]
     long_doc = "a long document " * 60
@@ -150,14 +152,15 @@ async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(
     # Room for a few short pairs at a time, never for the long one.
     capacity = 4 * one_short_pair
     assert longest_pair > capacity
-    model = OutOfMemoryAbove(scoring_model, capacity)
+    replicas = [scoring_model] if workers == 1 else cpu_replicas
+    models = [OutOfMemoryAbove(replica, 10**9) for replica in replicas]  # the warm-up fits
     engine = RerankEngine(
-        model, EngineConfig(None, 10_000, largest_request_pairs=1000, tokenizer_threads=1)
+        models, EngineConfig(None, 10_000, largest_request_pairs=1000, tokenizer_threads=1)
     )
-    model.capacity = 10**9  # the warm-up fits
     await engine.start()
-    model.capacity = capacity
-    model.passes.clear()
+    for model in models:
+        model.capacity = capacity
+        model.passes.clear()
     try:
         results = await asyncio.gather(
             engine.rerank("i", QUERY, short_docs),
@@ -174,7 +177,8 @@ async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(
         assert not isinstance(outcome, BaseException)
         alone = [scoring_model.score(encoder.encode("i", QUERY, [doc]))[0] for doc in docs]
         assert outcome.scores == pytest.approx(alone, abs=1e-4)
-    assert max(model.passes) > 4  # the first passes were too big and were split
+    # The first passes were too big and were split.
+    assert max(size for model in models for size in model.passes) > 4
 
 
 async def test_out_of_memory_is_503_oom_and_the_server_stays_up(

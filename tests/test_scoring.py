@@ -232,9 +232,11 @@ def test_a_cached_prefix_is_computed_once_and_reused(scoring_model: Qwen3Scoring
     prefix = shared_prefix(token_ids)
     assert prefix is not None
     first = scoring_model.score(token_ids[:3], [prefix] * 3)
-    state = prefix.state
+    state = prefix.states.get(scoring_model.description.device)
     assert state is not None
     second = scoring_model.score(token_ids, [prefix] * len(token_ids))
-    assert prefix.state is state, "the second pass recomputed the prefix"
+    assert prefix.states[scoring_model.description.device] is state, (
+        "the second pass recomputed the prefix"
+    )
     _assert_close(second[:3], first)
     _assert_close(second, scoring_model.score(token_ids))

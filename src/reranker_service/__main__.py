@@ -94,14 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Process-wide: the *_created series only double what Prometheus stores.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
-    from reranker_service.engine.model import ModelLoadError, load_scoring_model
+    from reranker_service.engine.model import ModelLoadError, load_scoring_models
 
     try:
-        model = load_scoring_model(load_options(settings))
+        replicas = load_scoring_models(load_options(settings))
     except ModelLoadError as exc:
         logger.error("model_load_failed", model=settings.model, error=str(exc))
         return 1
-    app = create_app(settings, model=model)
+    app = create_app(settings, model=replicas)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -70,10 +70,10 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
-async def _load_model(settings: Settings) -> ScoringModel:
-    from reranker_service.engine.model import load_scoring_model
+async def _load_models(settings: Settings) -> list[ScoringModel]:
+    from reranker_service.engine.model import load_scoring_models
 
-    return await asyncio.to_thread(load_scoring_model, load_options(settings))
+    return list(await asyncio.to_thread(load_scoring_models, load_options(settings)))
 
 
 def _observe_batches(observers: list[BatchObserver]) -> BatchObserver | None:
@@ -116,14 +116,15 @@ async def _metrics_server(settings: Settings, metrics: ServiceMetrics) -> AsyncI
 def create_app(
     settings: Settings,
     *,
-    model: ScoringModel | None = None,
+    model: ScoringModel | Sequence[ScoringModel] | None = None,
     batch_observer: BatchObserver | None = None,
     registry: CollectorRegistry | None = None,
     nvml: NvmlLibrary | None = None,
     instrument_requests: bool = True,
 ) -> FastAPI:
-    """Build the app. Pass ``model`` to serve an already loaded one (the CLI loads it first so
-    that a bad checkpoint fails before the port opens); otherwise the lifespan loads it.
+    """Build the app. Pass ``model`` to serve an already loaded one, or one replica per device
+    (the CLI loads them first so that a bad checkpoint fails before the port opens); otherwise
+    the lifespan loads them.
 
     Each app has its own metrics registry (``registry``, or a new one). ``nvml`` replaces
     ``pynvml``. ``instrument_requests=False`` leaves out the per-request metrics and log lines;
@@ -150,17 +151,14 @@ def create_app(
         logger.info("shutdown", pending_pairs=engine.queued_pairs)
 
     async def _start(resources: contextlib.AsyncExitStack) -> RerankEngine:
-        scoring_model = model if model is not None else await _load_model(settings)
-        described = scoring_model.description
-        metrics.set_model_info(
-            model=described.model,
-            revision=described.revision,
-            device=described.device,
-            dtype=described.dtype,
-        )
+        if model is None:
+            replicas = await _load_models(settings)
+        else:
+            replicas = [model] if not isinstance(model, Sequence) else list(model)
+        metrics.set_workers([replica.description for replica in replicas])
         await resources.enter_async_context(_metrics_server(settings, metrics))
         engine = RerankEngine(
-            scoring_model, engine_config(settings), observer=_observe_batches(observers)
+            replicas, engine_config(settings), observer=_observe_batches(observers)
         )
         resources.push_async_callback(engine.stop)
         gpu_poller = GpuPoller(
@@ -168,6 +166,11 @@ def create_app(
             interval_seconds=settings.gpu_poll_seconds,
             nvml=nvml if nvml is not None else load_nvml(),
             read_device_memory=engine.device_memory,
+            served_gpus={
+                served.device_uuid: served.device
+                for served in engine.descriptions
+                if served.device_uuid is not None
+            },
         )
         gpu_poller.start()
         resources.push_async_callback(gpu_poller.stop)

@@ -13,7 +13,7 @@ ENV_PREFIX = "RERANKER_"
 DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
-_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
@@ -29,7 +29,11 @@ class Settings(BaseSettings):
 
     model: str = Field(DEFAULT_MODEL, description="Hugging Face model id or local directory")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    device: str = Field(
+        "auto",
+        description="auto, cpu, cuda, cuda:N, a comma-separated list (cuda:0,cuda:1; cpu,cpu) "
+        "or cuda:all: one model replica and worker per entry",
+    )
     dtype: DType = Field("auto", description="auto (bf16 on GPU, fp32 on CPU) or a torch dtype")
     host: str = Field("0.0.0.0", description="listen address")
     port: int = Field(8000, ge=0, le=65535, description="listen port")
@@ -85,10 +89,20 @@ class Settings(BaseSettings):
 
     @field_validator("device")
     @classmethod
-    def _known_device(cls, value: str) -> str:
-        if not _DEVICE_PATTERN.match(value):
-            raise ValueError("must be auto, cpu, cuda or cuda:N")
-        return value
+    def _known_devices(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",")]
+        if entries in (["auto"], ["cuda:all"]):
+            return entries[0]
+        if not all(_DEVICE_PATTERN.match(entry) for entry in entries):
+            raise ValueError(
+                "must be auto, cuda:all, or a comma-separated list of cpu, cuda and cuda:N"
+            )
+        if len({entry.partition(":")[0] for entry in entries}) > 1:
+            raise ValueError("cannot mix cpu and cuda workers: the slower would hold up batches")
+        gpus = [entry for entry in entries if entry != "cpu"]
+        if len(set(gpus)) != len(gpus):
+            raise ValueError("names a GPU twice; one worker per GPU")
+        return ",".join(entries)
 
     @field_validator("log_level", mode="before")
     @classmethod

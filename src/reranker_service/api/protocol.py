@@ -144,10 +144,16 @@ class ReadyResponse(BaseModel):
     status: Literal["ready", "loading", "draining"]
 
 
+class ServedDevice(BaseModel):
+    name: str = Field(description="the worker's device: cuda:N, cpu, or cpu:N with several")
+    uuid: str | None = Field(description="the GPU's UUID, as NVML and nvidia-smi give it")
+
+
 class InfoResponse(BaseModel):
     model: str
     revision: str
-    device: str
+    device: str = Field(description="the served devices, comma-separated")
+    devices: list[ServedDevice] = Field(description="one entry per worker and model replica")
     dtype: str
     max_length: int
     max_documents: int

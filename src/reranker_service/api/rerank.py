@@ -29,6 +29,7 @@ from reranker_service.api.protocol import (
 from reranker_service.api.telemetry import RerankRecord
 from reranker_service.engine.batcher import (
     EngineStoppedError,
+    NonFiniteScoresError,
     PairTooLargeError,
     QueueFullError,
 )
@@ -102,6 +103,11 @@ async def _score(body: RerankRequest, context: RerankContext) -> RerankOutcome:
         ) from None
     except EngineStoppedError:
         raise unavailable("draining") from None
+    except NonFiniteScoresError as exc:
+        # Logged by the engine with its pass (non_finite_scores); the client gets no number.
+        raise ApiError(
+            500, "internal", f"the model gave {exc.pairs} document(s) no finite score"
+        ) from None
     except Exception as exc:
         # Answered here, inside the middleware, so the 500 still carries its request id.
         logger.exception("scoring_failed")

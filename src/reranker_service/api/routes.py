@@ -24,6 +24,7 @@ from reranker_service.api.protocol import (
     ReadyResponse,
     RerankRequest,
     RerankResponse,
+    ServedDevice,
 )
 from reranker_service.api.rerank import rerank
 
@@ -110,7 +111,11 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
     return InfoResponse(
         model=model.model,
         revision=model.revision,
-        device=model.device,
+        device=",".join(served.device for served in engine.descriptions),
+        devices=[
+            ServedDevice(name=served.device, uuid=served.device_uuid)
+            for served in engine.descriptions
+        ],
         dtype=model.dtype,
         max_length=engine.limits.max_length,
         max_documents=settings.max_documents,

@@ -1,10 +1,11 @@
-"""Dynamic batching: one worker thread owns the model and serves pairs from every request.
+"""Dynamic batching: one worker thread per model replica serves pairs from every request.
 
-Requests put their tokenized pairs on a length-sorted queue and wait on a future. The worker
-takes the next batch (see ``batch_policy``), runs the forward pass off the event loop, writes the
-scores into each request's slot and resolves a request's future, on its own loop, once its last
-pair is scored. A pair's score depends only on its own tokens, so a request's results do not
-depend on which other requests shared its batches.
+Requests put their tokenized pairs on one length-sorted queue and wait on a future. A free worker
+takes the next batch (see ``batch_policy``), runs the forward pass on its device off the event
+loop, writes the scores into each request's slot and resolves a request's future, on its own
+loop, once its last pair is scored. A pair's score depends only on its own tokens, so a
+request's results do not depend on which other requests shared its batches, nor on which worker
+took them.
 
 On a device that computes asynchronously (a GPU), the worker launches the next pass before it
 waits for the current one's scores, so the device never idles while the host picks, pads and
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import threading
 import time
 from collections import deque
@@ -49,6 +51,16 @@ class BatchTooLargeError(Exception):
     """The scorer ran out of device memory on this batch; a smaller one may fit."""
 
 
+class NonFiniteScoresError(Exception):
+    """The pass gave this request's pair a score that is not a number (an overflow, which fp16
+    can have); it is not answered with one."""
+
+    def __init__(self, pairs: int, device: str) -> None:
+        super().__init__(f"{pairs} pair(s) scored NaN or infinite on {device}")
+        self.pairs = pairs
+        self.device = device
+
+
 class PairTooLargeError(Exception):
     """One pair alone does not fit in device memory."""
 
@@ -72,6 +84,8 @@ class BatchReport:
     queue_wait_seconds: tuple[float, ...]
     inference_seconds: float
     failed: bool
+    device: str
+    """The worker that ran the pass."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,20 @@ class JobResult:
 
 
 BatchObserver = Callable[[BatchReport], None]
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One model replica: the batcher gives it a thread of its own, which calls
+    ``bind_thread`` first and then runs every pass of the replica."""
+
+    name: str
+    """Distinct per worker (``cuda:1``, ``cpu:0``): metric label and key of prefix states."""
+    scorer: PairScorer
+    launcher: PassLauncher | None = None
+    """With one, passes go through it and the next is launched before the current one's scores
+    are awaited."""
+    bind_thread: Callable[[], None] | None = None
 
 
 class ScoringJob:
@@ -179,9 +207,20 @@ class _Costs(Sequence[int]):
 
 
 @dataclass
-class _Pass:
-    """A launched forward pass whose scores the worker has not taken yet."""
+class _WorkerState:
+    """What one worker's thread owns: its replica, its pass-cost curve, its clock."""
 
+    worker: Worker
+    pass_costs: PassCostModel
+    last_finished: float = 0.0
+    thread: threading.Thread | None = None
+
+
+@dataclass
+class _Pass:
+    """A launched forward pass whose scores its worker has not taken yet."""
+
+    worker: _WorkerState
     batch: list[_QueuedPair]
     prefixes: list[SharedPrefix | None]
     computed_prefixes: list[SharedPrefix]
@@ -197,24 +236,25 @@ class _Pass:
 class Batcher:
     def __init__(
         self,
-        scorer: PairScorer,
+        workers: Sequence[Worker],
         *,
         max_batch_tokens: int,
         max_queued_pairs: int,
         pass_costs: PassCostModel | None = None,
         max_prefix_tokens: int = 0,
-        launcher: PassLauncher | None = None,
         observer: BatchObserver | None = None,
     ) -> None:
-        """``pass_costs`` predicts a pass's time for the batch policy and learns from every pass
-        (none: padding is the only cost). ``max_prefix_tokens`` bounds the shared prefixes held
-        for the jobs in the queue (their keys and values take device memory); a job past it is
-        scored without its prefix. With a ``launcher``, passes go through it and the next is
-        launched before the current one's scores are awaited."""
-        self._scorer = scorer
-        self._launcher = launcher
+        """Each worker starts from ``pass_costs``, which predicts a pass's time for the batch
+        policy (none: padding is the only cost), and learns from its own passes.
+        ``max_prefix_tokens`` bounds the shared prefixes held for the jobs in the queue (their
+        keys and values take device memory); a job past it is scored without its prefix."""
+        if not workers:
+            raise ValueError("a batcher needs at least one worker")
+        if len({worker.name for worker in workers}) != len(workers):
+            raise ValueError("worker names must be distinct")
+        self._workers = [_WorkerState(worker, PassCostModel()) for worker in workers]
+        self.set_pass_costs(pass_costs.points if pass_costs is not None else ())
         self.max_batch_tokens = max_batch_tokens
-        self.pass_costs = pass_costs if pass_costs is not None else PassCostModel()
         self.max_queued_pairs = max_queued_pairs
         self.max_prefix_tokens = max_prefix_tokens
         self.observer = observer
@@ -225,31 +265,52 @@ class Batcher:
         self._by_arrival: deque[_QueuedPair] = deque()
         self._next_order = 0
         self._accepting = True
-        self._thread: threading.Thread | None = None
-        self._last_finished = 0.0
+        self._started = False
 
     @property
     def queued_pairs(self) -> int:
         return len(self._by_length)
 
     @property
+    def worker_names(self) -> list[str]:
+        return [state.worker.name for state in self._workers]
+
+    @property
     def overlapping(self) -> bool:
-        """Whether the next pass is launched before the current one's scores are awaited."""
-        return self._launcher is not None
+        """Whether the workers launch the next pass before the current one's scores are in."""
+        return all(state.worker.launcher is not None for state in self._workers)
+
+    @property
+    def pass_costs(self) -> PassCostModel:
+        """The first worker's pass-cost curve (each worker keeps its own current)."""
+        return self._workers[0].pass_costs
+
+    def set_pass_costs(self, points: Sequence[tuple[float, float]]) -> None:
+        """Start every worker's curve from ``points`` (``(tokens, seconds)``)."""
+        for state in self._workers:
+            state.pass_costs = PassCostModel(points)
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._started:
             raise RuntimeError("batcher already started")
-        self._thread = threading.Thread(target=self._run, name="reranker-batcher", daemon=True)
-        self._thread.start()
+        self._started = True
+        for state in self._workers:
+            state.thread = threading.Thread(
+                target=self._serve,
+                args=(state,),
+                name=f"reranker-worker-{state.worker.name}",
+                daemon=True,
+            )
+            state.thread.start()
 
     async def stop(self) -> None:
-        """Refuse new work, let queued pairs finish, then end the worker."""
+        """Refuse new work, let queued pairs finish, then end every worker."""
         with self._lock:
             self._accepting = False
             self._work_available.notify_all()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+        for state in self._workers:
+            if state.thread is not None:
+                await asyncio.to_thread(state.thread.join)
 
     @property
     def prefix_tokens_held(self) -> int:
@@ -305,10 +366,10 @@ class Batcher:
             self._withdraw_locked(job)
 
     def _release_prefix_locked(self, job: ScoringJob) -> None:
-        """Free the job's prefix cache: it has no pair left to score."""
+        """Free the job's prefix caches, on every worker: it has no pair left to score."""
         if job.prefix is not None:
             self._prefix_tokens_held -= len(job.prefix)
-            job.prefix.state = None
+            job.prefix.states.clear()
             job.prefix = None
 
     def _withdraw_locked(self, job: ScoringJob) -> None:
@@ -328,59 +389,71 @@ class Batcher:
         while self._by_arrival and self._by_arrival[0].taken:
             self._by_arrival.popleft()
 
-    def _take_batch_locked(self) -> list[_QueuedPair]:
+    def _take_batch_locked(self, state: _WorkerState) -> list[_QueuedPair]:
         anchor = self._by_arrival[0]
         anchor_index = bisect.bisect_left(self._by_length, _sort_key(anchor), key=_sort_key)
         start, stop = select_window(
-            _Costs(self._by_length), anchor_index, self.max_batch_tokens, self.pass_costs.seconds
+            _Costs(self._by_length), anchor_index, self.max_batch_tokens, state.pass_costs.seconds
         )
         batch = self._by_length[start:stop]
         del self._by_length[start:stop]
+        now = time.perf_counter()
         for pair in batch:
             pair.taken = True
+            if pair.job.first_batch_at is None:
+                pair.job.first_batch_at = now
         self._forget_taken_heads()
+        if self._by_length:
+            self._work_available.notify()  # more than this batch waits: wake another worker
         return batch
 
-    def _run(self) -> None:
+    def _serve(self, state: _WorkerState) -> None:
+        """One worker's loop, on its own thread, until the queue is drained after ``stop``."""
+        worker = state.worker
+        if worker.bind_thread is not None:
+            worker.bind_thread()
         in_flight: _Pass | None = None
         while True:
             with self._lock:
                 while not self._by_length and self._accepting and in_flight is None:
                     self._work_available.wait()
-                batch = self._take_batch_locked() if self._by_length else None
+                batch = self._take_batch_locked(state) if self._by_length else None
             if batch is None and in_flight is None:
                 return
-            launched = self._launch(batch) if batch is not None else None
+            launched = self._launch(state, batch) if batch is not None else None
             # The worker may now sleep for long; it must not keep the last requests alive.
             del batch
             if in_flight is not None:
                 self._finish_safely(in_flight)
             in_flight = launched
-            if in_flight is not None and self._launcher is None:
+            if in_flight is not None and worker.launcher is None:
                 self._finish_safely(in_flight)
                 in_flight = None
 
-    def _launch(self, batch: list[_QueuedPair], *, retry: bool = False) -> _Pass:
-        """Start the pass over ``batch``; a scorer error is kept for ``_finish``."""
+    def _launch(
+        self, state: _WorkerState, batch: list[_QueuedPair], *, retry: bool = False
+    ) -> _Pass:
+        """Start the pass over ``batch`` on the worker's replica; a scorer error is kept for
+        ``_finish``."""
+        name = state.worker.name
         prefixes = [pair.job.prefix for pair in batch]
         flight = _Pass(
+            state,
             batch,
             prefixes,
             # Known before the pass: the prefixes it will compute rather than read from cache.
-            list({id(p): p for p in prefixes if p is not None and p.state is None}.values()),
+            list({id(p): p for p in prefixes if p is not None and name not in p.states}.values()),
             time.perf_counter(),
             retry,
             _distinct_jobs(batch),
         )
-        for job in flight.jobs:
-            if job.first_batch_at is None:
-                job.first_batch_at = flight.launched_at
         sequences = [pair.tokens for pair in batch]
+        launcher = state.worker.launcher
         try:
-            if self._launcher is not None:
-                flight.pending = self._launcher.launch(sequences, prefixes)
+            if launcher is not None:
+                flight.pending = launcher.launch(sequences, prefixes)
             else:
-                flight.pending = ReadyScores(self._scorer.score(sequences, prefixes))
+                flight.pending = ReadyScores(state.worker.scorer.score(sequences, prefixes))
         except Exception as exc:
             flight.error = exc
         return flight
@@ -389,13 +462,17 @@ class Batcher:
         try:
             self._finish(flight)
         except Exception as exc:  # a bug here must not strand every waiting request
-            logger.exception("batch_failed", pairs=len(flight.batch))
+            logger.exception(
+                "batch_failed", pairs=len(flight.batch), device=flight.worker.worker.name
+            )
             self._fail_jobs(flight.jobs, exc)
 
     def _finish(self, flight: _Pass) -> None:
         """Take a pass's scores and answer the requests it completes. Out of device memory, the
         batch is split in halves (it is sorted by length, so the short half is cheap) down to
-        single pairs; only the requests of a pair that does not fit alone fail."""
+        single pairs; only the requests of a pair that does not fit alone fail. A pair scored NaN
+        or infinite fails its request, and only that one."""
+        state = flight.worker
         batch, error = flight.batch, flight.error
         scores: list[float] = []
         if error is None and flight.pending is not None:
@@ -403,47 +480,76 @@ class Batcher:
                 scores = flight.pending.result()
             except Exception as exc:
                 error = exc
+        flight.pending = None
         finished = time.perf_counter()
         # Overlapping passes: each is billed the device time after the one before it ended.
-        elapsed = finished - max(flight.launched_at, self._last_finished)
-        self._last_finished = finished
+        elapsed = finished - max(flight.launched_at, state.last_finished)
+        state.last_finished = finished
         jobs = flight.jobs
-        for job in jobs:
-            job.inference_seconds += elapsed
         tokens = _pass_tokens(batch, flight.prefixes, flight.computed_prefixes)
+        with self._lock:
+            for job in jobs:
+                job.inference_seconds += elapsed
         if error is None:
-            self.pass_costs.observe(tokens.padded, elapsed)
+            state.pass_costs.observe(tokens.padded, elapsed)
         # Report before answering: once a client has its scores, the batch is on record.
         self._report(flight, tokens, elapsed, failed=error is not None)
         if isinstance(error, BatchTooLargeError):
-            self._split_after_oom(batch, tokens)
+            # The error's traceback may hold the failed pass's memory: let it go before the
+            # halves run.
+            flight.error = error = None
+            self._split_after_oom(state, batch, tokens)
             return
         if error is not None:
             self._fail_jobs(jobs, error)
             return
-        for pair, score in zip(batch, scores, strict=True):
-            job = pair.job
-            if job.closed:
-                continue
-            job.scores[pair.position] = score
-            job.remaining -= 1
-            if job.remaining == 0:
-                job.resolve_threadsafe()
-                if job.prefix is not None:
-                    with self._lock:
-                        self._release_prefix_locked(job)
+        self._answer(state, batch, scores)
 
-    def _split_after_oom(self, batch: list[_QueuedPair], tokens: _PassTokens) -> None:
+    def _answer(self, state: _WorkerState, batch: list[_QueuedPair], scores: list[float]) -> None:
+        """Write the scores into their jobs, under the lock: other workers write into the same
+        jobs. A job whose pair is not a number fails instead."""
+        not_finite = [
+            pair for pair, score in zip(batch, scores, strict=True) if not math.isfinite(score)
+        ]
+        if not_finite:
+            logger.error(
+                "non_finite_scores",
+                pairs=len(not_finite),
+                batch_pairs=len(batch),
+                device=state.worker.name,
+                tokens=[pair.length for pair in not_finite],
+            )
+            failed = _distinct_jobs(not_finite)
+            for job in failed:
+                pairs = sum(pair.job is job for pair in not_finite)
+                self._fail_jobs([job], NonFiniteScoresError(pairs, state.worker.name))
+        with self._lock:
+            for pair, score in zip(batch, scores, strict=True):
+                job = pair.job
+                if job.closed:
+                    continue
+                job.scores[pair.position] = score
+                job.remaining -= 1
+                if job.remaining == 0:
+                    job.resolve_threadsafe()
+                    self._release_prefix_locked(job)
+
+    def _split_after_oom(
+        self, state: _WorkerState, batch: list[_QueuedPair], tokens: _PassTokens
+    ) -> None:
+        name = state.worker.name
         if len(batch) == 1:
-            logger.warning("oom_pair_failed", tokens=batch[0].length)
+            logger.warning("oom_pair_failed", tokens=batch[0].length, device=name)
             self._fail_jobs([batch[0].job], PairTooLargeError(batch[0].length))
             return
-        logger.warning("oom_batch_split", pairs=len(batch), padded_tokens=tokens.padded)
+        logger.warning(
+            "oom_batch_split", pairs=len(batch), padded_tokens=tokens.padded, device=name
+        )
         half = len(batch) // 2
         for part in (batch[:half], batch[half:]):
             live = [pair for pair in part if not pair.job.closed]
             if live:
-                self._finish(self._launch(live, retry=True))
+                self._finish(self._launch(state, live, retry=True))
 
     def _report(self, flight: _Pass, tokens: _PassTokens, elapsed: float, *, failed: bool) -> None:
         observer = self.observer
@@ -460,6 +566,7 @@ class Batcher:
             else tuple(flight.launched_at - pair.enqueued_at for pair in flight.batch),
             inference_seconds=elapsed,
             failed=failed,
+            device=flight.worker.worker.name,
         )
         try:
             observer(report)

@@ -7,9 +7,11 @@ state of each pair's last real token, which equals the model card's softmax over
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -42,30 +44,79 @@ class LoadOptions:
     max_length: int
 
 
-def resolve_device(requested: str) -> torch.device:
-    """A concrete device; CUDA devices always carry their index, so that every report of the
-    device (model info, torch memory) names it the same way."""
+def _cuda_device(requested: str) -> torch.device:
+    """A CUDA device with its index: every report of it (model info, torch memory) names it
+    the same way."""
+    if not torch.cuda.is_available():
+        raise ModelLoadError(f"device {requested!r} requested but CUDA is not available")
+    device = torch.device(requested)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"device {requested!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
+        )
+    return torch.device("cuda", index)
+
+
+def resolve_devices(requested: str) -> list[torch.device]:
+    """The devices of ``RERANKER_DEVICE`` (validated by the settings), one per worker: ``auto``
+    is the current GPU or else the CPU, ``cuda:all`` every GPU torch sees (those of
+    ``CUDA_VISIBLE_DEVICES``), and a list its entries."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
-    if device.type == "cuda":
+    if requested == "cuda:all":
         if not torch.cuda.is_available():
-            raise ModelLoadError(f"device {requested!r} requested but CUDA is not available")
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if index >= torch.cuda.device_count():
-            raise ModelLoadError(
-                f"device {requested!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
-            )
-        device = torch.device("cuda", index)
-    return device
+            raise ModelLoadError("device 'cuda:all' requested but CUDA is not available")
+        return [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
+    devices = [
+        torch.device("cpu") if entry == "cpu" else _cuda_device(entry)
+        for entry in requested.split(",")
+    ]
+    gpus = [device for device in devices if device.type == "cuda"]
+    if len(set(gpus)) != len(gpus):
+        raise ModelLoadError(f"device {requested!r} names one GPU twice; one worker per GPU")
+    return devices
 
 
-def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+def resolve_device(requested: str) -> torch.device:
+    """The one device of a single-device ``requested``."""
+    devices = resolve_devices(requested)
+    if len(devices) != 1:
+        raise ModelLoadError(f"device {requested!r} names {len(devices)} devices, not one")
+    return devices[0]
+
+
+def worker_names(devices: Sequence[torch.device]) -> list[str]:
+    """Each worker's name, distinct: a GPU's is its device (``cuda:1``); the CPU's is ``cpu``,
+    or ``cpu:0``, ``cpu:1`` ... when several workers share it."""
+    if sum(device.type == "cpu" for device in devices) <= 1:
+        return [str(device) for device in devices]
+    return [f"cpu:{index}" for index in range(len(devices))]
+
+
+def _bf16_native(device: torch.device) -> bool:
+    """Whether the GPU computes bf16 in hardware (compute capability 8.0, Ampere, or later):
+    asked of ``device`` itself, not of the thread's current GPU."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def resolve_dtype(requested: str, devices: Sequence[torch.device]) -> torch.dtype:
+    """One dtype for every worker, so that a pair's score does not depend on which one took
+    it: ``auto`` is bf16 where every GPU computes it natively, else fp16; fp32 on the CPU."""
     if requested != "auto":
         return _DTYPES[requested]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    gpus = [device for device in devices if device.type == "cuda"]
+    if not gpus:
+        return torch.float32
+    return torch.bfloat16 if all(_bf16_native(device) for device in gpus) else torch.float16
+
+
+def _device_uuid(device: torch.device) -> str | None:
+    """The GPU's UUID in NVML's spelling (``GPU-`` and the hex digits); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    uuid = str(torch.cuda.get_device_properties(device).uuid)
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
 
 def _single_token_id(tokenizer: Any, word: str) -> int:
@@ -145,6 +196,7 @@ class Qwen3ScoringModel:
         self._score_direction = score_direction
         self._pad_token_id = pad_token_id
         self._device = score_direction.device
+        self._name = description.device
         # A GPU computes asynchronously: host buffers are pinned, and nothing in a pass may
         # read a device value on the host before its scores.
         self._asynchronous = self._device.type == "cuda"
@@ -191,9 +243,20 @@ class Qwen3ScoringModel:
                     return self._score_after_prefixes(sequences, prefixes)
                 return self._score(sequences)
         except torch.OutOfMemoryError as exc:
-            if self._device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise BatchTooLargeError(_first_line(exc)) from exc
+            # The traceback's frames hold the failed pass's activations: clear them, and let
+            # the error go with this block, before the cache is freed and a retry may come.
+            message = _first_line(exc)
+            traceback.clear_frames(exc.__traceback__)
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise BatchTooLargeError(message)
+
+    def bind_worker_thread(self) -> None:
+        """Make the calling thread's current GPU this model's: kernels that take the current
+        device rather than their tensors' (and ``torch.cuda`` calls without a device) would
+        otherwise run on ``cuda:0``."""
+        if self._device.type == "cuda":
+            torch.cuda.set_device(self._device)
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self._device, non_blocking=True)
@@ -226,19 +289,23 @@ class Qwen3ScoringModel:
         device-to-host transfer; on a GPU, without waiting for it."""
         rows = torch.arange(hidden.shape[0], device=self._device)
         logits = hidden[rows, last_index].float() @ self._score_direction
-        scores = torch.sigmoid(logits)
+        # An overflowed pass (fp16 can) has an infinite or NaN logit, whose sigmoid may look
+        # like a score (1.0); it comes out as NaN, which the batcher refuses to answer with.
+        scores = torch.sigmoid(logits).masked_fill_(~torch.isfinite(logits), torch.nan)
         if not self._asynchronous:
             return _PendingScores(scores, None)
         host = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)
         host.copy_(scores, non_blocking=True)
         ready = torch.Event(self._device)
-        ready.record()
+        # On this GPU's stream, named: a thread whose current device is another GPU (the
+        # start-up warm-up's) would otherwise record it on that GPU's.
+        ready.record(torch.cuda.current_stream(self._device))
         return _PendingScores(host, ready)
 
-    def _compute_prefixes(self, prefixes: Sequence[SharedPrefix]) -> None:
-        """Fill in the keys and values of ``prefixes`` in one right-padded pass. Each prefix
-        keeps views of its own rows: valid, since a causal pass's first tokens never see the
-        padding after them."""
+    def _compute_prefixes(self, prefixes: Sequence[SharedPrefix]) -> dict[int, KeysValues]:
+        """Fill in this worker's keys and values of ``prefixes`` in one right-padded pass, and
+        return them by prefix id. Each prefix keeps views of its own rows: valid, since a causal
+        pass's first tokens never see the padding after them."""
         input_ids, lengths = _right_padded(
             [prefix.tokens for prefix in prefixes], self._pad_token_id, pin=self._asynchronous
         )
@@ -248,12 +315,14 @@ class Qwen3ScoringModel:
             use_cache=True,
         )
         layers = [(layer.keys, layer.values) for layer in getattr(output, self._cache_name).layers]
+        computed: dict[int, KeysValues] = {}
         for row, prefix in enumerate(prefixes):
             length = len(prefix)
-            prefix.state = [
+            computed[id(prefix)] = prefix.states[self._name] = [
                 (keys[row : row + 1, :, :length], values[row : row + 1, :, :length])
                 for keys, values in layers
             ]
+        return computed
 
     def _score_after_prefixes(
         self, sequences: Sequence[Sequence[int]], prefixes: Sequence[SharedPrefix | None]
@@ -267,10 +336,12 @@ class Qwen3ScoringModel:
             if prefix is not None and id(prefix) not in slot_of:
                 slot_of[id(prefix)] = len(distinct)
                 distinct.append(prefix)
-        missing = [prefix for prefix in distinct if prefix.state is None]
+        # Read once: a withdrawn request's states may be dropped from another thread meanwhile.
+        known = {id(prefix): prefix.states.get(self._name) for prefix in distinct}
+        missing = [prefix for prefix in distinct if known[id(prefix)] is None]
         if missing:
-            self._compute_prefixes(missing)
-        states = [cast(KeysValues, prefix.state) for prefix in distinct]
+            known.update(self._compute_prefixes(missing))
+        states = [cast(KeysValues, known[id(prefix)]) for prefix in distinct]
         skipped = [len(prefix) if prefix is not None else 0 for prefix in prefixes]
         own_ids, own_lengths = _right_padded(
             [sequence[skip:] for sequence, skip in zip(sequences, skipped, strict=True)],
@@ -346,32 +417,43 @@ class Qwen3ScoringModel:
         return mask.unsqueeze(1)
 
 
-def load_scoring_model(options: LoadOptions) -> Qwen3ScoringModel:
-    """Load tokenizer and weights once; raise ``ModelLoadError`` for anything unservable."""
+def load_scoring_models(options: LoadOptions) -> list[Qwen3ScoringModel]:
+    """Load tokenizer and weights once, and one replica per device of ``options.device``;
+    raise ``ModelLoadError`` for anything unservable."""
     try:
-        model = _load(options)
+        models = _load(options)
     except ModelLoadError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"cannot load model {options.model!r}: {_first_line(exc)}") from exc
-    described = model.description
-    logger.info(
-        "model_loaded",
-        model=described.model,
-        revision=described.revision,
-        device=described.device,
-        dtype=described.dtype,
-        load_seconds=round(described.load_seconds, 3),
-    )
-    return model
+    for model in models:
+        described = model.description
+        logger.info(
+            "model_loaded",
+            model=described.model,
+            revision=described.revision,
+            device=described.device,
+            device_uuid=described.device_uuid,
+            dtype=described.dtype,
+            load_seconds=round(described.load_seconds, 3),
+        )
+    return models
 
 
-def _load(options: LoadOptions) -> Qwen3ScoringModel:
+def load_scoring_model(options: LoadOptions) -> Qwen3ScoringModel:
+    """``load_scoring_models`` for a single device."""
+    models = load_scoring_models(options)
+    if len(models) != 1:
+        raise ModelLoadError(f"device {options.device!r} names {len(models)} devices, not one")
+    return models[0]
+
+
+def _load(options: LoadOptions) -> list[Qwen3ScoringModel]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
-    device = resolve_device(options.device)
-    dtype = resolve_dtype(options.dtype, device)
+    devices = resolve_devices(options.device)
+    dtype = resolve_dtype(options.dtype, devices)
     config = AutoConfig.from_pretrained(options.model, revision=options.revision)
     architectures = list(getattr(config, "architectures", None) or [])
     if config.model_type != "qwen3" or _ARCHITECTURE not in architectures:
@@ -403,17 +485,31 @@ def _load(options: LoadOptions) -> Qwen3ScoringModel:
             f"{options.model!r} lacks weights {sorted(missing)[:3]}; not a complete Qwen3 reranker"
         )
     lm_head = causal_lm.get_output_embeddings().weight
-    score_direction = (lm_head[yes_id].float() - lm_head[no_id].float()).to(device)
+    direction = lm_head[yes_id].float() - lm_head[no_id].float()
     # Keep the decoder only: an untied LM head is vocabulary x hidden of memory never used.
-    backbone = causal_lm.get_decoder().to(device).eval()
+    decoder = causal_lm.get_decoder().eval()
     del causal_lm, lm_head
+    revision = str(getattr(config, "_commit_hash", None) or "local")
 
-    description = ModelDescription(
-        model=options.model,
-        revision=str(getattr(config, "_commit_hash", None) or "local"),
-        device=str(device),
-        dtype=str(dtype).removeprefix("torch."),
-        max_length=options.max_length,
-        load_seconds=time.perf_counter() - started,
-    )
-    return Qwen3ScoringModel(backbone, score_direction, encoder, int(pad_token_id), description)
+    models = []
+    for index, (device, name) in enumerate(zip(devices, worker_names(devices), strict=True)):
+        # CPU workers share the one set of weights (a pass only reads them); each GPU gets its
+        # own copy, and the last takes the loaded weights themselves.
+        last = index == len(devices) - 1
+        backbone = decoder if device.type == "cpu" or last else copy.deepcopy(decoder)
+        backbone = backbone.to(device)
+        description = ModelDescription(
+            model=options.model,
+            revision=revision,
+            device=name,
+            dtype=str(dtype).removeprefix("torch."),
+            max_length=options.max_length,
+            load_seconds=time.perf_counter() - started,
+            device_uuid=_device_uuid(device),
+        )
+        models.append(
+            Qwen3ScoringModel(
+                backbone, direction.to(device), encoder, int(pad_token_id), description
+            )
+        )
+    return models

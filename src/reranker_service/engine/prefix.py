@@ -9,7 +9,7 @@ in every pair are shared.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
@@ -46,12 +46,13 @@ def shared_prefix(sequences: Sequence[Sequence[int]]) -> SharedPrefix | None:
 
 @dataclass(eq=False)
 class SharedPrefix:
-    """One request's shared prefix. ``state`` is what the scorer computed for it (keys and
-    values); it is set on the model's worker thread and dropped once the request has no pair
+    """One request's shared prefix. ``states`` holds what each worker computed for it (keys and
+    values on that worker's device), by worker name: a request's pairs may be scored by several
+    workers. A state is set on its worker's thread; all are dropped once the request has no pair
     left to score."""
 
     tokens: tuple[int, ...]
-    state: object | None = None
+    states: dict[str, object] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.tokens)

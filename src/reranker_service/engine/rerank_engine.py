@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from reranker_service.engine.batcher import Batcher, BatchObserver
+from reranker_service.engine.batcher import Batcher, BatchObserver, Worker
 from reranker_service.engine.pass_cost import PassCostModel, measure_pass_costs
 from reranker_service.engine.prefix import SharedPrefix, shared_prefix
 from reranker_service.engine.scoring import (
@@ -100,20 +100,36 @@ def choose_limits(config: EngineConfig, model: ModelDescription) -> EngineLimits
 
 class RerankEngine:
     def __init__(
-        self, model: ScoringModel, config: EngineConfig, observer: BatchObserver | None = None
+        self,
+        models: ScoringModel | Sequence[ScoringModel],
+        config: EngineConfig,
+        observer: BatchObserver | None = None,
     ) -> None:
-        self.limits = choose_limits(config, model.description)
-        self._model = model
-        self._encoder = model.encoder
+        """Serve ``models``, replicas of one checkpoint on one kind of device: each gets a
+        worker of the one batcher."""
+        replicas = [models] if not isinstance(models, Sequence) else list(models)
+        first = replicas[0]
+        if len({replica.description.device_type for replica in replicas}) != 1:
+            raise ValueError("the replicas must all be on GPUs or all on the CPU")
+        self.limits = choose_limits(config, first.description)
+        self._models = replicas
+        self._encoder = first.encoder
         # On a GPU the host prepares the next pass while the device runs the current one; on a
         # CPU a pass runs as it is launched, and overlapping would only delay the answers.
-        on_gpu = model.description.device_type == "cuda"
+        on_gpu = first.description.device_type == "cuda"
         self._batcher = Batcher(
-            model,
+            [
+                Worker(
+                    name=replica.description.device,
+                    scorer=replica,
+                    launcher=replica if on_gpu and isinstance(replica, PassLauncher) else None,
+                    bind_thread=replica.bind_worker_thread,
+                )
+                for replica in replicas
+            ],
             max_batch_tokens=self.limits.max_batch_tokens,
             max_queued_pairs=self.limits.max_queued_pairs,
             max_prefix_tokens=self.limits.max_batch_tokens if config.prefix_reuse else 0,
-            launcher=model if on_gpu and isinstance(model, PassLauncher) else None,
         )
         self.prefix_reuse = config.prefix_reuse
         self._pinned_pass_costs = config.pass_costs
@@ -121,23 +137,28 @@ class RerankEngine:
         self._tokenizer_pool = ThreadPoolExecutor(
             max_workers=config.tokenizer_threads, thread_name_prefix="reranker-tokenize"
         )
-        self.description: ModelDescription = model.description
+        self.description: ModelDescription = first.description
+        self.descriptions: list[ModelDescription] = [replica.description for replica in replicas]
+        """One per worker."""
 
     @property
     def queued_pairs(self) -> int:
         return self._batcher.queued_pairs
 
-    def device_memory(self) -> DeviceMemory | None:
-        return self._model.device_memory()
+    def device_memory(self) -> list[DeviceMemory]:
+        """torch's allocator on each served GPU; empty on the CPU."""
+        readings = (model.device_memory() for model in self._models)
+        return [reading for reading in readings if reading is not None]
 
     @property
     def overlapping_passes(self) -> bool:
-        """Whether the worker launches the next pass before the current one's scores are in."""
+        """Whether the workers launch the next pass before the current one's scores are in."""
         return self._batcher.overlapping
 
     @property
     def pass_costs(self) -> PassCostModel:
-        """What the batch policy predicts a forward pass costs; the worker keeps it current."""
+        """What the batch policy predicts a forward pass costs, as measured at start-up; each
+        worker keeps its own copy current."""
         return self._batcher.pass_costs
 
     async def start(self) -> None:
@@ -146,22 +167,31 @@ class RerankEngine:
         pays no setup; log both and what they took."""
         started = time.perf_counter()
         if self._pinned_pass_costs is not None:
-            self._batcher.pass_costs = PassCostModel(self._pinned_pass_costs)
+            measured: Sequence[tuple[float, float]] = self._pinned_pass_costs
         else:
-            self._batcher.pass_costs = await asyncio.to_thread(
-                measure_pass_costs,
-                self._model,
-                self._encoder.prefix_ids,
-                self.limits.max_batch_tokens,
-                CALIBRATION_BUDGET_SECONDS,
-            )
-        measured = self._batcher.pass_costs.points
+            # Once for the device type: the replicas are alike, and each worker corrects its
+            # copy of the curve from its own passes.
+            measured = (
+                await asyncio.to_thread(
+                    measure_pass_costs,
+                    self._models[0],
+                    self._encoder.prefix_ids,
+                    self.limits.max_batch_tokens,
+                    CALIBRATION_BUDGET_SECONDS,
+                )
+            ).points
+        self._batcher.set_pass_costs(measured)
         measured_at = time.perf_counter()
+        # The measurement ran the first replica; every other runs a pass before any client.
+        warm_up_ids = self._encoder.encode("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
+        for replica in self._models[1:]:
+            await asyncio.to_thread(replica.score, warm_up_ids)
         self._batcher.start()
         await self.rerank("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
         # The batcher times and reports a pass before it answers its requests, so the warm-up's
         # are behind us. Its passes paid first-use setup: they are no measure of the device.
-        costs = self._batcher.pass_costs = PassCostModel(measured)
+        self._batcher.set_pass_costs(measured)
+        costs = self._batcher.pass_costs
         self._batcher.observer = self._observer
         finished = time.perf_counter()
         logger.info(
@@ -173,6 +203,7 @@ class RerankEngine:
             max_batch_tokens=self.limits.max_batch_tokens,
             pass_ms=[[round(tokens), round(seconds * 1e3, 3)] for tokens, seconds in costs.points],
             overlapping_passes=self.overlapping_passes,
+            workers=self._batcher.worker_names,
         )
 
     async def stop(self) -> None:

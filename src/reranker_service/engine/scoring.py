@@ -53,12 +53,18 @@ class PassLauncher(Protocol):
 
 @dataclass(frozen=True)
 class ModelDescription:
+    """What one worker serves. ``device`` is the worker's name, distinct per worker: ``cuda:1``,
+    or ``cpu``; several CPU workers are ``cpu:0``, ``cpu:1``."""
+
     model: str
     revision: str
     device: str
     dtype: str
     max_length: int
     load_seconds: float
+    device_uuid: str | None = None
+    """The GPU's UUID as the driver reports it (``GPU-...``), which NVML also gives: torch and
+    NVML number GPUs differently, the UUID names one card for both. None on the CPU."""
 
     @property
     def device_type(self) -> str:
@@ -86,4 +92,8 @@ class ScoringModel(PairScorer, Protocol):
 
     def device_memory(self) -> DeviceMemory | None:
         """torch's allocator on the served GPU; None when serving on the CPU."""
+        ...
+
+    def bind_worker_thread(self) -> None:
+        """Make the calling thread, which will run every pass, work on this model's device."""
         ...

@@ -1,4 +1,8 @@
-"""The GPU poller: NVML memory and utilization per device, plus torch's view of its own device.
+"""The GPU poller: NVML memory and utilization per device, plus torch's view of its own devices.
+
+NVML numbers every GPU of the host; torch numbers only those of ``CUDA_VISIBLE_DEVICES``, in its
+own order. So the two are paired by UUID, never by index: ``reranker_gpu_info`` names, for each
+NVML index, the torch device this process serves on that card.
 
 NVML calls are blocking C calls, so each poll runs on a worker thread; the loop only sleeps
 between polls. A machine without an NVIDIA driver is a normal case (CPU serving): the poller
@@ -10,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,9 +39,16 @@ class NvmlLibrary(Protocol):
     def nvmlDeviceGetHandleByIndex(self, index: int) -> Any: ...  # noqa: N802
     def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any: ...  # noqa: N802
     def nvmlDeviceGetUtilizationRates(self, handle: Any) -> Any: ...  # noqa: N802
+    def nvmlDeviceGetUUID(self, handle: Any) -> str | bytes: ...  # noqa: N802
+    def nvmlDeviceGetName(self, handle: Any) -> str | bytes: ...  # noqa: N802
 
 
-DeviceMemoryReader = Callable[[], DeviceMemory | None]
+DeviceMemoryReader = Callable[[], Sequence[DeviceMemory]]
+
+
+def _text(value: str | bytes) -> str:
+    """pynvml gives ``str``; releases before 11.5 gave ``bytes``."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def load_nvml() -> NvmlLibrary:
@@ -55,8 +66,11 @@ class GpuPoller:
         interval_seconds: float,
         nvml: NvmlLibrary,
         read_device_memory: DeviceMemoryReader | None = None,
+        served_gpus: Mapping[str, str] | None = None,
     ) -> None:
+        """``served_gpus``: the torch device this process serves on each GPU, by UUID."""
         self._metrics = metrics
+        self._served_gpus = {uuid.lower(): device for uuid, device in (served_gpus or {}).items()}
         self._interval_seconds = interval_seconds
         self._nvml = nvml
         self._read_device_memory = read_device_memory
@@ -114,12 +128,18 @@ class GpuPoller:
             )
             if reading.utilization is not None:
                 self._metrics.set_gpu_utilization(reading.gpu, reading.utilization)
+            self._metrics.set_gpu_info(
+                reading.gpu,
+                uuid=reading.uuid,
+                name=reading.name,
+                device=self._served_gpus.get(reading.uuid.lower(), ""),
+            )
         self._gpus_seen = gpus_now
         self._metrics.nvml_up.set(1)
         if self._reported_down:
             logger.info("nvml_recovered", gpus=len(readings))
         elif not self._ever_up:
-            logger.info("nvml_up", gpus=len(readings))
+            self._report_served(readings)
         self._ever_up = True
         self._reported_down = False
         return True
@@ -133,7 +153,35 @@ class GpuPoller:
             utilization = nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0
         except nvml.NVMLError_NotSupported:
             utilization = None  # e.g. MIG slices: memory is still worth reporting
-        return _GpuReading(str(index), int(memory.used), int(memory.total), utilization)
+        return _GpuReading(
+            str(index),
+            _text(nvml.nvmlDeviceGetUUID(handle)),
+            _text(nvml.nvmlDeviceGetName(handle)),
+            int(memory.used),
+            int(memory.total),
+            utilization,
+        )
+
+    def _report_served(self, readings: Sequence[_GpuReading]) -> None:
+        """Say once which NVML GPU each served torch device is; a served GPU NVML does not
+        list (a MIG slice, another container's driver) has no NVML series to pair with."""
+        nvml_index = {reading.uuid.lower(): reading.gpu for reading in readings}
+        logger.info(
+            "nvml_up",
+            gpus=len(readings),
+            served={
+                device: nvml_index.get(uuid) for uuid, device in sorted(self._served_gpus.items())
+            },
+        )
+        unmatched = sorted(
+            device for uuid, device in self._served_gpus.items() if uuid not in nvml_index
+        )
+        if unmatched:
+            logger.warning(
+                "served_gpu_not_in_nvml",
+                devices=unmatched,
+                detail="their NVML memory and utilization cannot be told apart from other GPUs'",
+            )
 
     def _mark_down(self, error: Exception) -> None:
         self._metrics.nvml_up.set(0)
@@ -159,8 +207,7 @@ class GpuPoller:
     def _poll_torch(self) -> None:
         if self._read_device_memory is None:
             return
-        memory = self._read_device_memory()
-        if memory is not None:
+        for memory in self._read_device_memory():
             self._metrics.set_torch_memory(
                 memory.device,
                 allocated_bytes=memory.allocated_bytes,
@@ -181,6 +228,9 @@ class GpuPoller:
 @dataclass(frozen=True)
 class _GpuReading:
     gpu: str
+    """NVML's index."""
+    uuid: str
+    name: str
     used_bytes: int
     total_bytes: int
     utilization: float | None

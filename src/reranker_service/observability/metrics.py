@@ -6,7 +6,7 @@ here, so that ``rate()`` and ratios see a zero before the first event instead of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import (
@@ -21,6 +21,7 @@ from prometheus_client.gc_collector import GCCollector
 
 if TYPE_CHECKING:
     from reranker_service.engine.batcher import BatchReport
+    from reranker_service.engine.scoring import ModelDescription
 
 REQUEST_STATUSES: Final = ("success", "fail")
 
@@ -114,20 +115,23 @@ class ServiceMetrics:
         )
         self.inference = Histogram(
             "reranker_inference_seconds",
-            "Forward-pass time per batch",
+            "Forward-pass time per batch, by the worker's device",
+            ["device"],
             buckets=INFERENCE_BUCKETS,
             registry=registry,
         )
         self.batch_size = Histogram(
             "reranker_batch_size",
-            "Pairs per forward pass",
+            "Pairs per forward pass, by the worker's device",
+            ["device"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         )
         self.batch_tokens = Histogram(
             "reranker_batch_tokens",
             "Tokens computed per forward pass, padding included (shared prefixes computed in the "
-            "pass count once, cached ones not at all)",
+            "pass count once, cached ones not at all), by the worker's device",
+            ["device"],
             buckets=BATCH_TOKEN_BUCKETS,
             registry=registry,
         )
@@ -190,13 +194,21 @@ class ServiceMetrics:
             ["device"],
             registry=registry,
         )
+        self.gpu_info = Gauge(
+            "reranker_gpu_info",
+            "Each GPU NVML sees (gpu is NVML's index), its UUID and name, and the torch device "
+            "this process serves on it (device, empty if none); always 1",
+            ["gpu", "uuid", "name", "device"],
+            registry=registry,
+        )
         self.model_info = Gauge(
             "reranker_model_info",
-            "The model being served; always 1",
+            "The model being served, one series per worker; always 1",
             ["model", "revision", "device", "dtype"],
             registry=registry,
         )
 
+        self._gpu_info_labels: dict[str, tuple[str, str, str, str]] = {}
         for status in REQUEST_STATUSES:
             self.requests.labels(status=status)
         for error_type in ERROR_TYPES:
@@ -205,11 +217,11 @@ class ServiceMetrics:
     # -- facts from the engine ---------------------------------------------------------------
 
     def observe_batch(self, report: BatchReport) -> None:
-        """Batch observer for the engine's worker thread."""
-        self.batch_size.observe(report.pairs)
-        self.batch_tokens.observe(report.padded_tokens)
+        """Batch observer for the engine's worker threads."""
+        self.batch_size.labels(device=report.device).observe(report.pairs)
+        self.batch_tokens.labels(device=report.device).observe(report.padded_tokens)
         self.prefix_tokens_reused.inc(report.reused_tokens)
-        self.inference.observe(report.inference_seconds)
+        self.inference.labels(device=report.device).observe(report.inference_seconds)
         for wait in report.queue_wait_seconds:
             self.queue_wait.observe(wait)
 
@@ -218,9 +230,19 @@ class ServiceMetrics:
         self.queue_depth.set_function(read_queued_pairs)
         self.max_queued_pairs.set(max_queued_pairs)
 
-    def set_model_info(self, *, model: str, revision: str, device: str, dtype: str) -> None:
+    def set_workers(self, workers: Sequence[ModelDescription]) -> None:
+        """What each worker serves: a ``reranker_model_info`` series per worker, and its
+        per-pass families at zero before its first pass."""
         self.model_info.clear()
-        self.model_info.labels(model=model, revision=revision, device=device, dtype=dtype).set(1)
+        for worker in workers:
+            self.model_info.labels(
+                model=worker.model,
+                revision=worker.revision,
+                device=worker.device,
+                dtype=worker.dtype,
+            ).set(1)
+            for family in (self.inference, self.batch_size, self.batch_tokens):
+                family.labels(device=worker.device)
 
     # -- facts from the HTTP layer ------------------------------------------------------------
 
@@ -254,6 +276,13 @@ class ServiceMetrics:
         self.gpu_memory_used.labels(gpu=gpu).set(used_bytes)
         self.gpu_memory_total.labels(gpu=gpu).set(total_bytes)
 
+    def set_gpu_info(self, gpu: str, *, uuid: str, name: str, device: str) -> None:
+        labels = (gpu, uuid, name, device)
+        if self._gpu_info_labels.get(gpu) not in (None, labels):
+            self.gpu_info.remove(*self._gpu_info_labels[gpu])
+        self._gpu_info_labels[gpu] = labels
+        self.gpu_info.labels(*labels).set(1)
+
     def set_gpu_utilization(self, gpu: str, ratio: float) -> None:
         self.gpu_utilization.labels(gpu=gpu).set(ratio)
 
@@ -261,6 +290,9 @@ class ServiceMetrics:
         """Drop a GPU's series, so that a dead NVML leaves gaps rather than stale values."""
         for family in (self.gpu_memory_used, self.gpu_memory_total, self.gpu_utilization):
             family.remove(gpu)
+        info = self._gpu_info_labels.pop(gpu, None)
+        if info is not None:
+            self.gpu_info.remove(*info)
 
     def set_torch_memory(self, device: str, *, allocated_bytes: int, reserved_bytes: int) -> None:
         self.torch_memory_allocated.labels(device=device).set(allocated_bytes)

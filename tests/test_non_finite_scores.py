@@ -1,0 +1,97 @@
+"""A score that is not a number never reaches a client: its request fails as ``internal``, the
+other requests of the same pass are answered, and the pass is logged as ``non_finite_scores``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+from structlog.testing import capture_logs
+
+from reranker_service.app import load_options
+from reranker_service.engine.batcher import Batcher, NonFiniteScoresError, Worker
+from reranker_service.engine.model import Qwen3ScoringModel, load_scoring_model
+from reranker_service.engine.pass_cost import PassCostModel
+from reranker_service.engine.prefix import SharedPrefix
+from reranker_service.settings import DEFAULT_INSTRUCTION
+from tests.conftest import AppFactory, ModelWrapper, asgi_client, make_settings
+from tests.exposition import scrape
+
+POISON = "overflowing"
+
+
+class OverflowsOnAWord(ModelWrapper):
+    """The real model, except that a pair whose document has ``POISON`` overflows: its score
+    comes out NaN, as the model reports an fp16 pass whose logit is not finite."""
+
+    def __init__(self, model: Qwen3ScoringModel) -> None:
+        super().__init__(model)
+        poisoned, clean = model.encoder.encode(DEFAULT_INSTRUCTION, "q", [POISON, "fine"])
+        self.poison = next(token for token in poisoned if token not in clean)
+        self.batch_sizes: list[int] = []
+
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
+        self.batch_sizes.append(len(sequences))
+        scores = super().score(sequences, prefixes)
+        return [
+            math.nan if self.poison in sequence else score
+            for sequence, score in zip(sequences, scores, strict=True)
+        ]
+
+
+async def test_only_the_request_with_the_non_finite_pair_fails(
+    scoring_model: Qwen3ScoringModel,
+) -> None:
+    scorer = OverflowsOnAWord(scoring_model)
+    batcher = Batcher(
+        [Worker("cpu", scorer)],
+        max_batch_tokens=4096,
+        max_queued_pairs=100,
+        pass_costs=PassCostModel([(64, 0.002), (128, 0.0025), (1024, 0.01)]),
+    )
+    encode = scoring_model.encoder.encode
+    poisoned = batcher.submit(encode(DEFAULT_INSTRUCTION, "q", ["fine", POISON, "also fine"]))
+    clean = batcher.submit(encode(DEFAULT_INSTRUCTION, "q", ["fine", "also fine"]))
+    with capture_logs() as logs:
+        batcher.start()
+        with pytest.raises(NonFiniteScoresError) as raised:
+            await poisoned.future
+        result = await clean.future
+        await batcher.stop()
+    assert scorer.batch_sizes == [5], "the two requests were meant to share one pass"
+    assert (raised.value.pairs, raised.value.device) == (1, "cpu")
+    assert all(math.isfinite(score) for score in result.scores)
+    [event] = [entry for entry in logs if entry["event"] == "non_finite_scores"]
+    assert (event["log_level"], event["pairs"], event["batch_pairs"]) == ("error", 1, 5)
+
+
+async def test_a_non_finite_score_is_a_500_internal_and_counted(
+    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
+) -> None:
+    app = app_factory(model=OverflowsOnAWord(scoring_model))
+    async with asgi_client(app) as http:
+        failed = await http.post("/rerank", json={"query": "q", "documents": ["a", POISON]})
+        answered = await http.post("/rerank", json={"query": "q", "documents": ["a", "b"]})
+        exposition = await scrape(http)
+    assert failed.status_code == 500
+    error = failed.json()["error"]
+    assert error["type"] == "internal"
+    assert "no finite score" in error["message"]
+    assert answered.status_code == 200
+    assert exposition.value("reranker_request_errors_total", type="internal") == 1
+
+
+def test_the_model_reports_an_overflowed_logit_as_nan(checkpoint: Path) -> None:
+    """An infinite logit's sigmoid is a plausible 1.0 or 0.0; the model must not pass it off as
+    a score."""
+    model = load_scoring_model(load_options(make_settings(checkpoint)))
+    model._score_direction = torch.full_like(model._score_direction, torch.inf)
+    scores = model.score(model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b"]))
+    assert all(math.isnan(score) for score in scores)

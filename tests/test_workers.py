@@ -1,0 +1,231 @@
+"""Several workers, one queue: ``RERANKER_DEVICE=cpu,cpu`` serves with two CPU workers, each with
+its replica and thread, fed from the one length-sorted queue."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from reranker_service.app import create_app
+from reranker_service.engine.batcher import Batcher, Worker
+from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.pass_cost import PassCostModel
+from reranker_service.engine.prefix import SharedPrefix
+from reranker_service.settings import DEFAULT_INSTRUCTION
+from tests.conftest import GatedModel, ModelWrapper, asgi_client, make_settings
+from tests.exposition import scrape
+
+WAIT_SECONDS = 30
+
+
+class Meets(ModelWrapper):
+    """A replica whose first pass, once armed, waits at ``barrier`` for the other worker's:
+    the barrier breaks (and the pass fails) unless both workers run a pass at the same time.
+    With ``fail_first``, that pass then fails; with ``hold``, it waits for the event too."""
+
+    def __init__(
+        self,
+        model: Qwen3ScoringModel,
+        barrier: threading.Barrier,
+        *,
+        fail_first: bool = False,
+        hold: threading.Event | None = None,
+    ) -> None:
+        super().__init__(model)
+        self.barrier = barrier
+        self.fail_first = fail_first
+        self.hold = hold
+        self.armed = False
+        self.entered = threading.Event()
+        self.passes: list[list[tuple[int, ...]]] = []
+
+    def score(
+        self,
+        sequences: Sequence[Sequence[int]],
+        prefixes: Sequence[SharedPrefix | None] | None = None,
+    ) -> list[float]:
+        first = self.armed and not self.passes
+        if self.armed:
+            self.passes.append([tuple(sequence) for sequence in sequences])
+        if first:
+            self.entered.set()
+            self.barrier.wait(WAIT_SECONDS)
+            if self.hold is not None:
+                assert self.hold.wait(WAIT_SECONDS)
+            if self.fail_first:
+                raise RuntimeError("injected failure on this worker")
+        return super().score(sequences, prefixes)
+
+
+@pytest.fixture
+def replicas(cpu_replicas: list[Qwen3ScoringModel]) -> list[Qwen3ScoringModel]:
+    return cpu_replicas
+
+
+def _batcher(workers: Sequence[Meets]) -> Batcher:
+    return Batcher(
+        [Worker(f"cpu:{index}", worker) for index, worker in enumerate(workers)],
+        max_batch_tokens=4096,
+        max_queued_pairs=1000,
+        pass_costs=PassCostModel([(64, 0.002), (128, 0.0025), (1024, 0.01)]),
+    )
+
+
+def _pairs(model: Qwen3ScoringModel, query: str) -> list[list[int]]:
+    return model.encoder.encode(DEFAULT_INSTRUCTION, query, ["first document", "second one"])
+
+
+async def test_sixteen_clients_get_exact_scores_from_both_workers(
+    checkpoint: Path, replicas: list[Qwen3ScoringModel]
+) -> None:
+    barrier = threading.Barrier(2)
+    workers = [Meets(replica, barrier) for replica in replicas]
+    # Passes of at most 512 tokens: a worker never takes the whole queue, so the other is woken.
+    settings = make_settings(checkpoint, device="cpu,cpu", max_length=512, max_batch_tokens=512)
+    app = create_app(settings, model=workers)
+    queries = [f"question {n} about " + "many words " * (n % 5) for n in range(16)]
+    documents = ["Paris is in France.", "", "a much longer document " * 12, "中文 🙂"]
+    async with asgi_client(app) as http:
+        for worker in workers:
+            worker.armed = True
+        responses = await asyncio.gather(
+            *(http.post("/rerank", json={"query": q, "documents": documents}) for q in queries)
+        )
+        info = (await http.get("/info")).json()
+        exposition = await scrape(http)
+    assert [response.status_code for response in responses] == [200] * len(queries)
+    assert all(worker.passes for worker in workers), "a worker took no pass"
+    model = replicas[0]
+    for query, response in zip(queries, responses, strict=True):
+        sequences = model.encoder.encode(DEFAULT_INSTRUCTION, query, documents)
+        alone = [model.score([sequence])[0] for sequence in sequences]
+        served = {r["index"]: r["relevance_score"] for r in response.json()["results"]}
+        assert max(abs(served[i] - score) for i, score in enumerate(alone)) <= 1e-5
+    assert [device["name"] for device in info["devices"]] == ["cpu:0", "cpu:1"]
+    assert info["device"] == "cpu:0,cpu:1"
+    assert {s.labels["device"] for s in exposition.samples("reranker_model_info")} == {
+        "cpu:0",
+        "cpu:1",
+    }
+    for device in ("cpu:0", "cpu:1"):
+        assert exposition.histogram("reranker_batch_size", device=device).count >= 1
+        assert exposition.histogram("reranker_inference_seconds", device=device).count >= 1
+
+
+async def test_a_failing_worker_fails_only_its_batch_and_the_other_keeps_serving(
+    replicas: list[Qwen3ScoringModel],
+) -> None:
+    barrier = threading.Barrier(2)
+    healthy, failing = Meets(replicas[0], barrier), Meets(replicas[1], barrier, fail_first=True)
+    batcher = _batcher([healthy, failing])
+    for worker in (healthy, failing):
+        worker.armed = True
+    batcher.start()
+    try:
+        first = batcher.submit(_pairs(replicas[0], "first"))
+        # One worker holds the first request at the barrier; the second goes to the other.
+        assert await asyncio.to_thread(_either_entered, healthy, failing)
+        second = batcher.submit(_pairs(replicas[0], "second"))
+        outcomes = await asyncio.gather(first.future, second.future, return_exceptions=True)
+        failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        assert [str(error) for error in failed] == ["injected failure on this worker"]
+        # The failure was one batch's: both workers serve what comes next.
+        later = [batcher.submit(_pairs(replicas[0], f"later {n}")) for n in range(8)]
+        results = await asyncio.gather(*(job.future for job in later))
+    finally:
+        await batcher.stop()
+    assert all(len(result.scores) == 2 for result in results)
+    assert len(failing.passes) >= 1
+    assert len(healthy.passes) >= 1
+
+
+def _either_entered(*workers: Meets | GatedModel) -> bool:
+    """Wait until one of ``workers`` is in a pass."""
+    return _polled(lambda: any(worker.entered.is_set() for worker in workers))
+
+
+def _polled(condition: Callable[[], bool]) -> bool:
+    """Wait (bounded) for a condition the test cannot be told about."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+async def test_the_drain_waits_for_both_workers(replicas: list[Qwen3ScoringModel]) -> None:
+    barrier, hold = threading.Barrier(2), threading.Event()
+    workers = [Meets(replica, barrier, hold=hold) for replica in replicas]
+    batcher = _batcher(workers)
+    for worker in workers:
+        worker.armed = True
+    batcher.start()
+    first = batcher.submit(_pairs(replicas[0], "first"))
+    assert await asyncio.to_thread(_either_entered, *workers)
+    second = batcher.submit(_pairs(replicas[0], "second"))
+    assert await asyncio.to_thread(lambda: all(w.entered.wait(WAIT_SECONDS) for w in workers))
+    stopping = asyncio.create_task(batcher.stop())
+    # Both workers are inside a pass: the drain cannot be over.
+    done, _ = await asyncio.wait([stopping], timeout=0.2)
+    assert not done
+    hold.set()
+    await asyncio.wait_for(stopping, WAIT_SECONDS)
+    assert first.future.done()
+    assert second.future.done()
+    assert len(first.future.result().scores) == len(second.future.result().scores) == 2
+
+
+async def test_timeouts_and_429s_with_both_workers_busy(
+    checkpoint: Path, replicas: list[Qwen3ScoringModel]
+) -> None:
+    """Both workers held in a pass, the queue full: a new request gets 429 at once, and at
+    the deadline every waiting request gets 504 and its queued pairs leave the queue."""
+    gated = [GatedModel(replica) for replica in replicas]
+    settings = make_settings(
+        checkpoint,
+        device="cpu,cpu",
+        max_documents=4,
+        max_queued_pairs=4,
+        request_timeout_seconds=0.5,
+    )
+    app = create_app(settings, model=gated)
+    documents = ["one", "two", "three", "four"]
+    async with asgi_client(app) as http:
+        engine = app.state.lifecycle.engine
+        for model in gated:
+            model.gate.clear()
+            model.entered.clear()
+        payload = {"query": "q", "documents": documents}
+        # Each of the first two requests' passes holds one worker; the third waits in the queue.
+        held = [asyncio.create_task(http.post("/rerank", json=payload))]
+        assert await asyncio.to_thread(_either_entered, *gated)
+        held.append(asyncio.create_task(http.post("/rerank", json=payload)))
+        assert await asyncio.to_thread(lambda: all(m.entered.wait(WAIT_SECONDS) for m in gated))
+        queued = asyncio.create_task(http.post("/rerank", json=payload))
+        assert await asyncio.to_thread(_polled, lambda: engine.queued_pairs == 4)
+        refused = await http.post("/rerank", json={"query": "q", "documents": ["five"]})
+        answers = await asyncio.gather(*held, queued)
+        assert engine.queued_pairs == 0
+        for model in gated:
+            model.gate.set()
+        after = await http.post("/rerank", json={"query": "q", "documents": documents})
+    assert refused.status_code == 429
+    assert [answer.status_code for answer in answers] == [504, 504, 504]
+    assert after.status_code == 200
+
+
+async def test_two_cpu_workers_start_from_the_settings(checkpoint: Path) -> None:
+    """The whole path from ``RERANKER_DEVICE=cpu,cpu``: the lifespan loads both replicas."""
+    app = create_app(make_settings(checkpoint, device="cpu,cpu"))
+    async with asgi_client(app) as http:
+        response = await http.post("/rerank", json={"query": "q", "documents": ["a", "b"]})
+        info = (await http.get("/info")).json()
+    assert response.status_code == 200
+    assert [device["name"] for device in info["devices"]] == ["cpu:0", "cpu:1"]
+    assert [device["uuid"] for device in info["devices"]] == [None, None]
