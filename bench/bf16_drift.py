@@ -26,6 +26,7 @@ from transformers import AutoTokenizer
 
 from reranker_service.engine.model import LoadOptions, Qwen3ScoringModel, load_scoring_model
 from reranker_service.engine.prefix import SharedPrefix, shared_prefix
+from reranker_service.engine.rerank_engine import probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from reranker_service.tiny_checkpoint import QWEN3_RERANKER_0_6B, build_checkpoint
 from workloads import Workload, make_requests
@@ -49,7 +50,7 @@ def _scores_in(
     passes: Sequence[Sequence[Entry]],
     count: int,
 ) -> list[float]:
-    """Score ``(index, tokens, prefix)`` entries pass by pass; scores back in index order."""
+    """Score ``(index, tokens, prefix)`` entries pass by pass; P(yes) back in index order."""
     scores = [0.0] * count
     for entries in passes:
         prefixes = [prefix for _, _, prefix in entries]
@@ -57,8 +58,8 @@ def _scores_in(
             [tokens for _, tokens, _ in entries],
             prefixes if any(prefix is not None for prefix in prefixes) else None,
         )
-        for (index, _, _), score in zip(entries, got, strict=True):
-            scores[index] = score
+        for (index, _, _), logit in zip(entries, got, strict=True):
+            scores[index] = probability(logit)
     return scores
 
 

@@ -24,6 +24,7 @@ from reranker_service.engine.model import (
     load_scoring_models,
 )
 from reranker_service.engine.prefix import SharedPrefix
+from reranker_service.engine.rerank_engine import probability
 from reranker_service.engine.scoring import DeviceMemory
 from reranker_service.observability.gpu import NvmlLibrary
 from reranker_service.settings import Settings
@@ -109,6 +110,11 @@ async def asgi_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 async def client(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
     async with asgi_client(app_factory()) as http:
         yield http
+
+
+def probabilities(logits: Sequence[float]) -> list[float]:
+    """P(yes) of each raw score, as the engine answers (``ScoringModel.score`` gives logits)."""
+    return [probability(logit) for logit in logits]
 
 
 class ModelWrapper:

@@ -56,6 +56,22 @@ class ModelCardReranker:
         batch_scores = torch.nn.functional.log_softmax(batch_scores, dim=1)
         return batch_scores[:, 1].exp().tolist()
 
+    @torch.no_grad()
+    def logit_differences(self, inputs: BatchEncoding) -> list[float]:
+        """logit(yes) - logit(no) at the last position: what ``raw_scores`` returns."""
+        last = self.model(**inputs).logits[:, -1, :]
+        differences: list[float] = (
+            last[:, self.token_true_id] - last[:, self.token_false_id]
+        ).tolist()
+        return differences
+
+    def raw_alone(self, instruction: str | None, query: str, documents: list[str]) -> list[float]:
+        scores = []
+        for doc in documents:
+            pair = self.format_instruction(instruction, query, doc)
+            scores.extend(self.logit_differences(self.process_inputs([pair])))
+        return scores
+
     def token_count(self, instruction: str | None, query: str, doc: str) -> int:
         inputs = self.process_inputs([self.format_instruction(instruction, query, doc)])
         return int(inputs["input_ids"].shape[1])

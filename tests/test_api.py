@@ -12,6 +12,7 @@ import pytest
 
 from reranker_service.app import create_app
 from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.rerank_engine import probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import AppFactory, GatedModel, asgi_client, make_settings
 from tests.exposition import Exposition
@@ -23,7 +24,9 @@ DOCS = ["Paris is the capital of France.", "Berlin is in Germany.", "Cheese.", "
 def _reference(
     model: Qwen3ScoringModel, docs: list[str], instruction: str = DEFAULT_INSTRUCTION
 ) -> list[float]:
-    return [model.score(model.encoder.encode(instruction, QUERY, [doc]))[0] for doc in docs]
+    return [
+        probability(model.score(model.encoder.encode(instruction, QUERY, [doc]))[0]) for doc in docs
+    ]
 
 
 @pytest.mark.parametrize("path", ["/rerank", "/v1/rerank", "/v2/rerank"])

@@ -13,6 +13,7 @@ import httpx
 from reranker_service.app import create_app
 from reranker_service.engine.batcher import BatchReport
 from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.rerank_engine import probability
 from reranker_service.local_server import serve_in_thread
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import PassRecorder, make_settings
@@ -57,7 +58,7 @@ async def test_concurrent_requests_get_their_own_scores(
     for seed, body in (answer for answers in per_client for answer in answers):
         query, docs = workloads[seed]
         token_ids = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, query, docs)
-        alone = [scoring_model.score([ids])[0] for ids in token_ids]
+        alone = [probability(scoring_model.score([ids])[0]) for ids in token_ids]
         assert len(body["results"]) == len(docs)
         for result in body["results"]:
             assert abs(result["relevance_score"] - alone[result["index"]]) <= 1e-5

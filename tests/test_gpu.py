@@ -11,9 +11,9 @@ import torch
 from reranker_service.app import load_options
 from reranker_service.engine.model import _right_padded, load_scoring_model
 from reranker_service.engine.prefix import shared_prefix
-from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
+from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine, probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import make_settings
+from tests.conftest import make_settings, probabilities
 from tests.model_card import ModelCardReranker
 
 pytestmark = [
@@ -31,7 +31,7 @@ def test_cuda_scores_match_the_model_card(checkpoint: Path, dtype: str, toleranc
     assert model.description.device.startswith("cuda")
     if dtype == "auto":
         assert model.description.dtype in ("bfloat16", "float16")
-    ours = model.score(model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCS))
+    ours = probabilities(model.score(model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCS)))
     reference = ModelCardReranker(checkpoint, 8192).score_alone(None, QUERY, DOCS)
     assert max(abs(a - b) for a, b in zip(ours, reference, strict=True)) <= tolerance
 
@@ -84,7 +84,7 @@ async def test_overlapping_passes_keep_every_score_exact(checkpoint: Path) -> No
         await engine.stop()
     for query, outcome in zip(queries, outcomes, strict=True):
         sequences = model.encoder.encode(DEFAULT_INSTRUCTION, query, DOCS)
-        alone = [model.score([sequence])[0] for sequence in sequences]
+        alone = [probability(model.score([sequence])[0]) for sequence in sequences]
         assert shared_prefix(sequences) is not None
         assert max(abs(a - b) for a, b in zip(outcome.scores, alone, strict=True)) <= 1e-4
 
@@ -227,7 +227,7 @@ async def test_every_gpu_serves_in_one_engine(checkpoint: Path) -> None:
         assert devices == {int(name.partition(":")[2])}
     for query, outcome in zip(queries, outcomes, strict=True):
         sequences = replicas[0].encoder.encode(DEFAULT_INSTRUCTION, query, DOCS)
-        alone = [replicas[0].score([sequence])[0] for sequence in sequences]
+        alone = [probability(replicas[0].score([sequence])[0]) for sequence in sequences]
         assert max(abs(a - b) for a, b in zip(outcome.scores, alone, strict=True)) <= 1e-4
 
 

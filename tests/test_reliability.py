@@ -18,7 +18,7 @@ import torch
 from reranker_service.engine.batcher import BatchTooLargeError, PairTooLargeError
 from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.engine.prefix import SharedPrefix
-from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
+from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine, probability
 from reranker_service.local_server import serve_in_thread
 from tests.conftest import AppFactory, GatedModel, ModelWrapper, asgi_client
 from tests.exposition import Exposition
@@ -175,7 +175,9 @@ async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(
     assert too_long.tokens == longest_pair
     for outcome, docs in ((fine, short_docs), (also_fine, short_docs[:5])):
         assert not isinstance(outcome, BaseException)
-        alone = [scoring_model.score(encoder.encode("i", QUERY, [doc]))[0] for doc in docs]
+        alone = [
+            probability(scoring_model.score(encoder.encode("i", QUERY, [doc]))[0]) for doc in docs
+        ]
         assert outcome.scores == pytest.approx(alone, abs=1e-4)
     # The first passes were too big and were split.
     assert max(size for model in models for size in model.passes) > 4

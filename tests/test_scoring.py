@@ -11,7 +11,7 @@ from reranker_service.app import load_options
 from reranker_service.engine.model import Qwen3ScoringModel, load_scoring_model
 from reranker_service.engine.prefix import SharedPrefix, shared_prefix
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import SMALL_MAX_LENGTH, make_settings
+from tests.conftest import SMALL_MAX_LENGTH, make_settings, probabilities
 from tests.model_card import ModelCardReranker
 
 TOLERANCE = 1e-5
@@ -45,7 +45,7 @@ def _score(model: Qwen3ScoringModel, token_ids: list[list[int]], reuse: bool) ->
     prefix = shared_prefix(token_ids) if reuse else None
     if reuse and len(token_ids) > 1:
         assert prefix is not None, "these pairs share at least the system prompt"
-    return model.score(token_ids, [prefix] * len(token_ids))
+    return probabilities(model.score(token_ids, [prefix] * len(token_ids)))
 
 
 def _ours(
@@ -107,7 +107,7 @@ def test_default_max_length_keeps_a_long_document_whole(
     doc = _long_document(1500)
     (ids,) = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, [doc])
     assert len(ids) == card.token_count(None, QUERY, doc) > 1500
-    _assert_close(scoring_model.score([ids]), card.score_alone(None, QUERY, [doc]))
+    _assert_close(probabilities(scoring_model.score([ids])), card.score_alone(None, QUERY, [doc]))
 
 
 def test_score_does_not_depend_on_batch_neighbours(scoring_model: Qwen3ScoringModel) -> None:
@@ -209,7 +209,9 @@ def test_a_pass_mixing_requests_with_and_without_prefixes_matches_model_card(
     assert prefixes[-1] is None, "a one-document request has no prefix to share"
     # Interleave the requests' rows, as a length-sorted pass would.
     order = sorted(range(len(rows)), key=lambda row: len(rows[row]))
-    scores = short_scoring_model.score([rows[i] for i in order], [prefixes[i] for i in order])
+    scores = probabilities(
+        short_scoring_model.score([rows[i] for i in order], [prefixes[i] for i in order])
+    )
     in_request_order = [0.0] * len(rows)
     for position, row in enumerate(order):
         in_request_order[row] = scores[position]
@@ -223,7 +225,8 @@ def test_a_one_document_request_with_a_prefix_matches_model_card(
     # All but the last token cached: the most a prefix can hold.
     prefix = SharedPrefix(tuple(ids[:-1]))
     _assert_close(
-        scoring_model.score([ids], [prefix]), card.score_alone(None, QUERY, [DOCUMENTS[0]])
+        probabilities(scoring_model.score([ids], [prefix])),
+        card.score_alone(None, QUERY, [DOCUMENTS[0]]),
     )
 
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.rerank_engine import probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.exposition import Exposition
 from tests.service_process import start_service
@@ -113,7 +114,7 @@ def test_soak(checkpoint: Path, scoring_model: Qwen3ScoringModel) -> None:
             pair = (request.query, request.documents[result["index"]])
             if pair not in alone:
                 ids = encoder.encode(DEFAULT_INSTRUCTION, pair[0], [pair[1]])
-                alone[pair] = scoring_model.score(ids)[0]
+                alone[pair] = probability(scoring_model.score(ids)[0])
             assert result["relevance_score"] == pytest.approx(alone[pair], abs=1e-4)
     # Memory is flat once warm.
     assert rss_end <= rss_start * RSS_GROWTH_ALLOWED

@@ -16,6 +16,7 @@ from reranker_service.engine.batcher import Batcher, Worker
 from reranker_service.engine.model import Qwen3ScoringModel
 from reranker_service.engine.pass_cost import PassCostModel
 from reranker_service.engine.prefix import SharedPrefix
+from reranker_service.engine.rerank_engine import probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import GatedModel, ModelWrapper, asgi_client, make_settings
 from tests.exposition import scrape
@@ -103,7 +104,7 @@ async def test_sixteen_clients_get_exact_scores_from_both_workers(
     model = replicas[0]
     for query, response in zip(queries, responses, strict=True):
         sequences = model.encoder.encode(DEFAULT_INSTRUCTION, query, documents)
-        alone = [model.score([sequence])[0] for sequence in sequences]
+        alone = [probability(model.score([sequence])[0]) for sequence in sequences]
         served = {r["index"]: r["relevance_score"] for r in response.json()["results"]}
         assert max(abs(served[i] - score) for i, score in enumerate(alone)) <= 1e-5
     assert [device["name"] for device in info["devices"]] == ["cpu:0", "cpu:1"]

@@ -64,7 +64,7 @@ def engine_config(settings: Settings) -> EngineConfig:
     return EngineConfig(
         max_batch_tokens=settings.max_batch_tokens,
         max_queued_pairs=settings.max_queued_pairs,
-        largest_request_pairs=settings.max_documents,
+        largest_request_pairs=settings.request_pairs_limit,
         tokenizer_threads=settings.tokenizer_threads,
         prefix_reuse=settings.prefix_reuse,
     )

@@ -41,6 +41,21 @@ class Settings(BaseSettings):
         8192, ge=64, le=131072, description="tokens per (query, document) pair, prompt included"
     )
     max_documents: int = Field(1000, ge=1, description="documents per request")
+    max_chunks_per_doc: int = Field(
+        1,
+        ge=1,
+        description="windows a long document is scored over when the request does not say "
+        "(1 = truncate, as the model card)",
+    )
+    max_chunks_limit: int = Field(
+        16, ge=1, description="the most windows a request may ask for with max_chunks_per_doc"
+    )
+    max_request_pairs: int | None = Field(
+        None,
+        ge=1,
+        description="pairs one request may bring, each window of a document counted "
+        "(above: 413); unset = max_documents x max_chunks_per_doc",
+    )
     prefix_reuse: bool = Field(
         True, description="compute a request's shared prompt prefix once (true or false)"
     )
@@ -128,17 +143,32 @@ class Settings(BaseSettings):
             raise ValueError(f"api_key_file {str(path)!r} is empty")
         return {**data, "api_key": key}
 
+    @property
+    def request_pairs_limit(self) -> int:
+        """The most pairs (documents and their windows) one request may bring."""
+        return self.max_request_pairs or self.max_documents * self.max_chunks_per_doc
+
     @model_validator(mode="after")
     def _limits_fit_together(self) -> Self:
+        if self.max_chunks_per_doc > self.max_chunks_limit:
+            raise ValueError(
+                f"max_chunks_per_doc ({self.max_chunks_per_doc}) must be at most "
+                f"max_chunks_limit ({self.max_chunks_limit})"
+            )
+        if self.request_pairs_limit < self.max_documents:
+            raise ValueError(
+                f"max_request_pairs ({self.request_pairs_limit}) must be at least max_documents "
+                f"({self.max_documents})"
+            )
         if self.max_batch_tokens is not None and self.max_batch_tokens < self.max_length:
             raise ValueError(
                 f"max_batch_tokens ({self.max_batch_tokens}) must be at least max_length "
                 f"({self.max_length}) so that one full-length pair fits in a forward pass"
             )
-        if self.max_queued_pairs is not None and self.max_queued_pairs < self.max_documents:
+        if self.max_queued_pairs is not None and self.max_queued_pairs < self.request_pairs_limit:
             raise ValueError(
-                f"max_queued_pairs ({self.max_queued_pairs}) must be at least max_documents "
-                f"({self.max_documents}) or a full-size request could never be accepted"
+                f"max_queued_pairs ({self.max_queued_pairs}) must be at least max_request_pairs "
+                f"({self.request_pairs_limit}) or a full-size request could never be accepted"
             )
         return self
 

@@ -13,7 +13,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reranker_service.api.middleware import BodyTooLargeError
-from reranker_service.api.protocol import ErrorBody, ErrorDetail, ErrorResponse
+from reranker_service.api.protocol import (
+    ErrorBody,
+    ErrorDetail,
+    ErrorResponse,
+    TeiErrorResponse,
+    wire_shape,
+)
 from reranker_service.api.telemetry import note_error
 
 logger = structlog.get_logger(__name__)
@@ -59,16 +65,39 @@ def unavailable(phase: Literal["loading", "draining"]) -> ApiError:
     return ApiError(503, error_type, message, headers=retry_after(RETRY_AFTER_UNAVAILABLE_SECONDS))
 
 
+_TEI_ERROR_TYPES = {
+    "overloaded": "overloaded",
+    "timeout": "overloaded",
+    "not_ready": "unhealthy",
+    "draining": "unhealthy",
+    "oom": "backend",
+    "internal": "backend",
+}
+"""Our error types in TEI's words (its ``ErrorType``); the rest are its ``validation``."""
+
+
+def mark_tei(request: Request) -> None:
+    """This request came in TEI's shape: its errors leave in TEI's."""
+    request.state.tei = True
+
+
+def _is_tei(request: Request) -> bool:
+    return bool(getattr(request.state, "tei", False))
+
+
 def error_response(
     status_code: int, body: ErrorBody, request: Request, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     body.request_id = getattr(request.state, "request_id", None)
     note_error(request.scope, body.type)
-    return JSONResponse(
-        ErrorResponse(error=body).model_dump(mode="json", exclude_none=True),
-        status_code=status_code,
-        headers=dict(headers or {}),
-    )
+    content: Any
+    if _is_tei(request):
+        content = TeiErrorResponse(
+            error=body.message, error_type=_TEI_ERROR_TYPES.get(body.type, "validation")
+        ).model_dump(mode="json")
+    else:
+        content = ErrorResponse(error=body).model_dump(mode="json", exclude_none=True)
+    return JSONResponse(content, status_code=status_code, headers=dict(headers or {}))
 
 
 def _echo(value: Any) -> int | float | str | bool | None:
@@ -85,7 +114,8 @@ def _echo(value: Any) -> int | float | str | bool | None:
 
 
 def _field_path(location: tuple[Any, ...]) -> str:
-    parts = [str(part) for part in location if part != "body"]
+    # "body", and the tag of the wire shape /rerank's body was taken for, are not fields.
+    parts = [str(part) for part in location if part not in ("body", "cohere", "tei")]
     return ".".join(parts) or "body"
 
 
@@ -100,6 +130,8 @@ def _limit(error: Mapping[str, Any]) -> int | float | None:
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if request.url.path == "/rerank" and wire_shape(exc.body) == "tei":
+        mark_tei(request)
     errors = exc.errors()
     malformed = next((error for error in errors if error.get("type") == "json_invalid"), None)
     if malformed is not None:

@@ -3,9 +3,18 @@ responses carry every field those clients parse."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    Tag,
+    field_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 _EXAMPLE_DOCUMENTS: list[JsonValue] = [
     "Paris is the capital and most populous city of France.",
@@ -28,9 +37,23 @@ class DocumentObject(BaseModel):
     text: str
 
 
+_MAX_TOKENS_PER_DOC = Field(
+    None,
+    ge=1,
+    description="Cut each document's own tokens to this many before the prompt is built "
+    "(Cohere v2). Absent: the model card's truncation at RERANKER_MAX_LENGTH.",
+    examples=[512],
+)
+_RAW_SCORES = Field(
+    False,
+    description="Scores are logit(yes) - logit(no) instead of P(yes), its sigmoid; ordering "
+    "and top_n are the same (TEI's name).",
+    examples=[True],
+)
+
+
 class RerankRequest(BaseModel):
-    # Unknown fields (rank_fields, max_chunks_per_doc, ...) are ignored so that SDKs which
-    # send them work unchanged.
+    # Unknown fields (rank_fields, ...) are ignored so that SDKs which send them work unchanged.
     model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [_EXAMPLE_REQUEST]})
 
     query: str = Field(min_length=1, description="The search query.")
@@ -45,9 +68,141 @@ class RerankRequest(BaseModel):
         None, min_length=1, description="Task instruction; the service default when absent."
     )
     model: str | None = Field(None, description="Informational; the served model answers.")
+    max_tokens_per_doc: int | None = _MAX_TOKENS_PER_DOC
+    max_chunks_per_doc: int | None = Field(
+        None,
+        ge=1,
+        description="Score a document too long for one pair as the best of up to this many "
+        "consecutive, non-overlapping windows (Cohere v1); the first is the usual truncated "
+        "pair. Absent: RERANKER_MAX_CHUNKS_PER_DOC (1). At most RERANKER_MAX_CHUNKS_LIMIT.",
+        examples=[4],
+    )
+    raw_scores: bool = _RAW_SCORES
+    texts: SkipJsonSchema[Any] = Field(None, exclude=True)
+    """TEI's field: sent together with ``documents``, the request is ambiguous."""
+
+    @field_validator("texts")
+    @classmethod
+    def _not_both_shapes(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError("send documents (Cohere, Jina) or texts (TEI), not both")
+        return
 
     def document_texts(self) -> list[str]:
         return [doc if isinstance(doc, str) else doc.text for doc in self.documents]
+
+
+class TeiRerankRequest(BaseModel):
+    """Text Embeddings Inference's ``/rerank`` request, told apart by ``texts``."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {"query": "What is Deep Learning?", "texts": ["Deep Learning is ..."]},
+            ]
+        },
+    )
+
+    query: str = Field(min_length=1, examples=["What is Deep Learning?"])
+    texts: list[str] = Field(description="Documents to rank.", examples=[["Deep Learning is ..."]])
+    raw_scores: bool = _RAW_SCORES
+    return_text: bool = Field(False, description="Echo each text in its result.")
+    truncate: bool | None = Field(
+        None,
+        description="false: a pair over RERANKER_MAX_LENGTH is refused (413), as TEI refuses "
+        "it. true or absent: it is cut.",
+        examples=[True],
+    )
+    truncation_direction: Literal["Left", "Right", "left", "right"] = Field(
+        "Right",
+        description="Left: cut the start of a text that does not fit instead of its end.",
+        examples=["Right"],
+    )
+
+
+def wire_shape(body: Any) -> str:
+    """TEI's shape has ``texts`` and no ``documents``; everything else is Cohere's."""
+    if isinstance(body, dict) and "texts" in body and "documents" not in body:
+        return "tei"
+    if isinstance(body, TeiRerankRequest):
+        return "tei"
+    return "cohere"
+
+
+AnyRerankRequest = Annotated[
+    Annotated[RerankRequest, Tag("cohere")] | Annotated[TeiRerankRequest, Tag("tei")],
+    Discriminator(wire_shape),
+]
+"""``POST /rerank``'s body: Cohere v1 / Jina, or TEI."""
+
+
+class TeiRank(BaseModel):
+    index: int = Field(ge=0, examples=[0])
+    score: float = Field(examples=[1.0])
+    text: str | None = Field(None, examples=["Deep Learning is ..."])
+
+
+class TeiErrorResponse(BaseModel):
+    """TEI's error body."""
+
+    error: str
+    error_type: str = Field(examples=["validation"])
+
+
+class ScoreRequest(BaseModel):
+    """vLLM's ``/score`` request: each ``text_2`` entry scored against its own ``text_1``
+    (or all against the one ``text_1``)."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "text_1": "What is the capital of France?",
+                    "text_2": ["Paris is the capital of France.", "Berlin is in Germany."],
+                }
+            ]
+        },
+    )
+
+    model: str | None = Field(None, description="Informational; the served model answers.")
+    text_1: str | list[str] = Field(description="One query, or one per entry of text_2.")
+    text_2: list[str] = Field(description="The documents.")
+    instruction: str | None = Field(
+        None, min_length=1, description="Task instruction; the service default when absent."
+    )
+    max_tokens_per_doc: int | None = _MAX_TOKENS_PER_DOC
+    raw_scores: bool = _RAW_SCORES
+
+    @field_validator("text_2", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def queries(self) -> list[str]:
+        return [self.text_1] if isinstance(self.text_1, str) else self.text_1
+
+
+class ScoreData(BaseModel):
+    index: int
+    object: Literal["score"] = "score"
+    score: float
+
+
+class ScoreUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int = 0
+
+
+class ScoreResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[ScoreData]
+    usage: ScoreUsage
 
 
 class ResultDocument(BaseModel):
@@ -56,7 +211,9 @@ class ResultDocument(BaseModel):
 
 class RerankResult(BaseModel):
     index: int = Field(description="Position of the document in the request.")
-    relevance_score: float = Field(description="P(yes) from the model, in [0, 1].")
+    relevance_score: float = Field(
+        description="P(yes) from the model, in [0, 1]; logit(yes) - logit(no) with raw_scores."
+    )
     document: ResultDocument | None = Field(None, description="Present if return_documents.")
 
 
@@ -157,6 +314,9 @@ class InfoResponse(BaseModel):
     dtype: str
     max_length: int
     max_documents: int
+    max_chunks_per_doc: int = Field(description="windows per document when a request asks none")
+    max_chunks_limit: int = Field(description="the most windows a request may ask for")
+    max_request_pairs: int = Field(description="pairs (documents and windows) per request")
     max_batch_tokens: int
     max_queued_pairs: int
     prefix_reuse: bool

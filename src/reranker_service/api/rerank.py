@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Sequence
 
 import structlog
@@ -24,6 +25,12 @@ from reranker_service.api.protocol import (
     RerankResponse,
     RerankResult,
     ResultDocument,
+    ScoreData,
+    ScoreRequest,
+    ScoreResponse,
+    ScoreUsage,
+    TeiRank,
+    TeiRerankRequest,
     Usage,
 )
 from reranker_service.api.telemetry import RerankRecord
@@ -33,22 +40,37 @@ from reranker_service.engine.batcher import (
     PairTooLargeError,
     QueueFullError,
 )
-from reranker_service.engine.rerank_engine import RerankOutcome
+from reranker_service.engine.prompt import PairTooLongError, Truncation
+from reranker_service.engine.rerank_engine import RerankOutcome, TooManyPairsError
 
 logger = structlog.get_logger(__name__)
 
 
-def _check_limits(body: RerankRequest, options: RerankOptions) -> None:
-    count = len(body.documents)
+def _check_limits(count: int, options: RerankOptions, field: str = "documents") -> None:
     if count > options.max_documents:
         raise ApiError(
             413,
             "payload_too_large",
             f"too many documents: {count} > {options.max_documents}",
-            field="documents",
+            field=field,
             limit=options.max_documents,
             value=count,
         )
+
+
+def _windows(requested: int | None, options: RerankOptions) -> int:
+    """The windows a document may be scored over: the request's, within the server's cap."""
+    windows = requested or options.default_chunks_per_doc
+    if windows > options.max_chunks_per_doc:
+        raise ApiError(
+            422,
+            "validation",
+            f"max_chunks_per_doc: at most {options.max_chunks_per_doc} (RERANKER_MAX_CHUNKS_LIMIT)",
+            field="max_chunks_per_doc",
+            limit=options.max_chunks_per_doc,
+            value=windows,
+        )
+    return windows
 
 
 async def _outcome_within(
@@ -73,16 +95,48 @@ async def _outcome_within(
         ) from None
 
 
-async def _score(body: RerankRequest, context: RerankContext) -> RerankOutcome:
+async def _score(
+    context: RerankContext,
+    instruction: str | None,
+    query: str | list[str],
+    documents: list[str],
+    *,
+    truncation: Truncation,
+    raw_scores: bool,
+) -> RerankOutcome:
     options = context.options
-    instruction = body.instruction or options.default_instruction
     try:
         return await _outcome_within(
-            context.engine.rerank(instruction, body.query, body.document_texts()),
+            context.engine.rerank(
+                instruction or options.default_instruction,
+                query,
+                documents,
+                truncation=truncation,
+                raw_scores=raw_scores,
+            ),
             options.timeout_seconds,
         )
     except ApiError:
         raise
+    except PairTooLongError as exc:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"{exc}; send truncate: true to have it cut",
+            field=f"texts.{exc.index}",
+            limit=exc.max_length,
+            value=exc.tokens,
+        ) from None
+    except TooManyPairsError as exc:
+        raise ApiError(
+            413,
+            "payload_too_large",
+            f"{exc}: fewer documents or a lower max_chunks_per_doc would fit "
+            "(RERANKER_MAX_REQUEST_PAIRS)",
+            field="documents",
+            limit=exc.limit,
+            value=exc.pairs,
+        ) from None
     except QueueFullError as exc:
         raise ApiError(
             429,
@@ -123,8 +177,7 @@ def build_response(
     api_version: str,
 ) -> RerankResponse:
     scores = outcome.scores
-    # Stable sort: equal scores keep request order.
-    ranking = sorted(range(len(scores)), key=lambda index: -scores[index])
+    ranking = _ranking(scores)
     if body.top_n is not None:
         ranking = ranking[: body.top_n]
     texts = body.document_texts() if body.return_documents else None
@@ -149,6 +202,11 @@ def build_response(
     )
 
 
+def _ranking(scores: Sequence[float]) -> list[int]:
+    """Indexes by score, best first; a stable sort, so equal scores keep request order."""
+    return sorted(range(len(scores)), key=lambda index: -scores[index])
+
+
 def _score_stddev(scores: Sequence[float]) -> float | None:
     """Population standard deviation; undefined (None) for fewer than two documents. Plain
     floats: ``statistics.pstdev`` works in exact fractions, ~0.1 ms a request."""
@@ -162,20 +220,37 @@ def _note_outcome(record: RerankRecord, outcome: RerankOutcome) -> None:
     record.tokens = outcome.total_tokens
     record.top1_score = max(outcome.scores) if outcome.scores else None
     record.score_stddev = _score_stddev(outcome.scores)
+    record.windows = outcome.windows
     record.tokenize_seconds = outcome.tokenize_seconds
     record.queue_seconds = outcome.queue_seconds
     record.inference_seconds = outcome.inference_seconds
     record.engine_seconds = outcome.engine_seconds
 
 
+def _start(record: RerankRecord, query: str, documents: int, top_n: int | None = None) -> None:
+    record.doc_count = documents
+    record.query = query
+    record.top_n = top_n
+    logger.debug("rerank_started", doc_count=documents)
+
+
 async def rerank(body: RerankRequest, context: RerankContext, api_version: str) -> RerankResponse:
+    """Cohere v1 / v2 and Jina."""
     record = context.record
-    record.doc_count = len(body.documents)
-    record.query = body.query
-    record.top_n = body.top_n
-    _check_limits(body, context.options)
-    logger.debug("rerank_started", doc_count=record.doc_count)
-    outcome = await _score(body, context)
+    _start(record, body.query, len(body.documents), body.top_n)
+    _check_limits(len(body.documents), context.options)
+    truncation = Truncation(
+        max_document_tokens=body.max_tokens_per_doc,
+        max_windows=_windows(body.max_chunks_per_doc, context.options),
+    )
+    outcome = await _score(
+        context,
+        body.instruction,
+        body.query,
+        body.document_texts(),
+        truncation=truncation,
+        raw_scores=body.raw_scores,
+    )
     _note_outcome(record, outcome)
     return build_response(
         body,
@@ -183,4 +258,66 @@ async def rerank(body: RerankRequest, context: RerankContext, api_version: str) 
         request_id=context.request_id,
         model_name=context.engine.description.model,
         api_version=api_version,
+    )
+
+
+async def tei_rerank(body: TeiRerankRequest, context: RerankContext) -> list[TeiRank]:
+    """Text Embeddings Inference's shape: a bare list of ranks, best first."""
+    record = context.record
+    _start(record, body.query, len(body.texts))
+    _check_limits(len(body.texts), context.options, field="texts")
+    truncation = Truncation(
+        max_windows=context.options.default_chunks_per_doc,
+        keep="end" if body.truncation_direction.lower() == "left" else "start",
+        refuse_over_length=body.truncate is False,
+    )
+    outcome = await _score(
+        context, None, body.query, body.texts, truncation=truncation, raw_scores=body.raw_scores
+    )
+    _note_outcome(record, outcome)
+    return [
+        TeiRank(
+            index=index,
+            score=outcome.scores[index],
+            text=body.texts[index] if body.return_text else None,
+        )
+        for index in _ranking(outcome.scores)
+    ]
+
+
+async def score_pairs(body: ScoreRequest, context: RerankContext) -> ScoreResponse:
+    """vLLM's ``/score``: pairs scored as they come, in request order."""
+    record = context.record
+    queries = body.queries()
+    _start(record, queries[0] if queries else "", len(body.text_2))
+    if len(queries) not in (1, len(body.text_2)):
+        raise ApiError(
+            422,
+            "validation",
+            f"text_1 has {len(queries)} entries: give one, or one per entry of text_2 "
+            f"({len(body.text_2)})",
+            field="text_1",
+            limit=len(body.text_2),
+            value=len(queries),
+        )
+    _check_limits(len(body.text_2), context.options, field="text_2")
+    outcome = await _score(
+        context,
+        body.instruction,
+        queries[0] if len(queries) == 1 else queries,
+        body.text_2,
+        truncation=Truncation(
+            max_document_tokens=body.max_tokens_per_doc,
+            max_windows=context.options.default_chunks_per_doc,
+        ),
+        raw_scores=body.raw_scores,
+    )
+    _note_outcome(record, outcome)
+    tokens = outcome.total_tokens
+    return ScoreResponse(
+        id=f"score-{context.request_id}",
+        created=int(time.time()),
+        model=context.engine.description.model,
+        data=[ScoreData(index=index, score=score) for index, score in enumerate(outcome.scores)],
+        usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens),
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, TypeAdapter
 
 from reranker_service import __version__
 from reranker_service.api.cancellation import with_cancellation
@@ -17,16 +18,26 @@ from reranker_service.api.deps import (
     require_api_key,
     require_json_body,
 )
+from reranker_service.api.errors import mark_tei
 from reranker_service.api.protocol import (
+    AnyRerankRequest,
     ErrorResponse,
     HealthResponse,
     InfoResponse,
     ReadyResponse,
     RerankRequest,
     RerankResponse,
+    ScoreRequest,
+    ScoreResponse,
     ServedDevice,
+    TeiErrorResponse,
+    TeiRank,
+    TeiRerankRequest,
 )
-from reranker_service.api.rerank import rerank
+from reranker_service.api.rerank import rerank, score_pairs, tei_rerank
+
+_JSON = "application/json"
+_TEI_RANKS = TypeAdapter(list[TeiRank])
 
 METRICS_PATH = "/metrics"
 PROBE_PATHS = frozenset({"/health", "/ready", METRICS_PATH})
@@ -55,28 +66,69 @@ rerank_router = APIRouter(
 ops_router = APIRouter(tags=["operations"])
 
 
+def _json(model: BaseModel | list[TeiRank]) -> Response:
+    """Serialized here, once, by pydantic-core: handing FastAPI the model would validate it
+    again against the response model before encoding it. The route's response_model still
+    documents the shape."""
+    if isinstance(model, list):
+        return Response(_TEI_RANKS.dump_json(model, exclude_none=True), media_type=_JSON)
+    return Response(model.model_dump_json(exclude_none=True), media_type=_JSON)
+
+
 def _rerank_endpoint(api_version: str) -> Any:
     @with_cancellation  # reads ``request`` to watch for the client's disconnect
     async def endpoint(
         body: RerankRequest, request: Request, context: RerankContextDep
     ) -> Response:
         with context.lifecycle.serving():
-            response = await rerank(body, context, api_version)
-        # Serialized here, once, by pydantic-core: handing FastAPI the model would validate it
-        # again against the response model before encoding it. The route's response_model
-        # still documents the shape.
-        return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
+            return _json(await rerank(body, context, api_version))
 
     return endpoint
 
 
+@with_cancellation
+async def _rerank_or_tei(
+    body: Annotated[AnyRerankRequest, Body()], request: Request, context: RerankContextDep
+) -> Response:
+    """``/rerank``: Cohere v1 / Jina, or TEI's shape when the body has ``texts``."""
+    with context.lifecycle.serving():
+        if isinstance(body, TeiRerankRequest):
+            mark_tei(request)
+            return _json(await tei_rerank(body, context))
+        return _json(await rerank(body, context, "1"))
+
+
+@with_cancellation
+async def _score(body: ScoreRequest, request: Request, context: RerankContextDep) -> Response:
+    with context.lifecycle.serving():
+        return _json(await score_pairs(body, context))
+
+
 _RERANK_ROUTES = (
-    ("/rerank", "1", "Rerank documents (Cohere v1 / Jina shape)"),
     ("/v1/rerank", "1", "Rerank documents (Cohere v1 / Jina shape)"),
     ("/v2/rerank", "2", "Rerank documents (Cohere v2 shape)"),
 )
-RERANK_PATHS = frozenset(path for path, _, _ in _RERANK_ROUTES)
+SCORE_PATH = "/score"
+RERANK_PATHS = frozenset({"/rerank", SCORE_PATH} | {path for path, _, _ in _RERANK_ROUTES})
+"""Routes that score: watched by the rerank telemetry."""
 
+rerank_router.add_api_route(
+    "/rerank",
+    _rerank_or_tei,
+    methods=["POST"],
+    response_model=RerankResponse | list[TeiRank],
+    response_model_exclude_none=True,
+    summary="Rerank documents (Cohere v1 / Jina shape; TEI's when the body has texts)",
+    description="With `documents`: the Cohere v1 / Jina shape. With `texts`: Text Embeddings "
+    "Inference's, answered with a bare list of `{index, score, text?}`, best first, and errors "
+    "as `{error, error_type}`.",
+    operation_id="rerank",
+    # A TEI-shaped request's errors come in TEI's shape.
+    responses={
+        code: {**answer, "model": ErrorResponse | TeiErrorResponse}
+        for code, answer in _ERRORS.items()
+    },
+)
 for _path, _api_version, _summary in _RERANK_ROUTES:
     rerank_router.add_api_route(
         _path,
@@ -87,6 +139,16 @@ for _path, _api_version, _summary in _RERANK_ROUTES:
         summary=_summary,
         operation_id="rerank" + _path.replace("/", "_").removesuffix("_rerank"),
     )
+rerank_router.add_api_route(
+    SCORE_PATH,
+    _score,
+    methods=["POST"],
+    response_model=ScoreResponse,
+    summary="Score (query, document) pairs (vLLM's /score shape)",
+    description="Each `text_2` entry against its own `text_1` entry, or all against one. "
+    "Scores in request order; the same queue, batching and metrics as rerank.",
+    operation_id="score",
+)
 
 
 @ops_router.get("/health", response_model=HealthResponse, summary="Liveness")
@@ -119,6 +181,9 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
         dtype=model.dtype,
         max_length=engine.limits.max_length,
         max_documents=settings.max_documents,
+        max_chunks_per_doc=settings.max_chunks_per_doc,
+        max_chunks_limit=settings.max_chunks_limit,
+        max_request_pairs=settings.request_pairs_limit,
         max_batch_tokens=engine.limits.max_batch_tokens,
         prefix_reuse=engine.prefix_reuse,
         max_queued_pairs=engine.limits.max_queued_pairs,

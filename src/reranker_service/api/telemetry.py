@@ -53,6 +53,8 @@ class RerankRecord:
     tokens: int | None = None
     top1_score: float | None = None
     score_stddev: float | None = None
+    windows: list[int] | None = None
+    """Pairs each document was scored as (1, or its windows)."""
     tokenize_seconds: float | None = None
     queue_seconds: float | None = None
     inference_seconds: float | None = None
@@ -207,6 +209,7 @@ class RerankTelemetryMiddleware:
             tokens=record.tokens or 0,
             top1_score=record.top1_score,
             score_stddev=record.score_stddev,
+            windows=record.windows or (),
         )
         if not self._log_policy.keep_success_line():
             return

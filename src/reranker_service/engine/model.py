@@ -1,8 +1,8 @@
 """Load a Qwen3 reranker checkpoint and score padded batches of token ids.
 
-Only the decoder runs: the score is ``sigmoid(h · (w_yes - w_no))`` with ``h`` the final hidden
-state of each pair's last real token, which equals the model card's softmax over the ``no`` and
-``yes`` logits without computing the other ~150k vocabulary logits.
+Only the decoder runs: a pair's raw score is ``h · (w_yes - w_no)`` with ``h`` the final hidden
+state of its last real token, which is ``logit(yes) - logit(no)`` without computing the other
+~150k vocabulary logits; its sigmoid is the model card's softmax over the two.
 """
 
 from __future__ import annotations
@@ -224,7 +224,8 @@ class Qwen3ScoringModel:
         sequences: Sequence[Sequence[int]],
         prefixes: Sequence[SharedPrefix | None] | None = None,
     ) -> list[float]:
-        """P(yes) for each token sequence; sequences are right-padded into one forward pass.
+        """The yes - no logit of each token sequence (P(yes) is its sigmoid); sequences are
+        right-padded into one forward pass.
         A sequence with a prefix runs only its tokens after it, attending to the prefix's cached
         keys and values (computed first if the prefix has none yet). Out of device memory,
         raises ``BatchTooLargeError`` with the allocator's cache freed."""
@@ -289,9 +290,9 @@ class Qwen3ScoringModel:
         device-to-host transfer; on a GPU, without waiting for it."""
         rows = torch.arange(hidden.shape[0], device=self._device)
         logits = hidden[rows, last_index].float() @ self._score_direction
-        # An overflowed pass (fp16 can) has an infinite or NaN logit, whose sigmoid may look
+        # An overflowed pass (fp16 can) has an infinite or NaN logit, whose sigmoid would look
         # like a score (1.0); it comes out as NaN, which the batcher refuses to answer with.
-        scores = torch.sigmoid(logits).masked_fill_(~torch.isfinite(logits), torch.nan)
+        scores = logits.masked_fill_(~torch.isfinite(logits), torch.nan)
         if not self._asynchronous:
             return _PendingScores(scores, None)
         host = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from tokenizers import Tokenizer
 
@@ -17,6 +18,37 @@ PROMPT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 def format_pair(instruction: str, query: str, document: str) -> str:
     return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """What to do with a document that does not fit a pair's token budget. The default is the
+    model card's: its end is cut."""
+
+    max_document_tokens: int | None = None
+    """Cut the document's own tokens to this many before the prompt is built (Cohere v2's
+    ``max_tokens_per_doc``)."""
+    max_windows: int = 1
+    """Score a document that does not fit as up to this many consecutive windows (Cohere v1's
+    ``max_chunks_per_doc``): the first is the model card's truncated pair, each next one the
+    document from where the one before it stopped, again truncated as the card does."""
+    keep: Literal["start", "end"] = "start"
+    """Which part of a document too long for one pair is kept: its start (the card's) or its
+    end (TEI's ``truncation_direction: Left``)."""
+    refuse_over_length: bool = False
+    """Refuse a pair over the budget instead of cutting it (TEI's ``truncate: false``)."""
+
+
+class PairTooLongError(ValueError):
+    """A pair does not fit ``max_length`` and the request asked not to truncate."""
+
+    def __init__(self, index: int, tokens: int, max_length: int) -> None:
+        super().__init__(
+            f"document {index} makes a pair of {tokens} tokens, more than max_length {max_length}"
+        )
+        self.index = index
+        self.tokens = tokens
+        self.max_length = max_length
 
 
 class PromptEncoder:
@@ -36,6 +68,7 @@ class PromptEncoder:
         self.suffix_ids: tuple[int, ...] = tuple(
             backend.encode(PROMPT_SUFFIX, add_special_tokens=False).ids
         )
+        self.max_length = max_length
         self.text_budget = max_length - len(self.prefix_ids) - len(self.suffix_ids)
         if self.text_budget < 1:
             raise ValueError(
@@ -56,3 +89,85 @@ class PromptEncoder:
         encodings = self._backend.encode_batch(texts, add_special_tokens=False)
         prefix, suffix, budget = list(self.prefix_ids), list(self.suffix_ids), self.text_budget
         return [prefix + encoding.ids[:budget] + suffix for encoding in encodings]
+
+    def _wrap(self, text_ids: Sequence[int]) -> list[int]:
+        return [*self.prefix_ids, *text_ids[: self.text_budget], *self.suffix_ids]
+
+    def cut_documents(self, documents: Sequence[str], max_tokens: int) -> list[str]:
+        """Each document cut after its first ``max_tokens`` tokens (tokenized on its own), at
+        the end of that token's characters."""
+        encodings = self._backend.encode_batch(list(documents), add_special_tokens=False)
+        return [
+            document
+            if len(encoding.ids) <= max_tokens
+            else document[: encoding.offsets[max_tokens - 1][1]]
+            for document, encoding in zip(documents, encodings, strict=True)
+        ]
+
+    def document_windows(
+        self, instruction: str, query: str, document: str, truncation: Truncation
+    ) -> list[str]:
+        """The document text each of its pairs carries (before the card's truncation at the
+        budget): the whole document, then, while the one before did not fit and windows are
+        left, the rest after the last token it kept (leading whitespace skipped). Windows do
+        not overlap. With ``keep="end"``, the one window is the document's shortest cut start
+        that fits. Raises ``PairTooLongError`` for a refused over-long pair."""
+        header = len(format_pair(instruction, query, ""))
+        budget = self.text_budget
+        windows = [document]
+        while True:
+            encoding = self._backend.encode(
+                format_pair(instruction, query, windows[-1]), add_special_tokens=False
+            )
+            excess = len(encoding.ids) - budget
+            if excess <= 0:
+                return windows
+            if truncation.refuse_over_length:
+                raise PairTooLongError(
+                    0, len(encoding.ids) + self.max_length - budget, self.max_length
+                )
+            offsets = encoding.offsets
+            if truncation.keep == "end":
+                first_own = next(
+                    (i for i, (start, _) in enumerate(offsets) if start >= header), len(offsets)
+                )
+                if first_own + excess > len(offsets):
+                    return windows  # the query alone overflows: the card's cut applies
+                windows[-1] = _after(windows[-1], offsets[first_own + excess - 1][1] - header)
+                continue
+            if len(windows) >= truncation.max_windows:
+                return windows
+            kept_end = offsets[budget - 1][1] - header
+            rest = _after(windows[-1], kept_end) if kept_end > 0 else ""
+            if not rest:
+                return windows
+            windows.append(rest)
+
+    def encode_windows(
+        self,
+        instruction: str,
+        query: str,
+        documents: Sequence[str],
+        truncation: Truncation,
+    ) -> list[list[list[int]]]:
+        """Per document, the token ids of each of its pairs (see ``document_windows``); with
+        the default ``Truncation``, one pair each, equal to ``encode``'s."""
+        if truncation.max_document_tokens is not None:
+            documents = self.cut_documents(documents, truncation.max_document_tokens)
+        pairs = self.encode(instruction, query, documents)
+        result: list[list[list[int]]] = []
+        for index, (document, ids) in enumerate(zip(documents, pairs, strict=True)):
+            if len(ids) < self.max_length:  # under the budget: cut nowhere
+                result.append([ids])
+                continue
+            try:
+                windows = self.document_windows(instruction, query, document, truncation)
+            except PairTooLongError as exc:
+                raise PairTooLongError(index, exc.tokens, exc.max_length) from None
+            result.append(self.encode(instruction, query, windows))
+        return result
+
+
+def _after(text: str, end: int) -> str:
+    """``text`` after its first ``end`` characters, leading whitespace skipped."""
+    return text[end:].lstrip()

@@ -6,6 +6,8 @@ Importing this module does not import torch; the model arrives already loaded.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +18,7 @@ import structlog
 from reranker_service.engine.batcher import Batcher, BatchObserver, Worker
 from reranker_service.engine.pass_cost import PassCostModel, measure_pass_costs
 from reranker_service.engine.prefix import SharedPrefix, shared_prefix
+from reranker_service.engine.prompt import Truncation
 from reranker_service.engine.scoring import (
     DeviceMemory,
     ModelDescription,
@@ -37,6 +40,8 @@ extend the curve from there."""
 # Pairs that may wait when the operator sets no limit: several full-size requests in flight.
 _QUEUED_REQUESTS = 4
 _MIN_QUEUED_PAIRS = 4096
+
+_MODEL_CARD_TRUNCATION = Truncation()
 
 # Two documents, so that the warm-up also takes the shared-prefix path; short, because on a
 # CPU every token of it is start-up time.
@@ -61,12 +66,34 @@ class EngineConfig:
     batching alike (the benchmark compares them so)."""
 
 
+class TooManyPairsError(Exception):
+    """The request's pairs (a document's windows each count) exceed what one request may
+    bring; nothing of it was queued."""
+
+    def __init__(self, pairs: int, limit: int) -> None:
+        super().__init__(f"{pairs} pairs (documents and their windows) requested, limit {limit}")
+        self.pairs = pairs
+        self.limit = limit
+
+
+def probability(logit: float) -> float:
+    """P(yes) from the yes - no logit: the model card's softmax over the two logits."""
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    odds = math.exp(logit)
+    return odds / (1.0 + odds)
+
+
 @dataclass(frozen=True)
 class RerankOutcome:
     scores: list[float]
-    """One score per document, in request order."""
+    """One score per document, in request order: P(yes), or the yes - no logit when raw scores
+    were asked for; a document of several windows has its best window's."""
     pair_tokens: list[int]
-    """Tokens fed to the model for each pair: prompt-wrapped and truncated."""
+    """Tokens fed to the model for each pair (each window of each document): prompt-wrapped
+    and truncated."""
+    windows: list[int]
+    """Pairs each document was scored as: 1 unless it was split into windows."""
     tokenize_seconds: float
     queue_seconds: float
     inference_seconds: float
@@ -132,6 +159,7 @@ class RerankEngine:
             max_prefix_tokens=self.limits.max_batch_tokens if config.prefix_reuse else 0,
         )
         self.prefix_reuse = config.prefix_reuse
+        self._largest_request_pairs = config.largest_request_pairs
         self._pinned_pass_costs = config.pass_costs
         self._observer = observer  # attached after the warm-up, which is not client traffic
         self._tokenizer_pool = ThreadPoolExecutor(
@@ -211,24 +239,59 @@ class RerankEngine:
         await asyncio.to_thread(self._tokenizer_pool.shutdown, wait=True)
 
     def _pairs_and_prefix(
-        self, instruction: str, query: str, documents: Sequence[str]
-    ) -> tuple[list[list[int]], SharedPrefix | None]:
-        """The pairs' token ids and, with reuse on, the prefix worth sharing among them (see
-        ``shared_prefix``); blocking, so it runs on the tokenizer pool."""
-        token_ids = self._encoder.encode(instruction, query, documents)
-        return token_ids, shared_prefix(token_ids) if self.prefix_reuse else None
+        self,
+        instruction: str,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        truncation: Truncation,
+    ) -> tuple[list[list[list[int]]], SharedPrefix | None]:
+        """Each document's pairs' token ids (``queries[i]`` goes with ``documents[i]``; one
+        query may serve all) and, with reuse on, the prefix worth sharing among all the pairs
+        (see ``shared_prefix``); blocking, so it runs on the tokenizer pool."""
+        if len(queries) == 1:
+            windows = self._encoder.encode_windows(instruction, queries[0], documents, truncation)
+        else:
+            windows = [
+                self._encoder.encode_windows(instruction, query, [document], truncation)[0]
+                for query, document in zip(queries, documents, strict=True)
+            ]
+        pairs = [pair for document_pairs in windows for pair in document_pairs]
+        if len(pairs) > self._largest_request_pairs:
+            raise TooManyPairsError(len(pairs), self._largest_request_pairs)
+        return windows, shared_prefix(pairs) if self.prefix_reuse else None
 
-    async def rerank(self, instruction: str, query: str, documents: Sequence[str]) -> RerankOutcome:
+    async def rerank(
+        self,
+        instruction: str,
+        query: str | Sequence[str],
+        documents: Sequence[str],
+        *,
+        truncation: Truncation = _MODEL_CARD_TRUNCATION,
+        raw_scores: bool = False,
+    ) -> RerankOutcome:
+        """Score ``documents`` against ``query`` (or each against its own entry of a list of
+        queries). Raises ``PairTooLongError`` and ``TooManyPairsError`` before anything is
+        queued."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        token_ids, prefix = await loop.run_in_executor(
-            self._tokenizer_pool, self._pairs_and_prefix, instruction, query, documents
+        queries = [query] if isinstance(query, str) else list(query)
+        windows, prefix = await loop.run_in_executor(
+            self._tokenizer_pool,
+            self._pairs_and_prefix,
+            instruction,
+            queries,
+            documents,
+            truncation,
         )
         tokenized = time.perf_counter()
-        result = await self._batcher.score(token_ids, prefix)
+        pairs = [pair for document_pairs in windows for pair in document_pairs]
+        result = await self._batcher.score(pairs, prefix)
+        logits = iter(result.scores)
+        best = [max(itertools.islice(logits, len(document_pairs))) for document_pairs in windows]
         return RerankOutcome(
-            scores=result.scores,
-            pair_tokens=[len(ids) for ids in token_ids],
+            scores=best if raw_scores else [probability(logit) for logit in best],
+            pair_tokens=[len(ids) for ids in pairs],
+            windows=[len(document_pairs) for document_pairs in windows],
             tokenize_seconds=tokenized - started,
             queue_seconds=result.queue_seconds,
             inference_seconds=result.inference_seconds,

@@ -17,7 +17,8 @@ class PairScorer(Protocol):
         sequences: Sequence[Sequence[int]],
         prefixes: Sequence[SharedPrefix | None] | None = None,
     ) -> list[float]:
-        """P(yes) for each token sequence, in one forward pass. A sequence whose ``prefixes``
+        """The raw score of each token sequence, logit(yes) - logit(no) (its sigmoid is P(yes)),
+        in one forward pass. A sequence whose ``prefixes``
         entry is set starts with that prefix's tokens, which the scorer may compute once (and
         keep in the prefix's ``state``) instead of once per sequence; the scores are the same."""
         ...

@@ -53,6 +53,7 @@ REQUEST_TOKEN_BUCKETS: Final = (
     100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000,
     250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
 )  # fmt: skip
+DOCUMENT_WINDOW_BUCKETS: Final = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 BATCH_SIZE_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 BATCH_TOKEN_BUCKETS: Final = tuple(float(2**power) for power in range(6, 18))  # 64 .. 131072
 TOP1_SCORE_BUCKETS: Final = (*(round(0.05 * step, 2) for step in range(1, 20)), 0.99)
@@ -133,6 +134,13 @@ class ServiceMetrics:
             "pass count once, cached ones not at all), by the worker's device",
             ["device"],
             buckets=BATCH_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.document_windows = Histogram(
+            "reranker_document_windows",
+            "Pairs each document of a successful request was scored as: 1, or the windows a long "
+            "document was split into (max_chunks_per_doc)",
+            buckets=DOCUMENT_WINDOW_BUCKETS,
             registry=registry,
         )
         self.prefix_tokens_reused = Counter(
@@ -254,8 +262,11 @@ class ServiceMetrics:
         tokens: int,
         top1_score: float | None,
         score_stddev: float | None,
+        windows: Sequence[int] = (),
     ) -> None:
         self.requests.labels(status="success").inc()
+        for count in windows:
+            self.document_windows.observe(count)
         self.request_latency.observe(latency_seconds)
         self.request_documents.observe(documents)
         self.request_tokens.observe(tokens)
