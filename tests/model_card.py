@@ -3,6 +3,7 @@ left padding, log-softmax over the no/yes logits. Shares no code with the servic
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -66,11 +67,8 @@ class ModelCardReranker:
         return differences
 
     def raw_alone(self, instruction: str | None, query: str, documents: list[str]) -> list[float]:
-        scores = []
-        for doc in documents:
-            pair = self.format_instruction(instruction, query, doc)
-            scores.extend(self.logit_differences(self.process_inputs([pair])))
-        return scores
+        """``score_alone``'s pairs, each pair's logit difference."""
+        return self._each_alone(instruction, query, documents, self.logit_differences)
 
     def token_count(self, instruction: str | None, query: str, doc: str) -> int:
         inputs = self.process_inputs([self.format_instruction(instruction, query, doc)])
@@ -78,8 +76,17 @@ class ModelCardReranker:
 
     def score_alone(self, instruction: str | None, query: str, documents: list[str]) -> list[float]:
         """Each pair in its own batch of one, exactly as the card's example would run it."""
+        return self._each_alone(instruction, query, documents, self.compute_logits)
+
+    def _each_alone(
+        self,
+        instruction: str | None,
+        query: str,
+        documents: list[str],
+        compute: Callable[[BatchEncoding], list[float]],
+    ) -> list[float]:
         scores = []
         for doc in documents:
             pair = self.format_instruction(instruction, query, doc)
-            scores.extend(self.compute_logits(self.process_inputs([pair])))
+            scores.extend(compute(self.process_inputs([pair])))
         return scores
