@@ -90,9 +90,6 @@ class PromptEncoder:
         prefix, suffix, budget = list(self.prefix_ids), list(self.suffix_ids), self.text_budget
         return [prefix + encoding.ids[:budget] + suffix for encoding in encodings]
 
-    def _wrap(self, text_ids: Sequence[int]) -> list[int]:
-        return [*self.prefix_ids, *text_ids[: self.text_budget], *self.suffix_ids]
-
     def cut_documents(self, documents: Sequence[str], max_tokens: int) -> list[str]:
         """Each document cut after its first ``max_tokens`` tokens (tokenized on its own), at
         the end of that token's characters."""
@@ -110,8 +107,8 @@ class PromptEncoder:
         """The document text each of its pairs carries (before the card's truncation at the
         budget): the whole document, then, while the one before did not fit and windows are
         left, the rest after the last token it kept (leading whitespace skipped). Windows do
-        not overlap. With ``keep="end"``, the one window is the document's shortest cut start
-        that fits. Raises ``PairTooLongError`` for a refused over-long pair."""
+        not overlap. With ``keep="end"``, the one window is the document's longest end, cut at a
+        token boundary, that fits. Raises ``PairTooLongError`` for a refused over-long pair."""
         header = len(format_pair(instruction, query, ""))
         budget = self.text_budget
         windows = [document]
