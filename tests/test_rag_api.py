@@ -284,3 +284,26 @@ async def test_too_many_windows_is_413_before_anything_is_scored(
     assert response.status_code == 413
     assert response.json()["error"]["limit"] == 2
     assert recorder.passes == []
+
+
+async def test_the_openapi_schema_shows_every_new_field_with_an_example(
+    client: httpx.AsyncClient,
+) -> None:
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    new_fields = {
+        "RerankRequest": ["max_tokens_per_doc", "max_chunks_per_doc", "raw_scores"],
+        "TeiRerankRequest": [
+            "query",
+            "texts",
+            "raw_scores",
+            "return_text",
+            "truncate",
+            "truncation_direction",
+        ],
+        "ScoreRequest": ["text_1", "text_2", "instruction", "max_tokens_per_doc", "raw_scores"],
+    }
+    for schema, fields in new_fields.items():
+        properties = schemas[schema]["properties"]
+        for field in fields:
+            assert properties[field].get("examples"), f"{schema}.{field} has no example"
+            assert properties[field].get("description"), f"{schema}.{field} has no description"

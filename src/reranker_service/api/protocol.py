@@ -104,10 +104,10 @@ class TeiRerankRequest(BaseModel):
         },
     )
 
-    query: str = Field(min_length=1, examples=["What is Deep Learning?"])
+    query: str = Field(min_length=1, description="The query.", examples=["What is Deep Learning?"])
     texts: list[str] = Field(description="Documents to rank.", examples=[["Deep Learning is ..."]])
     raw_scores: bool = _RAW_SCORES
-    return_text: bool = Field(False, description="Echo each text in its result.")
+    return_text: bool = Field(False, description="Echo each text in its result.", examples=[True])
     truncate: bool | None = Field(
         None,
         description="false: a pair over RERANKER_MAX_LENGTH is refused (413), as TEI refuses "
@@ -166,11 +166,24 @@ class ScoreRequest(BaseModel):
         },
     )
 
-    model: str | None = Field(None, description="Informational; the served model answers.")
-    text_1: str | list[str] = Field(description="One query, or one per entry of text_2.")
-    text_2: list[str] = Field(description="The documents.")
+    model: str | None = Field(
+        None,
+        description="Informational; the served model answers.",
+        examples=["Qwen/Qwen3-Reranker-0.6B"],
+    )
+    text_1: str | list[str] = Field(
+        description="One query, or one per entry of text_2.",
+        examples=[["What is the capital of France?", "Where is Berlin?"]],
+    )
+    text_2: list[str] = Field(
+        description="The documents.",
+        examples=[["Paris is the capital of France.", "Berlin is in Germany."]],
+    )
     instruction: str | None = Field(
-        None, min_length=1, description="Task instruction; the service default when absent."
+        None,
+        min_length=1,
+        description="Task instruction; the service default when absent.",
+        examples=["Given a question, retrieve passages that answer it"],
     )
     max_tokens_per_doc: int | None = _MAX_TOKENS_PER_DOC
     raw_scores: bool = _RAW_SCORES
