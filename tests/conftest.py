@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import contextlib
+import shutil
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -77,6 +78,14 @@ def card(checkpoint: Path) -> ModelCardReranker:
 @pytest.fixture(scope="session")
 def short_card(checkpoint: Path) -> ModelCardReranker:
     return ModelCardReranker(checkpoint, max_length=SMALL_MAX_LENGTH)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found: install Debian's 'prometheus' package (see README)")
+    return path
 
 
 AppFactory = Callable[..., FastAPI]

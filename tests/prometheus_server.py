@@ -82,9 +82,11 @@ class PrometheusServer:
 
 @contextlib.contextmanager
 def run_prometheus(
-    workdir: Path, target: str, rule_files: Sequence[Path] = ()
+    workdir: Path, target: str | Sequence[str], rule_files: Sequence[Path] = ()
 ) -> Iterator[PrometheusServer]:
-    """Scrape ``target`` (host:port) every second as job ``reranker``, with these rules."""
+    """Scrape ``target`` (host:port, or several) every second as job ``reranker``, with these
+    rules."""
+    targets = [target] if isinstance(target, str) else list(target)
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.fail("prometheus not found: install Debian's 'prometheus' package (see README)")
@@ -94,7 +96,7 @@ def run_prometheus(
             "evaluation_interval": f"{SCRAPE_SECONDS}s",
         },
         "rule_files": [str(path.resolve()) for path in rule_files],
-        "scrape_configs": [{"job_name": "reranker", "static_configs": [{"targets": [target]}]}],
+        "scrape_configs": [{"job_name": "reranker", "static_configs": [{"targets": targets}]}],
     }
     config_path = workdir / "prometheus.yml"
     config_path.write_text(json.dumps(config))  # JSON is YAML

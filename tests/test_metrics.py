@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import statistics
 import subprocess
 import time
@@ -241,14 +240,6 @@ async def test_timing_headers_account_for_the_request(client: httpx.AsyncClient)
     assert refused.status_code == 422
     assert float(refused.headers["x-total-time"]) > 0
     assert "x-inference-time" not in refused.headers
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool not found: install Debian's 'prometheus' package (see README)")
-    return path
 
 
 def _lint(promtool: str, exposition: str) -> str:
