@@ -252,8 +252,8 @@ class Batcher:
             raise ValueError("a batcher needs at least one worker")
         if len({worker.name for worker in workers}) != len(workers):
             raise ValueError("worker names must be distinct")
-        self._workers = [_WorkerState(worker, PassCostModel()) for worker in workers]
-        self.set_pass_costs(pass_costs.points if pass_costs is not None else ())
+        points = pass_costs.points if pass_costs is not None else ()
+        self._workers = [_WorkerState(worker, PassCostModel(points)) for worker in workers]
         self.max_batch_tokens = max_batch_tokens
         self.max_queued_pairs = max_queued_pairs
         self.max_prefix_tokens = max_prefix_tokens

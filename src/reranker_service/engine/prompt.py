@@ -38,6 +38,11 @@ class Truncation:
     refuse_over_length: bool = False
     """Refuse a pair over the budget instead of cutting it (TEI's ``truncate: false``)."""
 
+    @property
+    def cuts_like_the_card(self) -> bool:
+        """An over-long pair is cut at its end, once, and nothing else: the model card's."""
+        return self.max_windows == 1 and self.keep == "start" and not self.refuse_over_length
+
 
 class PairTooLongError(ValueError):
     """A pair does not fit ``max_length`` and the request asked not to truncate."""
@@ -154,14 +159,18 @@ class PromptEncoder:
         pairs = self.encode(instruction, query, documents)
         result: list[list[list[int]]] = []
         for index, (document, ids) in enumerate(zip(documents, pairs, strict=True)):
-            if len(ids) < self.max_length:  # under the budget: cut nowhere
+            # Under the budget, or cut as the card cuts: ``encode`` already made the one pair.
+            if len(ids) < self.max_length or truncation.cuts_like_the_card:
                 result.append([ids])
                 continue
             try:
                 windows = self.document_windows(instruction, query, document, truncation)
             except PairTooLongError as exc:
                 raise PairTooLongError(index, exc.tokens, exc.max_length) from None
-            result.append(self.encode(instruction, query, windows))
+            if truncation.keep == "end":
+                result.append(self.encode(instruction, query, windows))
+            else:  # the first window is the card's pair, made above
+                result.append([ids, *self.encode(instruction, query, windows[1:])])
         return result
 
 

@@ -211,9 +211,10 @@ class RerankEngine:
         self._batcher.set_pass_costs(measured)
         measured_at = time.perf_counter()
         # The measurement ran the first replica; every other runs a pass before any client.
-        warm_up_ids = self._encoder.encode("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
-        for replica in self._models[1:]:
-            await asyncio.to_thread(replica.score, warm_up_ids)
+        if len(self._models) > 1:
+            warm_up_ids = self._encoder.encode("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
+            for replica in self._models[1:]:
+                await asyncio.to_thread(replica.score, warm_up_ids)
         self._batcher.start()
         await self.rerank("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
         # The batcher times and reports a pass before it answers its requests, so the warm-up's
