@@ -1,39 +1,54 @@
-"""What metrics and logging cost per request: the same service with and without them.
+"""What metrics, logging and tracing cost per request: the same service with and without them.
 
     python bench/telemetry_overhead.py                      # builds the tiny test checkpoint
     python bench/telemetry_overhead.py --model /path/to/checkpoint --device cuda
 
-Two apps over one loaded model, each under real uvicorn on 127.0.0.1: one as shipped (request
-and batch metrics, the request's JSON line rendered in full and written to /dev/null), one built
-with ``instrument_requests=False``. uvicorn's access line is written by both: whether uvicorn
-logs access is process-wide, so its cost is timed alone below instead. One client sends
-requests back to back, alternating between the two in rounds so that drift of the machine hits
-both alike. Prints latency percentiles per variant and the difference, then the cost of each
-part timed alone (steadier than the difference on a noisy machine).
+Three apps over one loaded model, each under real uvicorn on 127.0.0.1:
+- "tracing on": as shipped with tracing on, every request sampled (``parentbased_always_on``,
+  the default), its spans exported over OTLP/HTTP to a local receiver that drops them;
+- "as shipped": tracing off (no OTLP endpoint), request and batch metrics, the request's JSON
+  line rendered in full and written to /dev/null;
+- "without telemetry": built with ``instrument_requests=False``.
+uvicorn's access line is written by all: whether uvicorn logs access is process-wide, so its
+cost is timed alone below instead. One client sends requests back to back, going round the
+three in rounds (in turning order) so that drift of the machine hits all alike. Prints latency
+percentiles per variant and the differences, then the cost of each part timed alone (steadier
+than a difference on a noisy machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import platform
 import statistics
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import structlog
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from reranker_service.api.request_spans import RequestSpans
+from reranker_service.api.telemetry import RerankRecord
 from reranker_service.app import create_app, load_options
+from reranker_service.engine.batcher import PassShare
 from reranker_service.engine.model import load_scoring_model
+from reranker_service.engine.rerank_engine import RerankOutcome
 from reranker_service.local_server import serve_in_thread
 from reranker_service.observability.logging import configure_logging
 from reranker_service.observability.metrics import ServiceMetrics
+from reranker_service.observability.tracing import TracingConfig, sampled_trace_id, start_tracing
 from reranker_service.settings import Settings
 from reranker_service.tiny_checkpoint import build_checkpoint
 
@@ -60,11 +75,80 @@ def _summary(name: str, latencies: list[float]) -> Variant:
     )
 
 
+class _DroppingReceiver(BaseHTTPRequestHandler):
+    """Answers OTLP/HTTP exports as a collector does (200, an empty export response: zero
+    bytes of protobuf) and keeps nothing."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _otlp_sink() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DroppingReceiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _microseconds_each(action: Callable[[], object], repeats: int = 20_000) -> float:
     started = time.perf_counter()
     for _ in range(repeats):
         action()
     return round((time.perf_counter() - started) / repeats * 1e6, 1)
+
+
+class _DroppingExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def _traced_request() -> Callable[[], None]:
+    """What tracing adds to one request in the service's own code (the HTTP server span and
+    the export are not in it): its span opened, then closed with a one-pass outcome's stages."""
+    tracing = start_tracing(
+        TracingConfig("http/protobuf", ""), service_version="bench", exporter=_DroppingExporter()
+    )
+    spans = RequestSpans(
+        tracing.provider.get_tracer("bench"), span_names={"/rerank": "rerank"}, query_chars=0
+    )
+    now = time.perf_counter()
+    record = RerankRecord(
+        model="bench",
+        doc_count=4,
+        query="what is the capital of france",
+        outcome=RerankOutcome(
+            scores=[0.9, 0.1, 0.5, 0.2],
+            pair_tokens=[75] * 4,
+            windows=[1] * 4,
+            started_at=now,
+            tokenize_seconds=0.0004,
+            queued_at=now + 0.0004,
+            queue_seconds=0.0001,
+            inference_seconds=0.005,
+            engine_seconds=0.0056,
+            passes=(PassShare(now + 0.0005, 0.005, 4, 4, 150, "cpu"),),
+        ),
+    )
+
+    def request() -> None:
+        with spans.open("/rerank") as span:
+            spans.close(span, record, request_id="0f8e2a41-bench", error=None)
+
+    return request
 
 
 def _part_costs() -> dict[str, float]:
@@ -96,6 +180,12 @@ def _part_costs() -> dict[str, float]:
             ),
             "dropped debug line": _microseconds_each(
                 lambda: requests_log.debug("rerank_started", doc_count=4)
+            ),
+            "tracing off: the request's span checks": _microseconds_each(
+                lambda: sampled_trace_id(trace.INVALID_SPAN)
+            ),
+            "tracing on: the request's four spans, written": _microseconds_each(
+                _traced_request(), repeats=5_000
             ),
             "request metrics": _microseconds_each(
                 lambda: metrics.record_success(
@@ -130,50 +220,62 @@ def main() -> None:
                 f"document {i}: paris is the capital of france" for i in range(args.docs)
             ],
         }
-        latencies: dict[str, list[float]] = {"with telemetry": [], "without": []}
-        with (
-            serve_in_thread(create_app(settings, model=model)) as with_url,
-            serve_in_thread(
-                create_app(settings, model=model, instrument_requests=False)
-            ) as without_url,
-        ):
-            urls = {"with telemetry": with_url, "without": without_url}
-            clients = {name: httpx.Client(base_url=url, timeout=60) for name, url in urls.items()}
-            for client in clients.values():  # warm both paths and the connections
+        latencies: dict[str, list[float]] = {}
+        with contextlib.ExitStack() as running:
+            endpoint = running.enter_context(_otlp_sink())
+            tracing_config = TracingConfig.from_environ({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint})
+            assert tracing_config is not None
+            # The exporter reads its endpoint from the environment, as in the service.
+            os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+            tracing = start_tracing(tracing_config, service_version="bench")
+            apps = {
+                "tracing on": create_app(settings, model=model, tracing=tracing),
+                "as shipped": create_app(settings, model=model),
+                "without telemetry": create_app(settings, model=model, instrument_requests=False),
+            }
+            clients = {
+                name: running.enter_context(
+                    httpx.Client(base_url=running.enter_context(serve_in_thread(app)), timeout=60)
+                )
+                for name, app in apps.items()
+            }
+            for client in clients.values():  # warm every path and the connections
                 for _ in range(20):
                     client.post("/rerank", json=body).raise_for_status()
+            names = list(clients)
+            latencies = {name: [] for name in names}
             for round_index in range(args.rounds):
-                order = list(clients) if round_index % 2 == 0 else list(reversed(clients))
-                for name in order:
+                shift = round_index % len(names)
+                for name in names[shift:] + names[:shift]:
                     for _ in range(args.requests_per_round):
                         started = time.perf_counter()
                         clients[name].post("/rerank", json=body).raise_for_status()
                         latencies[name].append(time.perf_counter() - started)
-            for client in clients.values():
-                client.close()
         parts = _part_costs()
 
-    variants = [_summary(name, values) for name, values in latencies.items()]
-    with_, without = variants
+    variants = {name: _summary(name, values) for name, values in latencies.items()}
     print(
         f"model: {args.model or 'tiny test checkpoint'} on {args.device}; machine: "
         f"{platform.machine()}, {os.cpu_count()} cpus; {args.docs} docs/request; "
-        f"{args.rounds} alternating rounds of {args.requests_per_round} sequential requests"
+        f"{args.rounds} rounds of {args.requests_per_round} sequential requests per variant"
     )
     print("| variant | requests | p50 ms | p90 ms | p99 ms | mean ms |")
     print("|---|---:|---:|---:|---:|---:|")
-    for v in variants:
+    for v in variants.values():
         print(f"| {v.name} | {v.requests} | {v.p50_ms} | {v.p90_ms} | {v.p99_ms} | {v.mean_ms} |")
-    print(
-        f"overhead at p50: {with_.p50_ms - without.p50_ms:+.3f} ms "
-        f"({(with_.p50_ms / without.p50_ms - 1) * 100:+.1f} %)"
-    )
+    for more, less in (("as shipped", "without telemetry"), ("tracing on", "as shipped")):
+        a, b = variants[more], variants[less]
+        print(
+            f"{more} vs {less}: p50 {a.p50_ms - b.p50_ms:+.3f} ms "
+            f"({(a.p50_ms / b.p50_ms - 1) * 100:+.1f} %), mean {a.mean_ms - b.mean_ms:+.3f} ms "
+            f"({(a.mean_ms / b.mean_ms - 1) * 100:+.1f} %)"
+        )
     print("| part, timed alone | µs per request |")
     print("|---|---:|")
     for part, microseconds in parts.items():
         print(f"| {part} | {microseconds} |")
     if args.json:
-        results = {"variants": [asdict(v) for v in variants], "parts_us": parts}
+        results = {"variants": [asdict(v) for v in variants.values()], "parts_us": parts}
         args.json.write_text(json.dumps(results, indent=2))
 
 

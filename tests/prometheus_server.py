@@ -69,6 +69,13 @@ class PrometheusServer:
             assert time.monotonic() < deadline, f"Prometheus never had data for {promql}"
             time.sleep(0.2)
 
+    def exemplars(self, promql: str, start: float, end: float) -> list[dict[str, Any]]:
+        """The exemplars of the series ``promql`` selects: one entry per series, each with its
+        ``exemplars`` (labels, value, timestamp)."""
+        params = {"query": promql, "start": start, "end": end}
+        found: list[dict[str, Any]] = self._get("/api/v1/query_exemplars", params)
+        return found
+
     def wait_for(self, promql: str, expected: float, timeout_s: float = 60) -> float:
         """Wait until a scrape brings ``promql`` to ``expected``; return that scrape's time."""
         deadline = time.monotonic() + timeout_s
@@ -82,10 +89,13 @@ class PrometheusServer:
 
 @contextlib.contextmanager
 def run_prometheus(
-    workdir: Path, target: str | Sequence[str], rule_files: Sequence[Path] = ()
+    workdir: Path,
+    target: str | Sequence[str],
+    rule_files: Sequence[Path] = (),
+    features: Sequence[str] = (),
 ) -> Iterator[PrometheusServer]:
     """Scrape ``target`` (host:port, or several) every second as job ``reranker``, with these
-    rules."""
+    rules and feature flags (``--enable-feature``)."""
     targets = [target] if isinstance(target, str) else list(target)
     binary = shutil.which("prometheus")
     if binary is None:
@@ -108,6 +118,7 @@ def run_prometheus(
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--log.level=warn",
+            *(f"--enable-feature={feature}" for feature in features),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

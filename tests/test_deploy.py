@@ -14,9 +14,11 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+import structlog
 import yaml
 
 from reranker_service.local_server import serve_in_thread
+from reranker_service.observability.metrics import EXEMPLAR_TRACE_LABEL
 from tests.conftest import AppFactory
 from tests.prometheus_server import PrometheusServer, run_prometheus
 
@@ -110,6 +112,60 @@ def test_compose_wires_the_stack() -> None:
     grafana = services["grafana"]["environment"]
     assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert grafana["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD")
+
+
+def _datasources(name: str) -> dict[str, dict[str, Any]]:
+    path = DEPLOY / "grafana" / "provisioning" / "datasources" / name
+    return {source["uid"]: source for source in yaml.safe_load(path.read_text())["datasources"]}
+
+
+def test_compose_links_traces_logs_and_exemplars() -> None:
+    """Tempo gets the traces, Prometheus keeps the exemplars, Loki gets the log lines, and
+    Grafana's datasources lead from each to the trace."""
+    services = _compose("docker-compose.yml")["services"]
+    reranker_env = services["reranker"]["environment"]
+    endpoint = reranker_env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert endpoint == "${OTEL_EXPORTER_OTLP_ENDPOINT-http://tempo:4318}"
+    tempo = yaml.safe_load((DEPLOY / "tempo" / "tempo.yml").read_text())
+    otlp = tempo["distributor"]["receivers"]["otlp"]["protocols"]
+    assert otlp["http"]["endpoint"].endswith(":4318")
+    assert otlp["grpc"]["endpoint"].endswith(":4317")
+    assert "./deploy/tempo:/etc/tempo:ro" in services["tempo"]["volumes"]
+    assert services["tempo"]["command"] == ["-config.file=/etc/tempo/tempo.yml"]
+    assert "--enable-feature=exemplar-storage" in services["prometheus"]["command"]
+    assert {"tempo", "loki"} <= set(services["grafana"]["depends_on"])
+
+    [prometheus] = _datasources("prometheus.yml").values()
+    tracing = _datasources("tracing.yml")
+    tempo_source, loki_source = tracing["tempo"], tracing["loki"]
+    assert tempo_source["url"] == f"http://tempo:{tempo['server']['http_listen_port']}"
+    [exemplar_link] = prometheus["jsonData"]["exemplarTraceIdDestinations"]
+    assert exemplar_link == {"name": EXEMPLAR_TRACE_LABEL, "datasourceUid": "tempo"}
+    assert tempo_source["jsonData"]["tracesToLogsV2"]["datasourceUid"] == "loki"
+
+    # The Loki link finds the trace id in a line as the service writes it.
+    loki = yaml.safe_load((DEPLOY / "loki" / "loki.yml").read_text())
+    assert loki_source["url"] == f"http://loki:{loki['server']['http_listen_port']}"
+    assert (
+        f"http://loki:{loki['server']['http_listen_port']}/loki/api/v1/push"
+        in (DEPLOY / "alloy" / "config.alloy").read_text()
+    )
+    [derived] = loki_source["jsonData"]["derivedFields"]
+    assert derived["datasourceUid"] == "tempo"
+    assert derived["url"] == "$${__value.raw}"  # $$: not an environment variable
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    line = structlog.processors.JSONRenderer()(
+        None, "info", {"event": "request_completed", "trace_id": trace_id, "span_id": "0" * 16}
+    )
+    match = re.search(derived["matcherRegex"], str(line))
+    assert match is not None
+    assert match.group(1) == trace_id
+
+    # The latency heatmap asks for the exemplars of the raw buckets.
+    [heatmap] = [panel for panel in _panels() if panel["title"] == "Latency distribution"]
+    [target] = heatmap["targets"]
+    assert target["exemplar"] is True
+    assert "reranker_request_latency_seconds_bucket" in target["expr"]
 
 
 def test_cpu_override_drops_the_gpu_and_serves_the_test_model() -> None:

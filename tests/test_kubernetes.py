@@ -158,7 +158,16 @@ def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _env(container: dict[str, Any]) -> dict[str, str]:
-    return {item["name"]: item["value"] for item in container.get("env", [])}
+    """The variables given a value; those taken from the pod (``valueFrom``) are left out."""
+    return {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+
+
+def _standard_otel_variables() -> set[str]:
+    import opentelemetry.environment_variables
+    import opentelemetry.sdk.environment_variables
+
+    modules = (opentelemetry.environment_variables, opentelemetry.sdk.environment_variables)
+    return {name for module in modules for name in vars(module) if name.startswith("OTEL_")}
 
 
 def _routes() -> set[str]:
@@ -173,8 +182,18 @@ def test_the_pieces_are_wired_together(objects: list[dict[str, Any]]) -> None:
     pod = deployment["spec"]["template"]["spec"]
     container = _container(objects)
     env = _env(container)
-    # Every setting named exists, and the ports are the settings'.
-    assert all(name.removeprefix("RERANKER_").lower() in Settings.model_fields for name in env)
+    # Every setting named exists, the OpenTelemetry variables are the standard's, and the
+    # ports are the settings'.
+    reranker = {name for name in env if name.startswith("RERANKER_")}
+    assert all(name.removeprefix("RERANKER_").lower() in Settings.model_fields for name in reranker)
+    assert set(env) - reranker <= _standard_otel_variables()
+    pod_fields = {
+        item["name"]: item["valueFrom"]["fieldRef"]["fieldPath"]
+        for item in container["env"]
+        if "valueFrom" in item
+    }
+    for reference in re.findall(r"\$\((\w+)\)", env["OTEL_RESOURCE_ATTRIBUTES"]):
+        assert reference in pod_fields, f"$({reference}) names no variable defined before it"
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert ports == {
         "http": int(env["RERANKER_PORT"]),

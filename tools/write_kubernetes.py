@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RULE_FILES = (
     ROOT / "deploy/prometheus/rules/reranker-recording.yml",
     ROOT / "deploy/prometheus/rules/reranker-alerts.yml",
+    ROOT / "deploy/prometheus/rules/reranker-slo.yml",
 )
 DASHBOARD = ROOT / "deploy/grafana/dashboards/reranker.json"
 BASE = ROOT / "deploy/kubernetes/base"

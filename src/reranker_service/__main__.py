@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -16,11 +17,17 @@ import prometheus_client
 import structlog
 import uvicorn
 
+from reranker_service import __version__
 from reranker_service.api.lifecycle import Lifecycle
 from reranker_service.api.routes import PROBE_PATHS, RERANK_PATHS
 from reranker_service.app import create_app, load_options
 from reranker_service.cli import SettingsError, load_settings
 from reranker_service.observability.logging import configure_logging
+from reranker_service.observability.tracing import (
+    TracingConfig,
+    TracingConfigError,
+    start_tracing,
+)
 
 logger = structlog.get_logger("reranker_service")
 
@@ -84,12 +91,18 @@ class DrainingServer(uvicorn.Server):
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
-    except SettingsError as exc:
+        # The standard OTEL_* variables, read here once; the SDK reads the rest of them as
+        # start_tracing builds its parts.
+        tracing_config = TracingConfig.from_environ(os.environ)
+    except (SettingsError, TracingConfigError) as exc:
         print(f"reranker-service: {exc}", file=sys.stderr)
         return 2
     # Rerank requests write a request_completed line of their own.
     configure_logging(
-        settings.log_level, settings.log_format, quiet_access_paths=PROBE_PATHS | RERANK_PATHS
+        settings.log_level,
+        settings.log_format,
+        quiet_access_paths=PROBE_PATHS | RERANK_PATHS,
+        trace_ids=tracing_config is not None,
     )
     # Process-wide: the *_created series only double what Prometheus stores.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -101,7 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelLoadError as exc:
         logger.error("model_load_failed", model=settings.model, error=str(exc))
         return 1
-    app = create_app(settings, model=replicas)
+    tracing = None
+    if tracing_config is not None:
+        tracing = start_tracing(tracing_config, service_version=__version__)
+        logger.info("tracing_enabled", protocol=tracing_config.protocol)
+    app = create_app(settings, model=replicas, tracing=tracing)
     config = uvicorn.Config(
         app,
         host=settings.host,

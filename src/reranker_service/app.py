@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_fastapi_instrumentator import Instrumentator
 
@@ -19,10 +20,12 @@ from reranker_service.api.deps import RerankOptions
 from reranker_service.api.errors import install_error_handlers
 from reranker_service.api.lifecycle import Lifecycle
 from reranker_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from reranker_service.api.request_spans import RequestSpans
 from reranker_service.api.routes import (
-    METRICS_PATH,
     PROBE_PATHS,
     RERANK_PATHS,
+    SCORE_PATH,
+    metrics_router,
     ops_router,
     rerank_router,
 )
@@ -36,6 +39,7 @@ from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
 from reranker_service.engine.scoring import ScoringModel
 from reranker_service.observability.gpu import GpuPoller, NvmlLibrary, load_nvml
 from reranker_service.observability.metrics import ServiceMetrics
+from reranker_service.observability.tracing import Tracing
 from reranker_service.settings import Settings
 
 if TYPE_CHECKING:
@@ -121,6 +125,7 @@ def create_app(
     registry: CollectorRegistry | None = None,
     nvml: NvmlLibrary | None = None,
     instrument_requests: bool = True,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """Build the app. Pass ``model`` to serve an already loaded one, or one replica per device
     (the CLI loads them first so that a bad checkpoint fails before the port opens); otherwise
@@ -128,7 +133,8 @@ def create_app(
 
     Each app has its own metrics registry (``registry``, or a new one). ``nvml`` replaces
     ``pynvml``. ``instrument_requests=False`` leaves out the per-request metrics and log lines;
-    it exists to measure what they cost (``bench/``).
+    it exists to measure what they cost (``bench/``). With ``tracing``, requests are traced
+    (see ``observability.tracing``); the app shuts it down, flushing its spans, when it stops.
     """
     lifecycle = Lifecycle()
     metrics = ServiceMetrics(registry)
@@ -140,6 +146,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         """Every resource is stopped, in reverse order of start, whatever fails after it."""
         async with contextlib.AsyncExitStack() as resources:
+            if tracing is not None:  # last out: the spans of the drained requests still go
+                resources.push_async_callback(asyncio.to_thread, tracing.shutdown)
             try:
                 engine = await _start(resources)
             except Exception as exc:
@@ -204,16 +212,34 @@ def create_app(
     install_error_handlers(app)
     app.include_router(rerank_router)
     app.include_router(ops_router)
-    _install_middleware(app, settings, metrics, instrument_requests=instrument_requests)
+    _install_middleware(
+        app, settings, metrics, instrument_requests=instrument_requests, tracing=tracing
+    )
     return app
 
 
+def _request_spans(settings: Settings, tracing: Tracing | None) -> RequestSpans | None:
+    if tracing is None:
+        return None
+    return RequestSpans(
+        tracing.provider.get_tracer("reranker_service", __version__),
+        span_names={path: "score" if path == SCORE_PATH else "rerank" for path in RERANK_PATHS},
+        query_chars=settings.log_query_chars,
+    )
+
+
 def _install_middleware(
-    app: FastAPI, settings: Settings, metrics: ServiceMetrics, *, instrument_requests: bool
+    app: FastAPI,
+    settings: Settings,
+    metrics: ServiceMetrics,
+    *,
+    instrument_requests: bool,
+    tracing: Tracing | None,
 ) -> None:
     """Each ``add_middleware`` wraps the ones before it: the request id exists first, the
     telemetry sees every rerank outcome including the body-size 413, and the size check runs
-    last."""
+    last. The HTTP server span of the tracing instrumentation is outside them all, so that it
+    covers the whole request and an incoming ``traceparent`` is its parent."""
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_request_bytes)
     instrumentator = Instrumentator(
         registry=metrics.registry,
@@ -229,10 +255,11 @@ def _install_middleware(
                 sample_rate=settings.log_sample_rate, query_chars=settings.log_query_chars
             ),
             paths=RERANK_PATHS,
+            spans=_request_spans(settings, tracing),
         )
         instrumentator.instrument(app)
     if settings.metrics_port is None:
-        instrumentator.expose(app, endpoint=METRICS_PATH, include_in_schema=False, should_gzip=True)
+        app.include_router(metrics_router)
     app.add_middleware(RequestIdMiddleware)
     if settings.cors_origin_list:
         # Outermost: a browser's preflight is answered before the key is asked for.
@@ -242,4 +269,12 @@ def _install_middleware(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=EXPOSED_HEADERS,
+        )
+    if tracing is not None:
+        FastAPIInstrumentor.instrument_app(
+            app,
+            tracer_provider=tracing.provider,
+            excluded_urls=tracing.excluded_urls,
+            # Not a span per ASGI message: they say nothing the server span does not.
+            exclude_spans=["receive", "send"],
         )

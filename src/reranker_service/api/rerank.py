@@ -217,17 +217,14 @@ def _score_stddev(scores: Sequence[float]) -> float | None:
 
 
 def _note_outcome(record: RerankRecord, outcome: RerankOutcome) -> None:
-    record.tokens = outcome.total_tokens
+    record.outcome = outcome
     record.top1_score = max(outcome.scores) if outcome.scores else None
     record.score_stddev = _score_stddev(outcome.scores)
-    record.windows = outcome.windows
-    record.tokenize_seconds = outcome.tokenize_seconds
-    record.queue_seconds = outcome.queue_seconds
-    record.inference_seconds = outcome.inference_seconds
-    record.engine_seconds = outcome.engine_seconds
 
 
-def _start(record: RerankRecord, query: str, documents: int, top_n: int | None = None) -> None:
+def _start(context: RerankContext, query: str, documents: int, top_n: int | None = None) -> None:
+    record = context.record
+    record.model = context.engine.description.model
     record.doc_count = documents
     record.query = query
     record.top_n = top_n
@@ -237,7 +234,7 @@ def _start(record: RerankRecord, query: str, documents: int, top_n: int | None =
 async def rerank(body: RerankRequest, context: RerankContext, api_version: str) -> RerankResponse:
     """Cohere v1 / v2 and Jina."""
     record = context.record
-    _start(record, body.query, len(body.documents), body.top_n)
+    _start(context, body.query, len(body.documents), body.top_n)
     _check_limits(len(body.documents), context.options)
     truncation = Truncation(
         max_document_tokens=body.max_tokens_per_doc,
@@ -264,7 +261,7 @@ async def rerank(body: RerankRequest, context: RerankContext, api_version: str) 
 async def tei_rerank(body: TeiRerankRequest, context: RerankContext) -> list[TeiRank]:
     """Text Embeddings Inference's shape: a bare list of ranks, best first."""
     record = context.record
-    _start(record, body.query, len(body.texts))
+    _start(context, body.query, len(body.texts))
     _check_limits(len(body.texts), context.options, field="texts")
     truncation = Truncation(
         max_windows=context.options.default_chunks_per_doc,
@@ -289,7 +286,7 @@ async def score_pairs(body: ScoreRequest, context: RerankContext) -> ScoreRespon
     """vLLM's ``/score``: pairs scored as they come, in request order."""
     record = context.record
     queries = body.queries()
-    _start(record, queries[0] if queries else "", len(body.text_2))
+    _start(context, queries[0] if queries else "", len(body.text_2))
     if len(queries) not in (1, len(body.text_2)):
         raise ApiError(
             422,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, TypeAdapter
 
 from reranker_service import __version__
@@ -64,6 +66,8 @@ rerank_router = APIRouter(
     responses=_ERRORS,
 )
 ops_router = APIRouter(tags=["operations"])
+metrics_router = APIRouter(tags=["operations"])
+"""``/metrics`` on the API port; left out when the metrics have a port of their own."""
 
 
 def _json(model: BaseModel | list[TeiRank]) -> Response:
@@ -192,3 +196,16 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
         auth_required=settings.api_key is not None,
         version=__version__,
     )
+
+
+@metrics_router.get(METRICS_PATH, include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """The Prometheus text format, or OpenMetrics (which carries the latency exemplars) to a
+    scraper whose ``Accept`` asks for it, as Prometheus does; gzipped when accepted."""
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    body = encode(request.app.state.metrics.registry)
+    headers = {"Vary": "Accept, Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        body = gzip.compress(body)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=content_type, headers=headers)

@@ -10,13 +10,19 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from opentelemetry import trace
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reranker_service.engine.rerank_engine import RerankOutcome
 from reranker_service.observability.metrics import SERVER_ERROR_TYPES, ServiceMetrics
+from reranker_service.observability.tracing import sampled_trace_id
+
+if TYPE_CHECKING:
+    from reranker_service.api.request_spans import RequestSpans
 
 logger = structlog.get_logger("reranker_service.requests")
 
@@ -47,18 +53,14 @@ class RerankRecord:
 
     error: str | None = None
     """The error body's ``type``, once an error response is built."""
+    model: str | None = None
     doc_count: int | None = None
     query: str | None = None
     top_n: int | None = None
-    tokens: int | None = None
+    outcome: RerankOutcome | None = None
+    """What the engine did: scores, tokens, windows and where the time went."""
     top1_score: float | None = None
     score_stddev: float | None = None
-    windows: list[int] | None = None
-    """Pairs each document was scored as (1, or its windows)."""
-    tokenize_seconds: float | None = None
-    queue_seconds: float | None = None
-    inference_seconds: float | None = None
-    engine_seconds: float | None = None
 
 
 def record_of(scope: Scope) -> RerankRecord | None:
@@ -71,6 +73,13 @@ def note_error(scope: Scope, error_type: str) -> None:
     record = record_of(scope)
     if record is not None:
         record.error = error_type
+
+
+def _error_type(record: RerankRecord, status: int | None) -> str | None:
+    """None for a success, else the failure's type as the error metric counts it."""
+    if status is not None and 200 <= status < 300:
+        return None
+    return metric_error_type(record.error, status)
 
 
 def metric_error_type(error: str | None, status: int | None) -> str:
@@ -114,31 +123,31 @@ def _milliseconds(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def _timing_headers(record: RerankRecord, total_seconds: float) -> dict[str, str]:
+def _timing_headers(outcome: RerankOutcome | None, total_seconds: float) -> dict[str, str]:
     """Where the time went, in milliseconds, for debugging from the client side; also as
     ``Server-Timing``, which browser dev tools display."""
-    phases = (
-        ("x-tokenization-time", "tokenize", record.tokenize_seconds),
-        ("x-queue-time", "queue", record.queue_seconds),
-        ("x-inference-time", "inference", record.inference_seconds),
-        ("x-total-time", "total", total_seconds),
-    )
+    phases: tuple[tuple[str, str, float], ...] = ()
+    if outcome is not None:
+        phases = (
+            ("x-tokenization-time", "tokenize", outcome.tokenize_seconds),
+            ("x-queue-time", "queue", outcome.queue_seconds),
+            ("x-inference-time", "inference", outcome.inference_seconds),
+        )
     headers: dict[str, str] = {}
     server_timing: list[str] = []
-    for header, name, seconds in phases:
-        if seconds is not None:
-            headers[header] = f"{seconds * 1000:.3f}"
-            server_timing.append(f"{name};dur={headers[header]}")
-    if record.tokens is not None:
-        headers["x-compute-tokens"] = str(record.tokens)
-    if record.engine_seconds is not None:
-        server_timing.append(f"engine;dur={record.engine_seconds * 1000:.3f}")
+    for header, name, seconds in (*phases, ("x-total-time", "total", total_seconds)):
+        headers[header] = f"{seconds * 1000:.3f}"
+        server_timing.append(f"{name};dur={headers[header]}")
+    if outcome is not None:
+        headers["x-compute-tokens"] = str(outcome.total_tokens)
+        server_timing.append(f"engine;dur={outcome.engine_seconds * 1000:.3f}")
     headers["server-timing"] = ", ".join(server_timing)
     return headers
 
 
 class RerankTelemetryMiddleware:
-    """Pure ASGI; wraps only the rerank routes (``paths``), whatever the outcome."""
+    """Pure ASGI; wraps only the rerank routes (``paths``), whatever the outcome. With
+    ``spans`` (tracing on), each request also gets its span, current while the route runs."""
 
     def __init__(
         self,
@@ -147,29 +156,61 @@ class RerankTelemetryMiddleware:
         metrics: ServiceMetrics,
         log_policy: RequestLogPolicy,
         paths: frozenset[str],
+        spans: RequestSpans | None = None,
     ) -> None:
         self.app = app
         self._metrics = metrics
         self._log_policy = log_policy
         self._paths = paths
+        self._spans = spans
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self._paths:
             await self.app(scope, receive, send)
             return
+        if self._spans is None:
+            await self._watch(scope, receive, send, trace.INVALID_SPAN)
+            return
+        with self._spans.open(scope["path"]) as span:
+            await self._watch(scope, receive, send, span)
+
+    async def _watch(self, scope: Scope, receive: Receive, send: Send, span: trace.Span) -> None:
+        """Run the route; ``span`` (current while it runs) ends with the response, as the HTTP
+        server span does, or when the route ends without one."""
         record = RerankRecord()
         scope.setdefault("state", {})[_RECORD_KEY] = record
         started = time.perf_counter()
+        # When the last of the response left: the latency's end, before the span is written.
+        answered: float | None = None
         status: int | None = None
 
+        def end_span(end_ns: int | None = None) -> None:
+            if self._spans is not None and span.is_recording():
+                self._spans.close(
+                    span,
+                    record,
+                    request_id=scope["state"].get("request_id"),
+                    error=_error_type(record, status),
+                    end_ns=end_ns,
+                )
+
         async def send_with_timing(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 headers = MutableHeaders(scope=message)
-                for name, value in _timing_headers(record, time.perf_counter() - started).items():
+                total = time.perf_counter() - started
+                for name, value in _timing_headers(record.outcome, total).items():
                     headers[name] = value
+            if message["type"] != "http.response.body" or message.get("more_body", False):
+                await send(message)
+                return
+            # The span ends as the last of the body leaves, inside the HTTP server span;
+            # writing it waits until the client has its answer.
+            answered_ns = time.time_ns()
             await send(message)
+            answered = time.perf_counter()
+            end_span(answered_ns)
 
         self._metrics.inflight_requests.inc()
         try:
@@ -180,13 +221,18 @@ class RerankTelemetryMiddleware:
             raise
         finally:
             self._metrics.inflight_requests.dec()
-            self._finish(record, status, time.perf_counter() - started)
+            seconds = (answered if answered is not None else time.perf_counter()) - started
+            end_span()
+            self._finish(record, status, seconds, sampled_trace_id(span))
 
-    def _finish(self, record: RerankRecord, status: int | None, seconds: float) -> None:
-        if status is not None and 200 <= status < 300:
-            self._finish_success(record, status, seconds)
+    def _finish(
+        self, record: RerankRecord, status: int | None, seconds: float, trace_id: str | None
+    ) -> None:
+        error_type = _error_type(record, status)
+        if status is not None and error_type is None:
+            self._finish_success(record, status, seconds, trace_id)
             return
-        error_type = metric_error_type(record.error, status)
+        assert error_type is not None
         self._metrics.record_error(error_type)
         fields: dict[str, Any] = {
             "status": status,
@@ -202,14 +248,18 @@ class RerankTelemetryMiddleware:
         else:
             logger.info("request_failed", **fields)
 
-    def _finish_success(self, record: RerankRecord, status: int, seconds: float) -> None:
+    def _finish_success(
+        self, record: RerankRecord, status: int, seconds: float, trace_id: str | None
+    ) -> None:
+        outcome = record.outcome
         self._metrics.record_success(
             latency_seconds=seconds,
             documents=record.doc_count or 0,
-            tokens=record.tokens or 0,
+            tokens=outcome.total_tokens if outcome is not None else 0,
             top1_score=record.top1_score,
             score_stddev=record.score_stddev,
-            windows=record.windows or (),
+            windows=outcome.windows if outcome is not None else (),
+            trace_id=trace_id,
         )
         if not self._log_policy.keep_success_line():
             return
@@ -217,11 +267,11 @@ class RerankTelemetryMiddleware:
             "request_completed",
             status=status,
             doc_count=record.doc_count,
-            tokens=record.tokens,
+            tokens=outcome.total_tokens if outcome is not None else None,
             latency_ms=_milliseconds(seconds),
-            tokenize_ms=_milliseconds(record.tokenize_seconds),
-            queue_ms=_milliseconds(record.queue_seconds),
-            inference_ms=_milliseconds(record.inference_seconds),
+            tokenize_ms=_milliseconds(outcome.tokenize_seconds if outcome else None),
+            queue_ms=_milliseconds(outcome.queue_seconds if outcome else None),
+            inference_ms=_milliseconds(outcome.inference_seconds if outcome else None),
             top1_score=record.top1_score,
             score_std=record.score_stddev,  # the log key is public
             top_n=record.top_n,

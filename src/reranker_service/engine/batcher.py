@@ -89,12 +89,33 @@ class BatchReport:
 
 
 @dataclass(frozen=True)
+class PassShare:
+    """One forward pass as one request saw it."""
+
+    started_at: float
+    """``time.perf_counter()`` when the pass's time began to count: its launch, or the end of
+    the worker's pass before it, whichever was later."""
+    seconds: float
+    pairs: int
+    """The request's pairs in the pass."""
+    batch_pairs: int
+    """All the pairs in the pass, the request's and other requests'."""
+    reused_tokens: int
+    """Prefix tokens the request's pairs read from its cache instead of computing them."""
+    device: str
+
+
+@dataclass(frozen=True)
 class JobResult:
     scores: list[float]
+    submitted_at: float
+    """``time.perf_counter()`` when the request's pairs were queued."""
     queue_seconds: float
     """From submission until the request's first pair entered a forward pass."""
     inference_seconds: float
     """Summed forward-pass time of the batches that carried the request's pairs."""
+    passes: tuple[PassShare, ...]
+    """Those forward passes, in the order they finished."""
 
 
 BatchObserver = Callable[[BatchReport], None]
@@ -126,6 +147,7 @@ class ScoringJob:
         self.submitted_at = time.perf_counter()
         self.first_batch_at: float | None = None
         self.inference_seconds = 0.0
+        self.passes: list[PassShare] = []
         self.closed = False  # failed or withdrawn: the worker ignores its pairs
         self.prefix: SharedPrefix | None = None
         """Held while the job has pairs to score; counted against the batcher's prefix budget."""
@@ -134,7 +156,13 @@ class ScoringJob:
         if not self.future.done():
             started = self.first_batch_at or self.submitted_at
             self.future.set_result(
-                JobResult(self.scores, started - self.submitted_at, self.inference_seconds)
+                JobResult(
+                    self.scores,
+                    self.submitted_at,
+                    started - self.submitted_at,
+                    self.inference_seconds,
+                    tuple(self.passes),
+                )
             )
 
     def _fail(self, error: BaseException) -> None:
@@ -191,6 +219,28 @@ def _pass_tokens(
         padded=len(batch) * max(own) + prefix_work,
         reused=sum(cached) - prefix_work,
     )
+
+
+def _pass_shares(flight: _Pass, started_at: float, seconds: float) -> dict[int, PassShare]:
+    """Each of the pass's requests' part in it, by ``id(job)``."""
+    pairs: dict[int, int] = {}
+    reused: dict[int, int] = {}
+    computed = {id(prefix) for prefix in flight.computed_prefixes}
+    for pair, prefix in zip(flight.batch, flight.prefixes, strict=True):
+        key = id(pair.job)
+        pairs[key] = pairs.get(key, 0) + 1
+        saved = 0
+        if prefix is not None:
+            saved = len(prefix)
+            if id(prefix) in computed:  # computed here, once, for its request's pairs to read
+                computed.discard(id(prefix))
+                saved = 0
+        reused[key] = reused.get(key, 0) + saved
+    device = flight.worker.worker.name
+    return {
+        key: PassShare(started_at, seconds, count, len(flight.batch), reused[key], device)
+        for key, count in pairs.items()
+    }
 
 
 class _Costs(Sequence[int]):
@@ -483,13 +533,16 @@ class Batcher:
         flight.pending = None
         finished = time.perf_counter()
         # Overlapping passes: each is billed the device time after the one before it ended.
-        elapsed = finished - max(flight.launched_at, state.last_finished)
+        billed_from = max(flight.launched_at, state.last_finished)
+        elapsed = finished - billed_from
         state.last_finished = finished
         jobs = flight.jobs
         tokens = _pass_tokens(batch, flight.prefixes, flight.computed_prefixes)
+        shares = _pass_shares(flight, billed_from, elapsed)
         with self._lock:
             for job in jobs:
                 job.inference_seconds += elapsed
+                job.passes.append(shares[id(job)])
         if error is None:
             state.pass_costs.observe(tokens.padded, elapsed)
         # Report before answering: once a client has its scores, the batch is on record.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from reranker_service.engine.batcher import Batcher, BatchObserver, Worker
+from reranker_service.engine.batcher import Batcher, BatchObserver, PassShare, Worker
 from reranker_service.engine.pass_cost import PassCostModel, measure_pass_costs
 from reranker_service.engine.prefix import SharedPrefix, shared_prefix
 from reranker_service.engine.prompt import Truncation
@@ -94,12 +94,18 @@ class RerankOutcome:
     and truncated."""
     windows: list[int]
     """Pairs each document was scored as: 1 unless it was split into windows."""
+    started_at: float
+    """``time.perf_counter()`` at the call; tokenizing began then."""
     tokenize_seconds: float
+    queued_at: float
+    """``time.perf_counter()`` when the pairs were queued; their queue wait began then."""
     queue_seconds: float
     inference_seconds: float
     engine_seconds: float
     """Wall time in the engine, from the call until the scores were back on the caller's event
     loop: the three phases plus the hand-offs between threads."""
+    passes: tuple[PassShare, ...]
+    """The forward passes that carried the request's pairs."""
 
     @property
     def total_tokens(self) -> int:
@@ -293,8 +299,11 @@ class RerankEngine:
             scores=best if raw_scores else [probability(logit) for logit in best],
             pair_tokens=[len(ids) for ids in pairs],
             windows=[len(document_pairs) for document_pairs in windows],
+            started_at=started,
             tokenize_seconds=tokenized - started,
+            queued_at=result.submitted_at,
             queue_seconds=result.queue_seconds,
             inference_seconds=result.inference_seconds,
             engine_seconds=time.perf_counter() - started,
+            passes=result.passes,
         )

@@ -11,6 +11,8 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.typing import Processor, WrappedLogger
 
+from reranker_service.observability.tracing import add_trace_ids
+
 # uvicorn installs its own handlers unless told not to; these loggers must reach the root.
 _SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi")
 # These install a stderr handler of their own when they are imported (and transformers and torch
@@ -27,12 +29,15 @@ def configure_logging(
     stream: TextIO | None = None,
     *,
     quiet_access_paths: frozenset[str] = frozenset(),
+    trace_ids: bool = False,
 ) -> None:
     """Once, before anything logs. ``stream`` defaults to stdout. The access lines of successful
     requests to ``quiet_access_paths`` (probes and scrapes, and routes that write a line of their
-    own) are written at debug."""
+    own) are written at debug. With ``trace_ids`` (tracing is on), a line written inside a span
+    carries its ``trace_id`` and ``span_id``."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        *([add_trace_ids] if trace_ids else []),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),

@@ -38,6 +38,10 @@ SERVER_ERROR_TYPES: Final = (
 """Accepted requests that got no answer: ``reranker_requests_total{status="fail"}``."""
 ERROR_TYPES: Final = CLIENT_ERROR_TYPES + SERVER_ERROR_TYPES
 
+EXEMPLAR_TRACE_LABEL: Final = "trace_id"
+"""The label of the trace id on the latency buckets' exemplars (Grafana's Prometheus datasource
+links it to the trace backend by this name)."""
+
 LATENCY_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75,
     1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
@@ -263,11 +267,17 @@ class ServiceMetrics:
         top1_score: float | None,
         score_stddev: float | None,
         windows: Sequence[int] = (),
+        trace_id: str | None = None,
     ) -> None:
+        """``trace_id``: the request's sampled trace, kept as the latency bucket's exemplar
+        (served in the OpenMetrics format only)."""
         self.requests.labels(status="success").inc()
         for count in windows:
             self.document_windows.observe(count)
-        self.request_latency.observe(latency_seconds)
+        self.request_latency.observe(
+            latency_seconds,
+            exemplar={EXEMPLAR_TRACE_LABEL: trace_id} if trace_id is not None else None,
+        )
         self.request_documents.observe(documents)
         self.request_tokens.observe(tokens)
         if top1_score is not None:
