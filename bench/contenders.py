@@ -26,7 +26,7 @@ from reranker_service.engine.model import (
     resolve_dtype,
 )
 from reranker_service.engine.prompt import PROMPT_PREFIX, PROMPT_SUFFIX
-from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
+from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine, RerankOutcome
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from workloads import Request
 
@@ -209,9 +209,16 @@ class EngineInProcess:
     async def stop(self) -> None:
         await self._engine.stop()
 
+    @property
+    def dtype(self) -> str:
+        """The number format served (``auto`` resolved)."""
+        return self._engine.description.dtype
+
+    async def score(self, request: Request) -> RerankOutcome:
+        return await self._engine.rerank(DEFAULT_INSTRUCTION, request.query, request.documents)
+
     async def rerank(self, request: Request) -> int:
-        outcome = await self._engine.rerank(DEFAULT_INSTRUCTION, request.query, request.documents)
-        return outcome.total_tokens
+        return (await self.score(request)).total_tokens
 
     def start_cell(self) -> None:
         self._reports.clear()

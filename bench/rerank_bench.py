@@ -411,7 +411,11 @@ def main() -> None:
         "or a checkpoint path",
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument(
+        "--dtype",
+        help="default: auto on a GPU; float32 on a CPU, where auto may mean bf16 for the engine "
+        "but not for the model card's code (bench/cpu_dtypes.py compares the formats)",
+    )
     parser.add_argument("--max-length", type=int, default=8192)
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
@@ -433,6 +437,8 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, help="device bf16 peak, for MFU")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
+    if args.dtype is None:
+        args.dtype = "float32" if args.device.startswith("cpu") else "auto"
 
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as scratch:

@@ -48,7 +48,14 @@ def tied_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_settings(checkpoint: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"model": str(checkpoint), "device": "cpu", "host": "127.0.0.1"}
+    """Settings serving ``checkpoint`` on the CPU in fp32 (the format the model card's scores
+    are matched exactly in), with ``overrides``."""
+    values: dict[str, Any] = {
+        "model": str(checkpoint),
+        "device": "cpu",
+        "dtype": "float32",
+        "host": "127.0.0.1",
+    }
     values.update(overrides)
     return Settings(**values)
 

@@ -78,8 +78,12 @@ def start_service(
     env: dict[str, str] | None = None,
     launcher: Sequence[str] = (),
 ) -> ServiceProcess:
-    """The service on the test checkpoint, CPU, an ephemeral 127.0.0.1 port, debug logs.
-    ``launcher`` is put before the command: a wrapper that execs it (same process)."""
-    base = ("--model", str(checkpoint), "--host", "127.0.0.1", "--port", "0", "--device", "cpu")
+    """The service on the test checkpoint, CPU in fp32, an ephemeral 127.0.0.1 port, debug
+    logs; ``args`` come after and may override. ``launcher`` is put before the command: a
+    wrapper that execs it (same process)."""
+    base = (
+        *("--model", str(checkpoint), "--host", "127.0.0.1", "--port", "0"),
+        *("--device", "cpu", "--dtype", "float32"),
+    )
     command = [*launcher, sys.executable, "-m", "reranker_service", *base, "--log-level", "debug"]
     return ServiceProcess([*command, *args], env=env)

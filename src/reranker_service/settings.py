@@ -16,7 +16,7 @@ DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 LogLevel = Literal["debug", "info", "warning", "error"]
-DType = Literal["auto", "float32", "float16", "bfloat16"]
+DType = Literal["auto", "float32", "float16", "bfloat16", "int8"]
 
 
 class Settings(BaseSettings):
@@ -34,7 +34,12 @@ class Settings(BaseSettings):
         description="auto, cpu, cuda, cuda:N, a comma-separated list (cuda:0,cuda:1; cpu,cpu) "
         "or cuda:all: one model replica and worker per entry",
     )
-    dtype: DType = Field("auto", description="auto (bf16 on GPU, fp32 on CPU) or a torch dtype")
+    dtype: DType = Field(
+        "auto",
+        description="auto (bf16 on a GPU; on a CPU bf16 where it is native and a start-up "
+        "self-check agrees, else fp32), float32, float16, bfloat16, or int8 (CPU only: "
+        "torchao's int8 weights and activations)",
+    )
     host: str = Field("0.0.0.0", description="listen address")
     port: int = Field(8000, ge=0, le=65535, description="listen port")
     max_length: int = Field(
@@ -150,6 +155,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> Self:
+        if self.dtype == "int8" and "cuda" in self.device:
+            raise ValueError(
+                f"dtype int8 runs on the CPU only, not on device {self.device!r}: on a GPU "
+                "use auto or bfloat16"
+            )
         if self.max_chunks_per_doc > self.max_chunks_limit:
             raise ValueError(
                 f"max_chunks_per_doc ({self.max_chunks_per_doc}) must be at most "

@@ -21,6 +21,16 @@ import torch
 from transformers import DynamicCache
 
 from reranker_service.engine.batcher import BatchTooLargeError
+from reranker_service.engine.precision import (
+    CpuDtypeChoice,
+    PrecisionCheck,
+    TimedScores,
+    check_pairs,
+    choose_auto_cpu_dtype,
+    cpu_computes_bf16,
+    read_cpu_flags,
+    timed_scores,
+)
 from reranker_service.engine.prefix import SharedPrefix
 from reranker_service.engine.prompt import PromptEncoder
 from reranker_service.engine.scoring import DeviceMemory, ModelDescription
@@ -28,6 +38,8 @@ from reranker_service.engine.scoring import DeviceMemory, ModelDescription
 logger = structlog.get_logger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""The formats a decoder is loaded in as they are; ``auto`` and ``int8`` are chosen or made
+after loading (see ``resolve_dtype`` and ``_cpu_precision``)."""
 _ARCHITECTURE = "Qwen3ForCausalLM"
 
 
@@ -102,7 +114,8 @@ def _bf16_native(device: torch.device) -> bool:
 
 def resolve_dtype(requested: str, devices: Sequence[torch.device]) -> torch.dtype:
     """One dtype for every worker, so that a pair's score does not depend on which one took
-    it: ``auto`` is bf16 where every GPU computes it natively, else fp16; fp32 on the CPU."""
+    it: ``auto`` is bf16 where every GPU computes it natively, else fp16; on the CPU fp32, which
+    ``_cpu_precision`` may then turn into bf16."""
     if requested != "auto":
         return _DTYPES[requested]
     gpus = [device for device in devices if device.type == "cuda"]
@@ -422,11 +435,17 @@ def load_scoring_models(options: LoadOptions) -> list[Qwen3ScoringModel]:
     """Load tokenizer and weights once, and one replica per device of ``options.device``;
     raise ``ModelLoadError`` for anything unservable."""
     try:
-        models = _load(options)
+        models, cpu_choice = _load(options)
     except ModelLoadError:
         raise
     except Exception as exc:
         raise ModelLoadError(f"cannot load model {options.model!r}: {_first_line(exc)}") from exc
+    choice_fields: dict[str, Any] = {}
+    if cpu_choice is not None:
+        choice_fields["dtype_reason"] = cpu_choice.reason
+        if cpu_choice.check is not None:
+            prefix = "int8" if cpu_choice.dtype == "int8" else "bf16"
+            choice_fields.update(cpu_choice.check.fields(prefix))
     for model in models:
         described = model.description
         logger.info(
@@ -437,6 +456,7 @@ def load_scoring_models(options: LoadOptions) -> list[Qwen3ScoringModel]:
             device_uuid=described.device_uuid,
             dtype=described.dtype,
             load_seconds=round(described.load_seconds, 3),
+            **choice_fields,
         )
     return models
 
@@ -449,12 +469,105 @@ def load_scoring_model(options: LoadOptions) -> Qwen3ScoringModel:
     return models[0]
 
 
-def _load(options: LoadOptions) -> list[Qwen3ScoringModel]:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+@dataclass(frozen=True)
+class _Checkpoint:
+    """What the loader needs to read the weights again."""
+
+    options: LoadOptions
+    config: Any
+    yes_id: int
+    no_id: int
+
+    def decoder(self, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.Tensor]:
+        """The decoder in ``dtype``, and the yes - no direction of the LM head in fp32."""
+        from transformers import AutoModelForCausalLM
+
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            self.options.model,
+            revision=self.options.revision,
+            config=self.config,
+            dtype=dtype,
+            output_loading_info=True,
+        )
+        causal_lm, loading_info = loaded
+        missing = [key for key in loading_info.get("missing_keys", []) if key]
+        if missing:
+            raise ModelLoadError(
+                f"{self.options.model!r} lacks weights {sorted(missing)[:3]}; "
+                "not a complete Qwen3 reranker"
+            )
+        lm_head = causal_lm.get_output_embeddings().weight
+        direction = lm_head[self.yes_id].float() - lm_head[self.no_id].float()
+        # Keep the decoder only: an untied LM head is vocabulary x hidden of memory never used.
+        decoder = causal_lm.get_decoder().eval()
+        del causal_lm, lm_head
+        return decoder, direction
+
+
+def _quantize_int8(decoder: torch.nn.Module) -> None:
+    """The decoder's linear layers to int8 weights with int8 activations quantized per pass
+    (torchao), in place; embeddings and norms stay in fp32."""
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"RERANKER_DTYPE=int8 needs torchao, which cannot be imported: {_first_line(exc)}"
+        ) from exc
+    quantize_(decoder, Int8DynamicActivationInt8WeightConfig())
+
+
+def _cpu_precision(
+    requested: str,
+    checkpoint: _Checkpoint,
+    encoder: PromptEncoder,
+    pad_token_id: int,
+) -> tuple[torch.nn.Module, torch.Tensor, CpuDtypeChoice]:
+    """``auto`` or ``int8`` on the CPU: the decoder in the number format chosen, measured
+    against fp32 on the self-check's pairs."""
+    decoder, direction = checkpoint.decoder(torch.float32)
+    pairs = check_pairs(encoder.encode)
+    description = ModelDescription(
+        model=checkpoint.options.model,
+        revision="self-check",
+        device="cpu",
+        dtype="self-check",
+        max_length=checkpoint.options.max_length,
+        load_seconds=0.0,
+    )
+
+    def scores_of(backbone: torch.nn.Module) -> TimedScores:
+        model = Qwen3ScoringModel(backbone, direction, encoder, pad_token_id, description)
+        with torch.inference_mode():
+            return timed_scores(model.score, pairs)
+
+    reference = scores_of(decoder)
+    if requested == "int8":
+        _quantize_int8(decoder)
+        check = PrecisionCheck.of(reference, scores_of(decoder))
+        return decoder, direction, CpuDtypeChoice("int8", "requested (RERANKER_DTYPE=int8)", check)
+
+    def bf16_check() -> PrecisionCheck:
+        decoder.to(torch.bfloat16)  # in place: no second copy of the weights
+        return PrecisionCheck.of(reference, scores_of(decoder))
+
+    choice = choose_auto_cpu_dtype(cpu_computes_bf16(read_cpu_flags()), bf16_check)
+    if choice.dtype == "float32" and choice.check is not None:
+        # The check rounded the weights to bf16: read them again.
+        decoder, direction = checkpoint.decoder(torch.float32)
+    return decoder, direction, choice
+
+
+def _load(options: LoadOptions) -> tuple[list[Qwen3ScoringModel], CpuDtypeChoice | None]:
+    from transformers import AutoConfig, AutoTokenizer
 
     started = time.perf_counter()
     devices = resolve_devices(options.device)
-    dtype = resolve_dtype(options.dtype, devices)
+    on_cpu = all(device.type == "cpu" for device in devices)
+    if options.dtype == "int8" and not on_cpu:
+        raise ModelLoadError(
+            "RERANKER_DTYPE=int8 runs on the CPU only; on a GPU use auto or bfloat16 "
+            f"(RERANKER_DEVICE={options.device!r})"
+        )
     config = AutoConfig.from_pretrained(options.model, revision=options.revision)
     architectures = list(getattr(config, "architectures", None) or [])
     if config.model_type != "qwen3" or _ARCHITECTURE not in architectures:
@@ -471,25 +584,18 @@ def _load(options: LoadOptions) -> list[Qwen3ScoringModel]:
     if pad_token_id is None:
         pad_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     encoder = PromptEncoder.from_pretrained_tokenizer(tokenizer, options.max_length)
+    checkpoint = _Checkpoint(options, config, yes_id, no_id)
 
-    loaded: Any = AutoModelForCausalLM.from_pretrained(
-        options.model,
-        revision=options.revision,
-        config=config,
-        dtype=dtype,
-        output_loading_info=True,
-    )
-    causal_lm, loading_info = loaded
-    missing = [key for key in loading_info.get("missing_keys", []) if key]
-    if missing:
-        raise ModelLoadError(
-            f"{options.model!r} lacks weights {sorted(missing)[:3]}; not a complete Qwen3 reranker"
+    cpu_choice: CpuDtypeChoice | None = None
+    if on_cpu and options.dtype in ("auto", "int8"):
+        decoder, direction, cpu_choice = _cpu_precision(
+            options.dtype, checkpoint, encoder, int(pad_token_id)
         )
-    lm_head = causal_lm.get_output_embeddings().weight
-    direction = lm_head[yes_id].float() - lm_head[no_id].float()
-    # Keep the decoder only: an untied LM head is vocabulary x hidden of memory never used.
-    decoder = causal_lm.get_decoder().eval()
-    del causal_lm, lm_head
+        dtype_name = cpu_choice.dtype
+    else:
+        dtype = resolve_dtype(options.dtype, devices)
+        decoder, direction = checkpoint.decoder(dtype)
+        dtype_name = str(dtype).removeprefix("torch.")
     revision = str(getattr(config, "_commit_hash", None) or "local")
 
     models = []
@@ -503,7 +609,7 @@ def _load(options: LoadOptions) -> list[Qwen3ScoringModel]:
             model=options.model,
             revision=revision,
             device=name,
-            dtype=str(dtype).removeprefix("torch."),
+            dtype=dtype_name,
             max_length=options.max_length,
             load_seconds=time.perf_counter() - started,
             device_uuid=_device_uuid(device),
@@ -513,4 +619,4 @@ def _load(options: LoadOptions) -> list[Qwen3ScoringModel]:
                 backbone, direction.to(device), encoder, int(pad_token_id), description
             )
         )
-    return models
+    return models, cpu_choice

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
@@ -21,6 +22,14 @@ _SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi")
 _LIBRARY_LOGGERS = ("transformers", "huggingface_hub", "torch")
 
 _ACCESS_LOGGER = "uvicorn.access"
+# Import-time chatter of torchao (which transformers imports whenever it is installed): its CUDA
+# kernel libraries fail to load on a CPU-only torch, and it registers enums the way torch now
+# calls deprecated. Neither concerns serving (int8 runs on the CPU, without those kernels).
+_IMPORT_NOISE = (
+    ("torchao", re.compile(r"^Failed to load .*\.so: ")),
+    ("torchao.kernel.intmm", re.compile(r"Detected no triton")),
+    ("torch.utils._pytree", re.compile(r"is an Enum subclass and is now natively supported")),
+)
 
 
 def configure_logging(
@@ -72,6 +81,11 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)
+    for name, pattern in _IMPORT_NOISE:
+        noisy = logging.getLogger(name)
+        for dropping in [f for f in noisy.filters if isinstance(f, _DropMessages)]:
+            noisy.removeFilter(dropping)
+        noisy.addFilter(_DropMessages(pattern))
     for library in _LIBRARY_LOGGERS:
         importlib.import_module(library)
     _route_to_root(*_SERVER_LOGGERS, *_LIBRARY_LOGGERS)
@@ -123,6 +137,15 @@ def _structure_access_record(
             status=status,
         )
     return event_dict
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self._pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self._pattern.search(record.getMessage())
 
 
 class _QuietAccess(logging.Filter):

@@ -1,0 +1,208 @@
+"""The number format a CPU serves in: bf16 under ``auto`` only where the CPU computes it and the
+start-up self-check agrees, fp32 otherwise; int8 on request, within its documented bound."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import torch
+
+import reranker_service.engine.model as model_module
+from reranker_service.engine import precision
+from reranker_service.engine.model import LoadOptions, ModelLoadError, load_scoring_model
+from reranker_service.engine.precision import (
+    PrecisionCheck,
+    TimedScores,
+    choose_auto_cpu_dtype,
+    cpu_computes_bf16,
+    cpu_flags,
+)
+from reranker_service.settings import DEFAULT_INSTRUCTION, Settings
+from tests.conftest import asgi_client, make_settings, probabilities
+from tests.exposition import scrape
+from tests.model_card import ModelCardReranker
+
+INT8_BOUND = 0.05
+"""What the docs state of an int8 score against the model card's (fp32) one: the largest
+difference measured through the engine was 0.0092 on the test checkpoint and 0.029 on the 0.6B
+shape (``bench/cpu_dtypes.py``, ``bench/results/cpu-dtypes-*.json``)."""
+
+EPYC_ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: avx2 avx512f avx512_bf16\n"
+SKYLAKE = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: avx2 avx512f avx512_vnni\n"
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: avx512f amx_bf16 amx_tile amx_int8\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\nCPU implementer\t: 0x41\n"
+QUERY = "what is the capital of france"
+DOCUMENTS = [
+    "paris is the capital of france",
+    "berlin is the capital of germany",
+    "the capital of france is a city on the seine, home to the louvre and the eiffel tower",
+]
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "native"),
+    [(EPYC_ZEN4, True), (SKYLAKE, False), (SAPPHIRE_RAPIDS, True), (GRAVITON3, True), ("", False)],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(cpuinfo: str, native: bool) -> None:
+    assert cpu_computes_bf16(cpu_flags(cpuinfo)) is native
+
+
+def _check(max_difference: float, speedup: float) -> PrecisionCheck:
+    return PrecisionCheck(max_difference, max_difference / 2, speedup)
+
+
+def test_auto_keeps_bf16_when_the_self_check_agrees() -> None:
+    choice = choose_auto_cpu_dtype(True, lambda: _check(0.004, 3.1))
+    assert (choice.dtype, choice.check) == ("bfloat16", _check(0.004, 3.1))
+
+
+@pytest.mark.parametrize(
+    ("check", "reason"),
+    [
+        (_check(0.3, 3.0), "differ from fp32 by 0.3 > 0.02"),
+        (_check(math.inf, 3.0), "differ from fp32 by inf"),
+        (_check(0.001, 0.8), "no faster than fp32"),
+    ],
+)
+def test_auto_refuses_bf16_the_self_check_does_not_trust(
+    check: PrecisionCheck, reason: str
+) -> None:
+    choice = choose_auto_cpu_dtype(True, lambda: check)
+    assert choice.dtype == "float32"
+    assert reason in choice.reason
+
+
+def test_auto_without_native_bf16_runs_no_check() -> None:
+    def no_check() -> PrecisionCheck:
+        raise AssertionError("the self-check must not run")
+
+    choice = choose_auto_cpu_dtype(False, no_check)
+    assert (choice.dtype, choice.check) == ("float32", None)
+    assert "no bf16 instructions" in choice.reason
+
+
+def test_a_nan_score_fails_the_check() -> None:
+    check = PrecisionCheck.of(TimedScores([0.5, -1.0], 1.0), TimedScores([0.5, math.nan], 0.5))
+    assert check.max_difference == math.inf
+
+
+def _options(checkpoint: Path, dtype: str) -> LoadOptions:
+    return LoadOptions(str(checkpoint), None, "cpu", dtype, 8192)
+
+
+def _loaded_line(logs: list[MutableMapping[str, Any]]) -> MutableMapping[str, Any]:
+    [line] = [line for line in logs if line["event"] == "model_loaded"]
+    return line
+
+
+def test_auto_on_a_cpu_without_bf16_serves_fp32_exactly(
+    checkpoint: Path, card: ModelCardReranker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_module, "read_cpu_flags", lambda: cpu_flags(SKYLAKE))
+    with structlog.testing.capture_logs() as logs:
+        model = load_scoring_model(_options(checkpoint, "auto"))
+    assert model.description.dtype == "float32"
+    assert _loaded_line(logs)["dtype_reason"] == "this CPU has no bf16 instructions"
+    pairs = model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
+    expected = card.score_alone(None, QUERY, DOCUMENTS)
+    assert probabilities(model.score(pairs)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_auto_refused_by_the_self_check_reloads_fp32_weights(
+    checkpoint: Path, card: ModelCardReranker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check rounds the weights to bf16 in place: when it refuses, fp32 is read again, and
+    the scores are the model card's to the last bits, not bf16's."""
+    monkeypatch.setattr(model_module, "read_cpu_flags", lambda: cpu_flags(EPYC_ZEN4))
+    monkeypatch.setattr(precision, "BF16_SELF_CHECK_BOUND", 0.0)
+    with structlog.testing.capture_logs() as logs:
+        model = load_scoring_model(_options(checkpoint, "auto"))
+    line = _loaded_line(logs)
+    assert model.description.dtype == "float32"
+    assert line["dtype_reason"].startswith("bf16 scores differ from fp32")
+    assert line["bf16_max_difference"] > 0
+    assert {parameter.dtype for parameter in model._backbone.parameters()} == {torch.float32}
+    pairs = model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
+    expected = card.score_alone(None, QUERY, DOCUMENTS)
+    assert probabilities(model.score(pairs)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_auto_kept_by_the_self_check_serves_bf16(
+    checkpoint: Path, card: ModelCardReranker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With native bf16 and a self-check that agrees (faked: on the tiny test model bf16 may
+    well be no faster), the weights are bf16 and the scores within bf16's bound."""
+    monkeypatch.setattr(model_module, "read_cpu_flags", lambda: cpu_flags(SAPPHIRE_RAPIDS))
+    measured: list[PrecisionCheck] = []
+    measure = PrecisionCheck.of
+
+    def faster_check(reference: TimedScores, candidate: TimedScores) -> PrecisionCheck:
+        check = measure(reference, candidate)
+        measured.append(check)
+        return PrecisionCheck(check.max_difference, check.median_difference, speedup=3.0)
+
+    monkeypatch.setattr(PrecisionCheck, "of", faster_check)
+    with structlog.testing.capture_logs() as logs:
+        model = load_scoring_model(_options(checkpoint, "auto"))
+    line = _loaded_line(logs)
+    assert model.description.dtype == "bfloat16"
+    assert line["dtype_reason"] == "native bf16, within the self-check's bound"
+    assert line["bf16_speedup"] == 3.0
+    [check] = measured
+    assert 0 < check.max_difference <= precision.BF16_SELF_CHECK_BOUND
+    assert next(model._backbone.parameters()).dtype == torch.bfloat16
+    pairs = model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
+    expected = card.score_alone(None, QUERY, DOCUMENTS)
+    assert probabilities(model.score(pairs)) == pytest.approx(
+        expected, abs=precision.BF16_SELF_CHECK_BOUND
+    )
+
+
+async def test_int8_serves_within_its_bound_of_the_model_card(
+    checkpoint: Path, card: ModelCardReranker
+) -> None:
+    settings = make_settings(checkpoint, dtype="int8")
+    with structlog.testing.capture_logs() as logs:
+        int8 = load_scoring_model(
+            LoadOptions(str(checkpoint), None, "cpu", "int8", settings.max_length)
+        )
+    line = _loaded_line(logs)
+    assert line["dtype"] == "int8"
+    assert 0 < line["int8_max_difference"] <= INT8_BOUND
+    from reranker_service.app import create_app
+
+    async with asgi_client(create_app(settings, model=int8)) as http:
+        response = await http.post("/rerank", json={"query": QUERY, "documents": DOCUMENTS})
+        info = (await http.get("/info")).json()
+        exposition = await scrape(http)
+    assert response.status_code == 200
+    assert info["dtype"] == "int8"
+    [info_sample] = exposition.samples("reranker_model_info")
+    assert (info_sample.labels["dtype"], info_sample.value) == ("int8", 1)
+    served = {result["index"]: result["relevance_score"] for result in response.json()["results"]}
+    expected = card.score_alone(None, QUERY, DOCUMENTS)
+    assert [served[index] for index in range(len(DOCUMENTS))] == pytest.approx(
+        expected, abs=INT8_BOUND
+    )
+
+
+def test_int8_is_refused_on_a_gpu() -> None:
+    with pytest.raises(ValueError, match="int8 runs on the CPU only"):
+        Settings(model="unused", device="cuda:0", dtype="int8")
+
+
+def test_int8_is_refused_where_auto_resolves_to_a_gpu(
+    checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``auto`` is a GPU where one exists: the loader refuses int8 there, before reading any
+    weights."""
+    monkeypatch.setattr(
+        model_module, "resolve_devices", lambda requested: [torch.device("cuda", 0)]
+    )
+    with pytest.raises(ModelLoadError, match="int8 runs on the CPU only"):
+        load_scoring_model(LoadOptions(str(checkpoint), None, "auto", "int8", 512))
