@@ -14,7 +14,12 @@ import torch
 
 import reranker_service.engine.model as model_module
 from reranker_service.engine import precision
-from reranker_service.engine.model import LoadOptions, ModelLoadError, load_scoring_model
+from reranker_service.engine.model import (
+    LoadOptions,
+    ModelLoadError,
+    Qwen3ScoringModel,
+    load_scoring_model,
+)
 from reranker_service.engine.precision import (
     PrecisionCheck,
     TimedScores,
@@ -95,6 +100,13 @@ def _options(checkpoint: Path, dtype: str) -> LoadOptions:
     return LoadOptions(str(checkpoint), None, "cpu", dtype, 8192)
 
 
+def _largest_difference_from_card(model: Qwen3ScoringModel, card: ModelCardReranker) -> float:
+    pairs = model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
+    served = probabilities(model.score(pairs))
+    expected = card.score_alone(None, QUERY, DOCUMENTS)
+    return max(abs(a - b) for a, b in zip(served, expected, strict=True))
+
+
 def _loaded_line(logs: list[MutableMapping[str, Any]]) -> MutableMapping[str, Any]:
     [line] = [line for line in logs if line["event"] == "model_loaded"]
     return line
@@ -108,9 +120,7 @@ def test_auto_on_a_cpu_without_bf16_serves_fp32_exactly(
         model = load_scoring_model(_options(checkpoint, "auto"))
     assert model.description.dtype == "float32"
     assert _loaded_line(logs)["dtype_reason"] == "this CPU has no bf16 instructions"
-    pairs = model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
-    expected = card.score_alone(None, QUERY, DOCUMENTS)
-    assert probabilities(model.score(pairs)) == pytest.approx(expected, abs=1e-6)
+    assert _largest_difference_from_card(model, card) <= 1e-6
 
 
 def test_auto_refused_by_the_self_check_reloads_fp32_weights(
@@ -127,9 +137,7 @@ def test_auto_refused_by_the_self_check_reloads_fp32_weights(
     assert line["dtype_reason"].startswith("bf16 scores differ from fp32")
     assert line["bf16_max_difference"] > 0
     assert {parameter.dtype for parameter in model._backbone.parameters()} == {torch.float32}
-    pairs = model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
-    expected = card.score_alone(None, QUERY, DOCUMENTS)
-    assert probabilities(model.score(pairs)) == pytest.approx(expected, abs=1e-6)
+    assert _largest_difference_from_card(model, card) <= 1e-6
 
 
 def test_auto_kept_by_the_self_check_serves_bf16(
@@ -156,11 +164,7 @@ def test_auto_kept_by_the_self_check_serves_bf16(
     [check] = measured
     assert 0 < check.max_difference <= precision.BF16_SELF_CHECK_BOUND
     assert next(model._backbone.parameters()).dtype == torch.bfloat16
-    pairs = model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
-    expected = card.score_alone(None, QUERY, DOCUMENTS)
-    assert probabilities(model.score(pairs)) == pytest.approx(
-        expected, abs=precision.BF16_SELF_CHECK_BOUND
-    )
+    assert _largest_difference_from_card(model, card) <= precision.BF16_SELF_CHECK_BOUND
 
 
 async def test_int8_serves_within_its_bound_of_the_model_card(
