@@ -405,7 +405,26 @@ def test_the_service_exports_over_grpc_from_its_environment(checkpoint: Path) ->
     assert not any("trace_id" in line for line in lines if line["event"] == "service_ready")
 
 
-def test_span_store_waits_for_what_it_is_told(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_the_service_with_tracing_disabled_exports_nothing(checkpoint: Path) -> None:
+    """An endpoint set but the SDK disabled (``OTEL_SDK_DISABLED``, as an operator switches
+    tracing off without touching the rest): the service starts no tracing, exports nothing by
+    the time it has exited, and writes no trace ids."""
+    with otlp_http_receiver() as (endpoint, store):
+        environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SDK_DISABLED": "true"}
+        with _stopped_at_exit(start_service(checkpoint, env=environ)) as service:
+            with httpx.Client(base_url=service.base_url(), timeout=60) as http:
+                response = http.post("/rerank", json=BODY, headers={"traceparent": SAMPLED})
+            assert response.status_code == 200
+            service.proc.send_signal(signal.SIGTERM)
+            lines = service.finish()
+    assert service.proc.returncode == 0
+    assert (store.requests, store.spans) == (0, [])
+    assert not any(line["event"] == "tracing_enabled" for line in lines)
+    assert not any("trace_id" in line for line in lines)
+
+
+def test_span_store_waits_for_what_it_is_told() -> None:
     """The receiver's wait fails when what it waits for never comes (so tests relying on it
     can fail)."""
     store = SpanStore()
