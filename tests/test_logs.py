@@ -137,6 +137,9 @@ LIBRARY_LOGS = textwrap.dedent(
     logging.getLogger("huggingface_hub.file_download").warning("from huggingface_hub")
     logging.getLogger("torch.distributed").warning("from torch")
     warnings.warn("from warnings", UserWarning, stacklevel=1)
+    torchao = logging.getLogger("torchao")
+    torchao.warning("Failed to load /venv/torchao/_C_cutlass_90a.abi3.so: Could not load this")
+    torchao.warning("from torchao")
     """
 )
 
@@ -157,3 +160,7 @@ def test_library_logs_go_through_the_same_renderer(checkpoint: Path) -> None:
         assert by_event[f"from {library}"]["level"] == "warning"
     assert any("from warnings" in record["event"] for record in records)
     assert "from " not in completed.stderr
+    # torchao's import-time note about CUDA kernels a CPU torch cannot load is dropped; its
+    # other lines are not.
+    assert by_event["from torchao"]["level"] == "warning"
+    assert "Failed to load" not in completed.stdout + completed.stderr
