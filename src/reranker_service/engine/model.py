@@ -12,7 +12,7 @@ import inspect
 import itertools
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -540,15 +540,20 @@ def _cpu_precision(
         with torch.inference_mode():
             return timed_scores(model.score, pairs)
 
-    reference = scores_of(decoder)
+    def check_against_fp32(convert: Callable[[torch.nn.Module], object]) -> PrecisionCheck:
+        """Score the check's pairs in fp32, convert the decoder in place (no second copy of
+        the weights), score them again."""
+        reference = scores_of(decoder)
+        convert(decoder)
+        return PrecisionCheck.of(reference, scores_of(decoder))
+
     if requested == "int8":
-        _quantize_int8(decoder)
-        check = PrecisionCheck.of(reference, scores_of(decoder))
+        check = check_against_fp32(_quantize_int8)
         return decoder, direction, CpuDtypeChoice("int8", "requested (RERANKER_DTYPE=int8)", check)
 
+    # Without native bf16 the check does not run, and neither does its fp32 pass.
     def bf16_check() -> PrecisionCheck:
-        decoder.to(torch.bfloat16)  # in place: no second copy of the weights
-        return PrecisionCheck.of(reference, scores_of(decoder))
+        return check_against_fp32(lambda backbone: backbone.to(torch.bfloat16))
 
     choice = choose_auto_cpu_dtype(cpu_computes_bf16(read_cpu_flags()), bf16_check)
     if choice.dtype == "float32" and choice.check is not None:
