@@ -24,9 +24,10 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from reranker_service.engine.model import LoadOptions, Qwen3ScoringModel, load_scoring_model
-from reranker_service.engine.prefix import SharedPrefix, shared_prefix
-from reranker_service.engine.rerank_engine import probability
+from reranker_service.engine.loading import LoadOptions, load_single_device_model
+from reranker_service.engine.prefix import shared_prefix
+from reranker_service.engine.runner.protocol import PassBatch, PassPair, ServedModel
+from reranker_service.engine.scoring import probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from reranker_service.tiny_checkpoint import QWEN3_RERANKER_0_6B, build_checkpoint
 from workloads import Workload, make_requests
@@ -40,24 +41,27 @@ BF16_BATCH_DRIFT_BOUND = 0.01
 # shape runs on a CPU in minutes.
 DRIFT_WORKLOAD = Workload("drift", 8, lambda rng: rng.randint(20, 250), "8 docs of 20-250 tokens")
 Pairs = list[list[int]]
-Entry = tuple[int, list[int], SharedPrefix | None]
-"""A pair in a pass: its index, its tokens, the prefix it reads from (if any)."""
+Entry = tuple[int, list[int], int]
+"""A pair in a pass: its index, its tokens, the length of the prefix it reads (0: none)."""
 Composition = Callable[[int], list[list[Entry]]]
 
 
 def _scores_in(
-    model: Qwen3ScoringModel,
+    model: ServedModel,
     passes: Sequence[Sequence[Entry]],
     count: int,
 ) -> list[float]:
     """Score ``(index, tokens, prefix)`` entries pass by pass; P(yes) back in index order."""
     scores = [0.0] * count
-    for entries in passes:
-        prefixes = [prefix for _, _, prefix in entries]
-        got = model.score(
-            [tokens for _, tokens, _ in entries],
-            prefixes if any(prefix is not None for prefix in prefixes) else None,
-        )
+    runner = model.runner
+    for prefix_id, entries in enumerate(passes):
+        # A composition's prefix is its request's: one id per pass, computed in it.
+        pairs = [
+            PassPair(tokens, prefix_id if length else None, length) for _, tokens, length in entries
+        ]
+        new = frozenset(pair.prefix_id for pair in pairs if pair.prefix_id is not None)
+        got = runner.launch(PassBatch(pairs, new)).result()
+        runner.release(sorted(new))
         for (index, _, _), logit in zip(entries, got, strict=True):
             scores[index] = probability(logit)
     return scores
@@ -68,16 +72,14 @@ def _compositions(requests: Sequence[Pairs]) -> tuple[dict[str, Composition], Co
     prefix). The other request's pairs ride along only to fill passes."""
 
     def alone(r: int) -> list[list[Entry]]:
-        return [[(i, pair, None)] for i, pair in enumerate(requests[r])]
+        return [[(i, pair, 0)] for i, pair in enumerate(requests[r])]
 
     def one_pass(r: int) -> list[list[Entry]]:
-        return [[(i, pair, None) for i, pair in enumerate(requests[r])]]
+        return [[(i, pair, 0) for i, pair in enumerate(requests[r])]]
 
     def sorted_fours(r: int) -> list[list[Entry]]:
         order = sorted(range(len(requests[r])), key=lambda i: len(requests[r][i]))
-        return [
-            [(i, requests[r][i], None) for i in order[k : k + 4]] for k in range(0, len(order), 4)
-        ]
+        return [[(i, requests[r][i], 0) for i in order[k : k + 4]] for k in range(0, len(order), 4)]
 
     def shared(r: int) -> list[list[Entry]]:
         prefix = shared_prefix(requests[r])
@@ -87,11 +89,9 @@ def _compositions(requests: Sequence[Pairs]) -> tuple[dict[str, Composition], Co
         other = requests[1 - r]
         passes = []
         for k in range(0, len(requests[r]), 4):
-            mine = [(i, requests[r][i], None) for i in range(k, min(k + 4, len(requests[r])))]
+            mine = [(i, requests[r][i], 0) for i in range(k, min(k + 4, len(requests[r])))]
             # Indexes past the request's own are the other request's: dropped from the result.
-            theirs = [
-                (len(requests[r]) + j, other[j], None) for j in range(k, min(k + 4, len(other)))
-            ]
+            theirs = [(len(requests[r]) + j, other[j], 0) for j in range(k, min(k + 4, len(other)))]
             passes.append([entry for pair in zip(mine, theirs, strict=False) for entry in pair])
         return passes
 
@@ -107,7 +107,7 @@ def measure(checkpoint: str, device: str, max_length: int) -> dict[str, object]:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     texts = make_requests(tokenizer, DRIFT_WORKLOAD, 2, seed=0)
     models = {
-        dtype: load_scoring_model(LoadOptions(checkpoint, None, device, dtype, max_length))
+        dtype: load_single_device_model(LoadOptions(checkpoint, None, device, dtype, max_length))
         for dtype in ("float32", "bfloat16")
     }
     requests = [

@@ -18,15 +18,12 @@ from typing import Any, Protocol
 import torch
 
 from http_client import HttpError, KeepAliveClient
-from reranker_service.engine.batcher import BatchReport
-from reranker_service.engine.model import (
-    load_scoring_model,
-    resolve_device,
-    resolve_devices,
-    resolve_dtype,
-)
+from reranker_service.engine.devices import resolve_device, resolve_devices, resolve_dtype
+from reranker_service.engine.loading import load_single_device_model
 from reranker_service.engine.prompt import PROMPT_PREFIX, PROMPT_SUFFIX
 from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine, RerankOutcome
+from reranker_service.engine.runner.protocol import run_pass
+from reranker_service.engine.scheduler.jobs import BatchReport
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from workloads import Request
 
@@ -177,12 +174,12 @@ class EngineInProcess:
         prefix_reuse: bool,
         pass_costs: tuple[tuple[float, float], ...] | None = None,
     ) -> None:
-        from reranker_service.engine.model import LoadOptions, load_scoring_models
+        from reranker_service.engine.loading import LoadOptions, load_model
 
-        replicas = load_scoring_models(LoadOptions(checkpoint, None, device, dtype, max_length))
+        replicas = load_model(LoadOptions(checkpoint, None, device, dtype, max_length))
         self.name = "engine" if prefix_reuse else "engine, reuse off"
-        if len(replicas) > 1:
-            self.name += f", {len(replicas)} workers"
+        if len(replicas.runners) > 1:
+            self.name += f", {len(replicas.runners)} workers"
         self._reports: list[BatchReport] = []
         self._engine = RerankEngine(
             replicas,
@@ -260,9 +257,10 @@ class BestFixedBudget:
     name = "best fixed budget"
 
     def __init__(self, checkpoint: str, device: str, dtype: str, max_length: int) -> None:
-        from reranker_service.engine.model import LoadOptions
+        from reranker_service.engine.loading import LoadOptions
 
-        self._model = load_scoring_model(LoadOptions(checkpoint, None, device, dtype, max_length))
+        options = LoadOptions(checkpoint, None, device, dtype, max_length)
+        self._model = load_single_device_model(options)
         self._memory = _MemoryMeter(resolve_device(device), os.getpid())
 
     def encode(self, requests: list[Request]) -> list[list[int]]:
@@ -291,11 +289,11 @@ class BestFixedBudget:
             else:
                 batches.append([pair])
         random.Random(seed).shuffle(batches)
-        self._model.score(batches[0])  # warm for this shape
+        run_pass(self._model.runner, batches[0])  # warm for this shape
         passes = Passes()
         started = time.perf_counter()
         for batch in batches:
-            self._model.score(batch)
+            run_pass(self._model.runner, batch)
             passes.count += 1
             passes.pairs += len(batch)
             passes.real_tokens += sum(len(pair) for pair in batch)

@@ -42,9 +42,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from reranker_service.api.request_spans import RequestSpans
 from reranker_service.api.telemetry import RerankRecord
 from reranker_service.app import create_app, load_options
-from reranker_service.engine.batcher import PassShare
-from reranker_service.engine.model import load_scoring_model
+from reranker_service.engine.loading import load_single_device_model
 from reranker_service.engine.rerank_engine import RerankOutcome
+from reranker_service.engine.scheduler.jobs import PassShare
 from reranker_service.local_server import serve_in_thread
 from reranker_service.observability.logging import configure_logging
 from reranker_service.observability.metrics import ServiceMetrics
@@ -213,7 +213,7 @@ def main() -> None:
         configure_logging("info", "json", stream=sink)
         model_path = args.model or str(build_checkpoint(Path(scratch) / "tiny"))
         settings = Settings(model=model_path, device=args.device, host="127.0.0.1")
-        model = load_scoring_model(load_options(settings))
+        model = load_single_device_model(load_options(settings))
         body = {
             "query": "what is the capital of france",
             "documents": [

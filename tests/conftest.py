@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import contextlib
+import itertools
 import shutil
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,14 +20,17 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from reranker_service.app import create_app, load_options
-from reranker_service.engine.model import (
-    Qwen3ScoringModel,
-    load_scoring_model,
-    load_scoring_models,
+from reranker_service.engine.loading import load_model, load_single_device_model
+from reranker_service.engine.runner.protocol import (
+    ModelRunner,
+    PassBatch,
+    PassPair,
+    PassShape,
+    PendingScores,
+    ServedModel,
+    run_pass,
 )
-from reranker_service.engine.prefix import SharedPrefix
-from reranker_service.engine.rerank_engine import probability
-from reranker_service.engine.scoring import DeviceMemory
+from reranker_service.engine.scoring import DeviceMemory, ModelDescription, probability
 from reranker_service.observability.gpu import NvmlLibrary
 from reranker_service.settings import Settings
 from reranker_service.tiny_checkpoint import CheckpointShape, build_checkpoint
@@ -61,20 +65,51 @@ def make_settings(checkpoint: Path, **overrides: Any) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def scoring_model(checkpoint: Path) -> Qwen3ScoringModel:
-    return load_scoring_model(load_options(make_settings(checkpoint)))
+def scoring_model(checkpoint: Path) -> ServedModel:
+    return load_single_device_model(load_options(make_settings(checkpoint)))
 
 
 @pytest.fixture(scope="session")
-def cpu_replicas(checkpoint: Path) -> list[Qwen3ScoringModel]:
-    """``RERANKER_DEVICE=cpu,cpu``: two workers' replicas, sharing one set of weights."""
-    return load_scoring_models(load_options(make_settings(checkpoint, device="cpu,cpu")))
+def cpu_replicas(checkpoint: Path) -> ServedModel:
+    """``RERANKER_DEVICE=cpu,cpu``: two workers' runners, sharing one set of weights."""
+    return load_model(load_options(make_settings(checkpoint, device="cpu,cpu")))
 
 
 @pytest.fixture(scope="session")
-def short_scoring_model(checkpoint: Path) -> Qwen3ScoringModel:
+def short_scoring_model(checkpoint: Path) -> ServedModel:
     settings = make_settings(checkpoint, max_length=SMALL_MAX_LENGTH)
-    return load_scoring_model(load_options(settings))
+    return load_single_device_model(load_options(settings))
+
+
+def logits(model: ServedModel, sequences: Sequence[Sequence[int]]) -> list[float]:
+    """The raw scores of ``sequences`` in one pass of the model's first runner: the reference
+    a served score is compared with."""
+    return run_pass(model.runner, sequences)
+
+
+_prefix_ids = itertools.count(1_000_000)
+
+
+def new_prefix_id() -> int:
+    """A prefix id no scheduler of the test session gives out."""
+    return next(_prefix_ids)
+
+
+def prefixed_logits(
+    runner: ModelRunner,
+    sequences: Sequence[Sequence[int]],
+    prefixes: Sequence[tuple[int, int] | None],
+    *,
+    held: frozenset[int] = frozenset(),
+) -> list[float]:
+    """One pass in which each sequence starts with its ``(prefix id, length)`` prefix, if any:
+    those in ``held`` read from the runner, the others computed in the pass and kept."""
+    pairs = [
+        PassPair(sequence, *prefix) if prefix is not None else PassPair(sequence)
+        for sequence, prefix in zip(sequences, prefixes, strict=True)
+    ]
+    new = frozenset(prefix[0] for prefix in prefixes if prefix is not None) - held
+    return runner.launch(PassBatch(pairs, new)).result()
 
 
 @pytest.fixture(scope="session")
@@ -99,10 +134,13 @@ AppFactory = Callable[..., FastAPI]
 
 
 @pytest.fixture
-def app_factory(checkpoint: Path, scoring_model: Qwen3ScoringModel) -> AppFactory:
-    """``build(model, nvml=..., **settings)``: an app over the session's model (or ``model``)."""
+def app_factory(checkpoint: Path, scoring_model: ServedModel) -> AppFactory:
+    """``build(model, nvml=..., **settings)``: an app over the session's model (or ``model``, a
+    served model or one runner wrapper)."""
 
     def build(model: Any = None, *, nvml: NvmlLibrary | None = None, **overrides: Any) -> FastAPI:
+        if isinstance(model, RunnerWrapper):
+            model = model.served
         return create_app(
             make_settings(checkpoint, **overrides), model=model or scoring_model, nvml=nvml
         )
@@ -129,37 +167,52 @@ async def client(app_factory: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def probabilities(logits: Sequence[float]) -> list[float]:
-    """P(yes) of each raw score, as the engine answers (``ScoringModel.score`` gives logits)."""
+    """P(yes) of each raw score, as the engine answers (a runner's passes give logits)."""
     return [probability(logit) for logit in logits]
 
 
-class ModelWrapper:
-    """The real model behind a test seam: subclasses change ``score`` only."""
+def sequences_of(batch: PassBatch) -> list[tuple[int, ...]]:
+    return [tuple(pair.tokens) for pair in batch.pairs]
 
-    def __init__(self, model: Qwen3ScoringModel) -> None:
-        self._model = model
+
+class RunnerWrapper:
+    """A served model's real runner behind a test seam: subclasses change ``launch`` only.
+    ``served`` is the model served through the wrapper."""
+
+    def __init__(self, model: ServedModel, runner: ModelRunner | None = None) -> None:
+        self._runner = runner or model.runner
         self.encoder = model.encoder
-        self.description = model.description
+        self.served = ServedModel(model.encoder, (self,))
 
-    def device_memory(self) -> DeviceMemory | None:
-        return self._model.device_memory()
+    @property
+    def description(self) -> ModelDescription:
+        return self._runner.description
 
-    def bind_worker_thread(self) -> None:
-        self._model.bind_worker_thread()
+    @property
+    def overlaps_passes(self) -> bool:
+        return self._runner.overlaps_passes
 
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
-        return self._model.score(sequences, prefixes)
+    def pass_tokens(self, shape: PassShape) -> int:
+        return self._runner.pass_tokens(shape)
+
+    def release(self, prefix_ids: Sequence[int]) -> None:
+        self._runner.release(prefix_ids)
+
+    def memory(self) -> DeviceMemory | None:
+        return self._runner.memory()
+
+    def bind_thread(self) -> None:
+        self._runner.bind_thread()
+
+    def launch(self, batch: PassBatch) -> PendingScores:
+        return self._runner.launch(batch)
 
 
-class PassRecorder(ModelWrapper):
-    """The real model, remembering the token sequences of each forward pass."""
+class PassRecorder(RunnerWrapper):
+    """The real runner, remembering the token sequences of each forward pass."""
 
-    def __init__(self, model: Qwen3ScoringModel) -> None:
-        super().__init__(model)
+    def __init__(self, model: ServedModel, runner: ModelRunner | None = None) -> None:
+        super().__init__(model, runner)
         self._lock = threading.Lock()
         self.passes: list[list[tuple[int, ...]]] = []
 
@@ -168,31 +221,23 @@ class PassRecorder(ModelWrapper):
         """Each pass's pair lengths."""
         return [[len(sequence) for sequence in batch] for batch in self.passes]
 
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
+    def launch(self, batch: PassBatch) -> PendingScores:
         with self._lock:
-            self.passes.append([tuple(sequence) for sequence in sequences])
-        return super().score(sequences, prefixes)
+            self.passes.append(sequences_of(batch))
+        return super().launch(batch)
 
 
-class GatedModel(ModelWrapper):
-    """The real model, except that forward passes wait until the test opens the gate."""
+class GatedModel(RunnerWrapper):
+    """The real runner, except that forward passes wait until the test opens the gate."""
 
-    def __init__(self, model: Qwen3ScoringModel) -> None:
-        super().__init__(model)
+    def __init__(self, model: ServedModel, runner: ModelRunner | None = None) -> None:
+        super().__init__(model, runner)
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
         """Set once a forward pass has started (and is perhaps waiting at the gate)."""
 
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
+    def launch(self, batch: PassBatch) -> PendingScores:
         self.entered.set()
         self.gate.wait(timeout=60)
-        return super().score(sequences, prefixes)
+        return super().launch(batch)

@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from reranker_service.app import create_app
-from reranker_service.engine.model import Qwen3ScoringModel
-from reranker_service.engine.rerank_engine import probability
+from reranker_service.engine.runner.protocol import ServedModel
+from reranker_service.engine.scoring import probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import AppFactory, GatedModel, asgi_client, make_settings
+from tests.conftest import AppFactory, GatedModel, asgi_client, logits, make_settings
 from tests.exposition import Exposition
 
 QUERY = "What is the capital of France?"
@@ -22,16 +22,17 @@ DOCS = ["Paris is the capital of France.", "Berlin is in Germany.", "Cheese.", "
 
 
 def _reference(
-    model: Qwen3ScoringModel, docs: list[str], instruction: str = DEFAULT_INSTRUCTION
+    model: ServedModel, docs: list[str], instruction: str = DEFAULT_INSTRUCTION
 ) -> list[float]:
     return [
-        probability(model.score(model.encoder.encode(instruction, QUERY, [doc]))[0]) for doc in docs
+        probability(logits(model, model.encoder.encode(instruction, QUERY, [doc]))[0])
+        for doc in docs
     ]
 
 
 @pytest.mark.parametrize("path", ["/rerank", "/v1/rerank", "/v2/rerank"])
 async def test_rerank_orders_by_score(
-    client: httpx.AsyncClient, scoring_model: Qwen3ScoringModel, path: str
+    client: httpx.AsyncClient, scoring_model: ServedModel, path: str
 ) -> None:
     response = await client.post(path, json={"query": QUERY, "documents": DOCS})
     assert response.status_code == 200
@@ -71,7 +72,7 @@ async def test_top_n_larger_than_list_returns_all(client: httpx.AsyncClient) -> 
 
 
 async def test_custom_instruction_is_used(
-    client: httpx.AsyncClient, scoring_model: Qwen3ScoringModel
+    client: httpx.AsyncClient, scoring_model: ServedModel
 ) -> None:
     instruction = "Retrieve documents about European capitals"
     body = (
@@ -100,9 +101,7 @@ async def test_request_id_is_echoed_or_minted(client: httpx.AsyncClient) -> None
     assert error.json()["error"]["request_id"] == "err-1"
 
 
-async def test_health_ready_info(
-    client: httpx.AsyncClient, scoring_model: Qwen3ScoringModel
-) -> None:
+async def test_health_ready_info(client: httpx.AsyncClient, scoring_model: ServedModel) -> None:
     assert (await client.get("/health")).json() == {"status": "ok"}
     assert (await client.get("/ready")).json() == {"status": "ready"}
     info = (await client.get("/info")).json()
@@ -234,7 +233,7 @@ async def test_draining_answers_503(app_factory: AppFactory) -> None:
 
 
 async def test_overload_is_429_with_retry_after(
-    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, scoring_model: ServedModel
 ) -> None:
     gated = GatedModel(scoring_model)
     app = app_factory(model=gated, max_documents=4, max_queued_pairs=4)

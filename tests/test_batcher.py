@@ -1,92 +1,50 @@
-"""The batcher forms batches across requests and never mixes up whose score is whose."""
+"""The scheduler forms batches across requests and never mixes up whose score is whose. These
+tests drive it with the pure-Python fake runner: no torch, no checkpoint."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
-from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
-from reranker_service.engine.batcher import (
-    Batcher,
-    BatchReport,
-    EngineStoppedError,
-    QueueFullError,
-    Worker,
-)
-from reranker_service.engine.model import Qwen3ScoringModel
-from reranker_service.engine.pass_cost import PassCostModel
-from reranker_service.engine.prefix import SharedPrefix, shared_prefix
-from reranker_service.engine.scoring import PendingScores
-from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import PassRecorder
+from reranker_service.engine.prefix import shared_prefix
+from reranker_service.engine.runner.protocol import PassShape
+from reranker_service.engine.scheduler.batcher import Batcher
+from reranker_service.engine.scheduler.jobs import BatchReport, EngineStoppedError, QueueFullError
+from reranker_service.engine.scheduler.pass_cost import PassCostModel
+from tests.fake_runner import FakeRunner, fake_logit
+
+PROMPT = list(range(100, 130))
+"""Stands for the system prompt and instruction every pair starts with."""
+SUFFIX = [7, 8, 9]
 
 
-class RecordingScorer(PassRecorder):
-    """The real model, remembering what each forward pass was given, and failing any pass that
-    holds a pair of ``fail_on_length`` tokens."""
-
-    def __init__(self, model: Qwen3ScoringModel, fail_on_length: int | None = None) -> None:
-        super().__init__(model)
-        self._fail_on_length = fail_on_length
-
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
-        scores = super().score(sequences, prefixes)
-        if self._fail_on_length in {len(seq) for seq in sequences}:
-            raise RuntimeError("injected forward failure")
-        return scores
+def _pairs(query: int, document_lengths: list[int]) -> list[list[int]]:
+    """One request's pairs: the prompt, its query, a document, the suffix."""
+    return [
+        [*PROMPT, 1000 + query, 2000 + query, *range(3000 + d, 3000 + d + length), *SUFFIX]
+        for d, length in enumerate(document_lengths)
+    ]
 
 
-class DeferredLauncher(PassRecorder):
-    """The real model's ``launch``, with each pass's scores taken only when the batcher asks
-    for them, and a log of both: the order an asynchronous device would see."""
-
-    def __init__(self, model: Qwen3ScoringModel) -> None:
-        super().__init__(model)
-        self.events: list[tuple[str, int]] = []
-
-    def launch(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> PendingScores:
-        index = sum(1 for event, _ in self.events if event == "launch")
-        self.events.append(("launch", index))
-        self.passes.append([tuple(sequence) for sequence in sequences])
-        return _LoggedScores(self._model.launch(sequences, prefixes), self.events, index)
-
-
-class _LoggedScores:
-    def __init__(self, pending: PendingScores, events: list[tuple[str, int]], index: int) -> None:
-        self._pending, self._events, self._index = pending, events, index
-
-    def result(self) -> list[float]:
-        self._events.append(("result", self._index))
-        return self._pending.result()
-
-
-def _requests(model: Qwen3ScoringModel, count: int) -> list[list[list[int]]]:
-    requests = []
-    for r in range(count):
-        docs = [f"document {d} " + "words " * ((r * 7 + d * 13) % 60) for d in range(1 + r % 5)]
-        requests.append(model.encoder.encode(DEFAULT_INSTRUCTION, f"query number {r}", docs))
-    return requests
+def _requests(count: int) -> list[list[list[int]]]:
+    return [_pairs(r, [1 + (r * 7 + d * 13) % 60 for d in range(1 + r % 5)]) for r in range(count)]
 
 
 def _batcher(
-    scorer: RecordingScorer,
+    runner: FakeRunner,
     reports: list[BatchReport] | None = None,
     *,
     max_prefix_tokens: int = 0,
+    max_batch_tokens: int = 2048,
 ) -> Batcher:
     return Batcher(
-        [Worker("cpu", scorer)],
-        max_batch_tokens=2048,
+        [runner],
+        max_batch_tokens=max_batch_tokens,
         pass_costs=PassCostModel([(64, 0.002), (128, 0.0025), (1024, 0.01)]),
         max_queued_pairs=1000,
         max_prefix_tokens=max_prefix_tokens,
@@ -94,39 +52,37 @@ def _batcher(
     )
 
 
-async def test_pairs_from_many_requests_share_forward_passes(
-    scoring_model: Qwen3ScoringModel,
-) -> None:
-    requests = _requests(scoring_model, 16)
-    scorer = RecordingScorer(scoring_model)
+def _exact(requests: list[list[list[int]]], scores: list[list[float]]) -> bool:
+    return all(
+        result == [fake_logit(pair) for pair in pairs]
+        for pairs, result in zip(requests, scores, strict=True)
+    )
+
+
+async def test_pairs_from_many_requests_share_forward_passes() -> None:
+    requests = _requests(16)
+    runner = FakeRunner()
     reports: list[BatchReport] = []
-    batcher = _batcher(scorer, reports)
+    batcher = _batcher(runner, reports)
     # Queue everything before the worker starts, so batch formation is deterministic.
-    jobs = [batcher.submit(seqs) for seqs in requests]
+    jobs = [batcher.submit(pairs) for pairs in requests]
     batcher.start()
     results = await asyncio.gather(*(job.future for job in jobs))
     await batcher.stop()
 
-    total_pairs = sum(len(seqs) for seqs in requests)
-    assert sum(report.pairs for report in reports) == total_pairs
+    assert sum(report.pairs for report in reports) == sum(len(pairs) for pairs in requests)
     # Every request has its own query, so a pair's tokens tell whose it is.
-    owner = {tuple(seq): index for index, seqs in enumerate(requests) for seq in seqs}
-    assert max(len({owner[seq] for seq in batch}) for batch in scorer.passes) > 1
+    owner = {tuple(pair): index for index, pairs in enumerate(requests) for pair in pairs}
+    assert max(len({owner[tuple(p.tokens)] for p in b.pairs}) for b in runner.batches) > 1
     assert len(reports) < len(requests)
-    for lengths in scorer.batches:
-        assert len(lengths) * max(lengths) <= 2048
-    for seqs, result in zip(requests, results, strict=True):
-        alone = [scoring_model.score([ids])[0] for ids in seqs]
-        assert max(abs(a - b) for a, b in zip(result.scores, alone, strict=True)) <= 1e-5
+    assert all(len(lengths) * max(lengths) <= 2048 for lengths in runner.lengths)
+    assert _exact(requests, [result.scores for result in results])
 
 
-async def test_batches_are_length_sorted_and_padding_is_low(
-    scoring_model: Qwen3ScoringModel,
-) -> None:
-    requests = _requests(scoring_model, 40)
+async def test_batches_are_length_sorted_and_padding_is_low() -> None:
     reports: list[BatchReport] = []
-    batcher = _batcher(RecordingScorer(scoring_model), reports)
-    jobs = [batcher.submit(seqs) for seqs in requests]
+    batcher = _batcher(FakeRunner(), reports)
+    jobs = [batcher.submit(pairs) for pairs in _requests(40)]
     batcher.start()
     await asyncio.gather(*(job.future for job in jobs))
     await batcher.stop()
@@ -134,42 +90,63 @@ async def test_batches_are_length_sorted_and_padding_is_low(
     assert efficiency > 0.85
 
 
-async def test_a_failing_batch_fails_only_its_requests(scoring_model: Qwen3ScoringModel) -> None:
-    good = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["short"])
-    bad = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["much longer " * 300])
-    scorer = RecordingScorer(scoring_model, fail_on_length=len(bad[0]))
-    batcher = Batcher([Worker("cpu", scorer)], max_batch_tokens=len(bad[0]), max_queued_pairs=10)
+async def test_the_runners_geometry_is_the_budgets_unit() -> None:
+    """A runner that packs its pairs costs a pass at the sum of their tokens: the same budget
+    then takes more pairs per pass than padding would, and the reports count no padding."""
+
+    def packed(shape: PassShape) -> int:
+        return shape.tokens
+
+    requests = [_pairs(r, [5 + 40 * (r % 2)]) for r in range(12)]
+    padded_runner, packed_runner = FakeRunner(), FakeRunner(pass_tokens=packed)
+    results = {}
+    for name, runner in (("padded", padded_runner), ("packed", packed_runner)):
+        reports: list[BatchReport] = []
+        batcher = _batcher(runner, reports, max_batch_tokens=400)
+        jobs = [batcher.submit(pairs) for pairs in requests]
+        batcher.start()
+        await asyncio.gather(*(job.future for job in jobs))
+        await batcher.stop()
+        results[name] = reports
+    assert all(sum(lengths) <= 400 for lengths in packed_runner.lengths)
+    assert any(len(lengths) * max(lengths) > 400 for lengths in packed_runner.lengths)
+    assert all(r.padded_tokens == r.real_tokens for r in results["packed"])
+    assert all(len(lengths) * max(lengths) <= 400 for lengths in padded_runner.lengths)
+    assert len(results["packed"]) < len(results["padded"])
+
+
+async def test_a_failing_batch_fails_only_its_requests() -> None:
+    good, bad = _pairs(1, [3]), _pairs(2, [400])
+    runner = FakeRunner(fail_on_length=len(bad[0]))
+    batcher = Batcher([runner], max_batch_tokens=len(bad[0]), max_queued_pairs=10)
     bad_job, good_job = batcher.submit(bad), batcher.submit(good)
     batcher.start()
     with pytest.raises(RuntimeError, match="injected"):
         await bad_job.future
-    assert (await good_job.future).scores == pytest.approx(scoring_model.score(good), abs=1e-5)
-    later = await batcher.score(good)  # the worker survived
-    assert later.scores == pytest.approx(scoring_model.score(good), abs=1e-5)
+    assert (await good_job.future).scores == [fake_logit(good[0])]
+    later = await batcher.run(good)  # the worker survived
+    assert later.scores == [fake_logit(good[0])]
     await batcher.stop()
 
 
-async def test_queue_limit_refuses_new_work(scoring_model: Qwen3ScoringModel) -> None:
-    seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b", "c"])
-    batcher = Batcher(
-        [Worker("cpu", RecordingScorer(scoring_model))], max_batch_tokens=4096, max_queued_pairs=5
-    )
-    first = batcher.submit(seqs)
+async def test_queue_limit_refuses_new_work() -> None:
+    pairs = _pairs(0, [1, 2, 3])
+    batcher = Batcher([FakeRunner()], max_batch_tokens=4096, max_queued_pairs=5)
+    first = batcher.submit(pairs)
     with pytest.raises(QueueFullError) as refused:
-        batcher.submit(seqs)
+        batcher.submit(pairs)
     assert (refused.value.queued, refused.value.limit) == (3, 5)
     batcher.start()
     await first.future
     await batcher.stop()
     with pytest.raises(EngineStoppedError):
-        batcher.submit(seqs)
+        batcher.submit(pairs)
 
 
-async def test_cancelled_request_leaves_the_queue(scoring_model: Qwen3ScoringModel) -> None:
-    seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b", "c", "d"])
-    scorer = RecordingScorer(scoring_model)
-    batcher = Batcher([Worker("cpu", scorer)], max_batch_tokens=4096, max_queued_pairs=100)
-    task = asyncio.create_task(batcher.score(seqs))
+async def test_cancelled_request_leaves_the_queue() -> None:
+    runner = FakeRunner()
+    batcher = Batcher([runner], max_batch_tokens=4096, max_queued_pairs=100)
+    task = asyncio.create_task(batcher.run(_pairs(0, [1, 2, 3, 4])))
     await asyncio.sleep(0)  # let the task submit (a scheduling yield, not a timed wait)
     assert batcher.queued_pairs == 4
     task.cancel()
@@ -178,125 +155,166 @@ async def test_cancelled_request_leaves_the_queue(scoring_model: Qwen3ScoringMod
     assert batcher.queued_pairs == 0
     batcher.start()
     await batcher.stop()
-    assert scorer.batches == []
+    assert runner.batches == []
 
 
-async def test_stop_finishes_accepted_work(scoring_model: Qwen3ScoringModel) -> None:
-    requests = _requests(scoring_model, 8)
-    batcher = _batcher(RecordingScorer(scoring_model))
-    jobs = [batcher.submit(seqs) for seqs in requests]
+async def test_stop_finishes_accepted_work() -> None:
+    batcher = _batcher(FakeRunner())
+    jobs = [batcher.submit(pairs) for pairs in _requests(8)]
     batcher.start()
     await batcher.stop()
     assert all(job.future.done() and not job.future.exception() for job in jobs)
 
 
-async def test_results_resolve_on_the_submitting_loop(scoring_model: Qwen3ScoringModel) -> None:
-    seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["x"])
-    batcher = _batcher(RecordingScorer(scoring_model))
+async def test_results_resolve_on_the_submitting_loop() -> None:
+    runner = FakeRunner()
+    batcher = _batcher(runner)
     batcher.start()
     seen: list[int] = []
-    job = batcher.submit(seqs)
+    job = batcher.submit(_pairs(0, [4]))
     job.future.add_done_callback(lambda _: seen.append(threading.get_ident()))
     await job.future
     assert seen == [threading.get_ident()]
+    assert threading.get_ident() not in runner.threads
     await batcher.stop()
 
 
 # Shared prefixes: held while a request has pairs waiting, within a budget, and counted once.
 
 
-async def test_each_token_is_counted_once_computed_or_reused(
-    scoring_model: Qwen3ScoringModel,
-) -> None:
-    requests = _requests(scoring_model, 12)
-    prefixes = [shared_prefix(seqs) for seqs in requests]
+async def test_each_token_is_counted_once_computed_or_reused() -> None:
+    requests = _requests(12)
+    prefixes = [shared_prefix(pairs) for pairs in requests]
+    runner = FakeRunner()
     reports: list[BatchReport] = []
-    batcher = _batcher(RecordingScorer(scoring_model), reports, max_prefix_tokens=100_000)
-    jobs = [batcher.submit(seqs, prefix) for seqs, prefix in zip(requests, prefixes, strict=True)]
-    assert batcher.prefix_tokens_held == sum(len(p) for p in prefixes if p is not None)
+    batcher = _batcher(runner, reports, max_prefix_tokens=100_000)
+    jobs = [batcher.submit(pairs, p) for pairs, p in zip(requests, prefixes, strict=True)]
+    assert batcher.prefix_tokens_held == sum(prefixes)
     batcher.start()
     results = await asyncio.gather(*(job.future for job in jobs))
     await batcher.stop()
 
-    pair_tokens = sum(len(seq) for seqs in requests for seq in seqs)
+    pair_tokens = sum(len(pair) for pairs in requests for pair in pairs)
     reused = sum(report.reused_tokens for report in reports)
     # A request of n pairs computes its prefix once and reads it n - 1 times.
-    assert reused == sum(
-        (len(seqs) - 1) * len(p) for seqs, p in zip(requests, prefixes, strict=True) if p
-    )
+    assert reused == sum((len(pairs) - 1) * p for pairs, p in zip(requests, prefixes, strict=True))
     assert sum(report.real_tokens for report in reports) + reused == pair_tokens
     assert all(report.padded_tokens >= report.real_tokens for report in reports)
-    # Released with the last pair: nothing held, no keys and values kept.
+    # Each prefix computed once, and every one released with its request's last pair.
+    new = [prefix_id for batch in runner.batches for prefix_id in batch.new_prefixes]
+    assert len(new) == len(set(new)) == sum(1 for p in prefixes if p)
     assert batcher.prefix_tokens_held == 0
-    assert all(p is None or not p.states for p in prefixes)
-    for seqs, result in zip(requests, results, strict=True):
-        alone = [scoring_model.score([ids])[0] for ids in seqs]
-        assert max(abs(a - b) for a, b in zip(result.scores, alone, strict=True)) <= 1e-5
+    assert await asyncio.to_thread(runner.wait_released, new)
+    assert sorted(runner.released) == sorted(new)
+    assert runner.prefixes == {}
+    assert _exact(requests, [result.scores for result in results])
 
 
-async def test_a_prefix_past_the_budget_is_not_held(scoring_model: Qwen3ScoringModel) -> None:
-    first, second = _requests(scoring_model, 2)[0], _requests(scoring_model, 7)[6]
-    first_prefix, second_prefix = shared_prefix(first + first), shared_prefix(second)
-    assert first_prefix is not None
-    assert second_prefix is not None
-    scorer = RecordingScorer(scoring_model)
+async def test_each_pass_shares_what_it_computed_with_its_requests() -> None:
+    """The per-request shares and the pass's report come from one record: they add up."""
+    requests = _requests(6)
+    reports: list[BatchReport] = []
+    batcher = _batcher(FakeRunner(), reports, max_prefix_tokens=100_000)
+    jobs = [batcher.submit(pairs, shared_prefix(pairs)) for pairs in requests]
+    batcher.start()
+    results = await asyncio.gather(*(job.future for job in jobs))
+    await batcher.stop()
+    shares = [share for result in results for share in result.passes]
+    assert sum(share.reused_tokens for share in shares) == sum(r.reused_tokens for r in reports)
+    assert sum(share.pairs for share in shares) == sum(r.pairs for r in reports)
+    for report in reports:
+        mine = [s for s in shares if s.seconds == report.inference_seconds]
+        assert {s.batch_pairs for s in mine} == {report.pairs}
+
+
+async def test_a_prefix_past_the_budget_is_not_held() -> None:
+    first, second = _pairs(0, [3, 4]), _pairs(1, [5, 6, 7])
+    first_prefix, second_prefix = shared_prefix(first), shared_prefix(second)
+    assert first_prefix
+    assert second_prefix
+    runner = FakeRunner()
     batcher = Batcher(
-        [Worker("cpu", scorer)],
+        [runner],
         max_batch_tokens=2048,
         max_queued_pairs=100,
-        max_prefix_tokens=len(first_prefix) + len(second_prefix) - 1,
+        max_prefix_tokens=first_prefix + second_prefix - 1,
     )
     held, refused = batcher.submit(first, first_prefix), batcher.submit(second, second_prefix)
-    assert (held.prefix, refused.prefix) == (first_prefix, None)
-    assert batcher.prefix_tokens_held == len(first_prefix)
+    assert (held.prefix_length, refused.prefix_length) == (first_prefix, 0)
+    assert refused.prefix_id is None
+    assert batcher.prefix_tokens_held == first_prefix
     batcher.start()
     await asyncio.gather(held.future, refused.future)
     await batcher.stop()
     assert batcher.prefix_tokens_held == 0
+    assert {p.prefix_id for batch in runner.batches for p in batch.pairs} == {held.prefix_id, None}
 
 
-async def test_a_withdrawn_request_releases_its_prefix(scoring_model: Qwen3ScoringModel) -> None:
-    seqs = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b", "c"])
-    prefix = shared_prefix(seqs)
-    assert prefix is not None
-    prefix.states["cpu"] = "keys and values"  # as if a pass had computed it
-    batcher = _batcher(RecordingScorer(scoring_model), max_prefix_tokens=4096)
-    job = batcher.submit(seqs, prefix)
-    assert batcher.prefix_tokens_held == len(prefix)
+async def test_a_withdrawn_request_releases_its_prefix_on_the_runner() -> None:
+    pairs = _pairs(0, [1, 2, 3])
+    runner = FakeRunner()
+    batcher = _batcher(runner, max_prefix_tokens=4096)
+    batcher.start()
+    await batcher.run(pairs[:1])  # the worker is up and idle
+    runner.gate.clear()
+    blocker = batcher.submit(pairs[:1])  # holds the worker at the gate
+    job = batcher.submit(pairs, shared_prefix(pairs))
+    assert batcher.prefix_tokens_held == shared_prefix(pairs)
     batcher.withdraw(job)
     assert batcher.prefix_tokens_held == 0
-    assert not prefix.states
+    runner.gate.set()
+    await blocker.future
+    assert job.prefix_id is not None
+    assert await asyncio.to_thread(runner.wait_released, [job.prefix_id])
+    assert runner.released == [job.prefix_id]
+    await batcher.stop()
 
 
-async def test_with_a_launcher_the_next_pass_starts_before_the_last_is_awaited(
-    scoring_model: Qwen3ScoringModel,
-) -> None:
-    requests = _requests(scoring_model, 12)
-    prefixes = [shared_prefix(seqs) for seqs in requests]
-    launcher = DeferredLauncher(scoring_model)
+async def test_a_pass_out_of_memory_computes_its_prefix_again_in_the_halves() -> None:
+    """The runner keeps none of a failed pass's new prefixes, so the halves declare them new
+    again (the fake runner refuses a prefix it neither holds nor computes)."""
+    pairs = _pairs(0, [30, 31, 32, 33])
+    prefix = shared_prefix(pairs)
+    runner = FakeRunner(capacity=2 * 40)
+    batcher = _batcher(runner, max_prefix_tokens=4096)
+    batcher.start()
+    result = await batcher.run(pairs, prefix)
+    await batcher.stop()
+    assert result.scores == [fake_logit(pair) for pair in pairs]
+    first_half = runner.batches[1]
+    assert len(runner.batches[0].pairs) == 4
+    assert first_half.new_prefixes == runner.batches[0].new_prefixes != frozenset()
+
+
+async def test_with_overlapping_passes_the_next_starts_before_the_last_is_awaited() -> None:
+    requests = _requests(12)
+    runner = FakeRunner(overlaps=True)
     reports: list[BatchReport] = []
-    batcher = Batcher(
-        [Worker("cpu", launcher, launcher=launcher)],
-        max_batch_tokens=512,
-        max_queued_pairs=1000,
-        max_prefix_tokens=100_000,
-        observer=reports.append,
-    )
+    batcher = _batcher(runner, reports, max_prefix_tokens=100_000, max_batch_tokens=512)
     assert batcher.overlapping
-    jobs = [batcher.submit(seqs, prefix) for seqs, prefix in zip(requests, prefixes, strict=True)]
+    jobs = [batcher.submit(pairs, shared_prefix(pairs)) for pairs in requests]
     batcher.start()
     results = await asyncio.gather(*(job.future for job in jobs))
     await batcher.stop()
 
-    passes = len(launcher.passes)
+    passes = len(runner.batches)
     assert passes > 2
     # Pass k + 1 is launched before pass k's scores are taken, and every pass's are taken.
-    assert launcher.events[:3] == [("launch", 0), ("launch", 1), ("result", 0)]
-    assert sorted(index for event, index in launcher.events if event == "result") == list(
-        range(passes)
-    )
+    assert runner.events[:3] == [("launch", 0), ("launch", 1), ("result", 0)]
+    taken = sorted(index for event, index in runner.events if event == "result")
+    assert taken == list(range(passes))
     assert len(reports) == passes
-    # Prefixes computed by one pass are read by the next before the first's scores are taken.
-    for seqs, result in zip(requests, results, strict=True):
-        alone = [scoring_model.score([ids])[0] for ids in seqs]
-        assert max(abs(a - b) for a, b in zip(result.scores, alone, strict=True)) <= 1e-5
+    assert _exact(requests, [result.scores for result in results])
+
+
+def test_the_engine_above_the_runners_and_the_fake_runner_import_no_torch() -> None:
+    """What these tests drive loads without torch: only runners and the loader touch it."""
+    code = (
+        "import sys, reranker_service.engine.rerank_engine, tests.fake_runner; "
+        "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"

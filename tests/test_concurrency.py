@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 
 from reranker_service.app import create_app
-from reranker_service.engine.batcher import BatchReport
-from reranker_service.engine.model import Qwen3ScoringModel
-from reranker_service.engine.rerank_engine import probability
+from reranker_service.engine.runner.protocol import ServedModel
+from reranker_service.engine.scheduler.jobs import BatchReport
+from reranker_service.engine.scoring import probability
 from reranker_service.local_server import serve_in_thread
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import PassRecorder, make_settings
+from tests.conftest import PassRecorder, logits, make_settings
 
 CLIENTS = 16
 REQUESTS_PER_CLIENT = 4
@@ -34,11 +34,13 @@ def _workload(seed: int) -> tuple[str, list[str]]:
 
 
 async def test_concurrent_requests_get_their_own_scores(
-    checkpoint: Path, scoring_model: Qwen3ScoringModel
+    checkpoint: Path, scoring_model: ServedModel
 ) -> None:
     reports: list[BatchReport] = []
     recorder = PassRecorder(scoring_model)
-    app = create_app(make_settings(checkpoint), model=recorder, batch_observer=reports.append)
+    app = create_app(
+        make_settings(checkpoint), model=recorder.served, batch_observer=reports.append
+    )
     workloads = [_workload(seed) for seed in range(CLIENTS * REQUESTS_PER_CLIENT)]
 
     async def client_loop(http: httpx.AsyncClient, client: int) -> list[tuple[int, Any]]:
@@ -58,7 +60,7 @@ async def test_concurrent_requests_get_their_own_scores(
     for seed, body in (answer for answers in per_client for answer in answers):
         query, docs = workloads[seed]
         token_ids = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, query, docs)
-        alone = [probability(scoring_model.score([ids])[0]) for ids in token_ids]
+        alone = [probability(logits(scoring_model, [ids])[0]) for ids in token_ids]
         assert len(body["results"]) == len(docs)
         for result in body["results"]:
             assert abs(result["relevance_score"] - alone[result["index"]]) <= 1e-5

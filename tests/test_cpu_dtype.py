@@ -12,14 +12,9 @@ import pytest
 import structlog
 import torch
 
-import reranker_service.engine.model as model_module
+import reranker_service.engine.loading as model_module
 from reranker_service.engine import precision
-from reranker_service.engine.model import (
-    LoadOptions,
-    ModelLoadError,
-    Qwen3ScoringModel,
-    load_scoring_model,
-)
+from reranker_service.engine.loading import LoadOptions, load_single_device_model
 from reranker_service.engine.precision import (
     PrecisionCheck,
     TimedScores,
@@ -27,8 +22,11 @@ from reranker_service.engine.precision import (
     cpu_computes_bf16,
     cpu_flags,
 )
+from reranker_service.engine.runner.padded import PaddedRunner
+from reranker_service.engine.runner.protocol import ServedModel
+from reranker_service.engine.scoring import ModelLoadError
 from reranker_service.settings import DEFAULT_INSTRUCTION, Settings
-from tests.conftest import asgi_client, make_settings, probabilities
+from tests.conftest import asgi_client, logits, make_settings, probabilities
 from tests.exposition import scrape
 from tests.model_card import ModelCardReranker
 
@@ -36,6 +34,13 @@ INT8_BOUND = 0.05
 """What the docs state of an int8 score against the model card's (fp32) one: the largest
 difference measured through the engine was 0.0092 on the test checkpoint and 0.029 on the 0.6B
 shape (``bench/cpu_dtypes.py``, ``bench/results/cpu-dtypes-*.json``)."""
+
+
+def _backbone(model: ServedModel) -> torch.nn.Module:
+    runner = model.runner
+    assert isinstance(runner, PaddedRunner)
+    return runner._backbone
+
 
 EPYC_ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: avx2 avx512f avx512_bf16\n"
 SKYLAKE = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: avx2 avx512f avx512_vnni\n"
@@ -100,9 +105,9 @@ def _options(checkpoint: Path, dtype: str) -> LoadOptions:
     return LoadOptions(str(checkpoint), None, "cpu", dtype, 8192)
 
 
-def _largest_difference_from_card(model: Qwen3ScoringModel, card: ModelCardReranker) -> float:
+def _largest_difference_from_card(model: ServedModel, card: ModelCardReranker) -> float:
     pairs = model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
-    served = probabilities(model.score(pairs))
+    served = probabilities(logits(model, pairs))
     expected = card.score_alone(None, QUERY, DOCUMENTS)
     return max(abs(a - b) for a, b in zip(served, expected, strict=True))
 
@@ -117,7 +122,7 @@ def test_auto_on_a_cpu_without_bf16_serves_fp32_exactly(
 ) -> None:
     monkeypatch.setattr(model_module, "read_cpu_flags", lambda: cpu_flags(SKYLAKE))
     with structlog.testing.capture_logs() as logs:
-        model = load_scoring_model(_options(checkpoint, "auto"))
+        model = load_single_device_model(_options(checkpoint, "auto"))
     assert model.description.dtype == "float32"
     assert _loaded_line(logs)["dtype_reason"] == "this CPU has no bf16 instructions"
     assert _largest_difference_from_card(model, card) <= 1e-6
@@ -131,12 +136,12 @@ def test_auto_refused_by_the_self_check_reloads_fp32_weights(
     monkeypatch.setattr(model_module, "read_cpu_flags", lambda: cpu_flags(EPYC_ZEN4))
     monkeypatch.setattr(precision, "BF16_SELF_CHECK_BOUND", 0.0)
     with structlog.testing.capture_logs() as logs:
-        model = load_scoring_model(_options(checkpoint, "auto"))
+        model = load_single_device_model(_options(checkpoint, "auto"))
     line = _loaded_line(logs)
     assert model.description.dtype == "float32"
     assert line["dtype_reason"].startswith("bf16 scores differ from fp32")
     assert line["bf16_max_difference"] > 0
-    assert {parameter.dtype for parameter in model._backbone.parameters()} == {torch.float32}
+    assert {parameter.dtype for parameter in _backbone(model).parameters()} == {torch.float32}
     assert _largest_difference_from_card(model, card) <= 1e-6
 
 
@@ -156,14 +161,14 @@ def test_auto_kept_by_the_self_check_serves_bf16(
 
     monkeypatch.setattr(PrecisionCheck, "of", faster_check)
     with structlog.testing.capture_logs() as logs:
-        model = load_scoring_model(_options(checkpoint, "auto"))
+        model = load_single_device_model(_options(checkpoint, "auto"))
     line = _loaded_line(logs)
     assert model.description.dtype == "bfloat16"
     assert line["dtype_reason"] == "native bf16, within the self-check's bound"
     assert line["bf16_speedup"] == 3.0
     [check] = measured
     assert 0 < check.max_difference <= precision.BF16_SELF_CHECK_BOUND
-    assert next(model._backbone.parameters()).dtype == torch.bfloat16
+    assert next(_backbone(model).parameters()).dtype == torch.bfloat16
     assert _largest_difference_from_card(model, card) <= precision.BF16_SELF_CHECK_BOUND
 
 
@@ -172,7 +177,7 @@ async def test_int8_serves_within_its_bound_of_the_model_card(
 ) -> None:
     settings = make_settings(checkpoint, dtype="int8")
     with structlog.testing.capture_logs() as logs:
-        int8 = load_scoring_model(
+        int8 = load_single_device_model(
             LoadOptions(str(checkpoint), None, "cpu", "int8", settings.max_length)
         )
     line = _loaded_line(logs)
@@ -209,4 +214,4 @@ def test_int8_is_refused_where_auto_resolves_to_a_gpu(
         model_module, "resolve_devices", lambda requested: [torch.device("cuda", 0)]
     )
     with pytest.raises(ModelLoadError, match="int8 runs on the CPU only"):
-        load_scoring_model(LoadOptions(str(checkpoint), None, "auto", "int8", 512))
+        load_single_device_model(LoadOptions(str(checkpoint), None, "auto", "int8", 512))

@@ -6,7 +6,6 @@ import asyncio
 import re
 import threading
 import tomllib
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,18 @@ from packaging.version import Version
 from pydantic import ValidationError
 
 from reranker_service.app import load_options
-from reranker_service.engine.model import (
-    Qwen3ScoringModel,
-    load_scoring_models,
-    resolve_devices,
-    resolve_dtype,
-    worker_names,
-)
-from reranker_service.engine.prefix import SharedPrefix
+from reranker_service.engine.devices import resolve_devices, resolve_dtype, worker_names
+from reranker_service.engine.loading import load_model
 from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
+from reranker_service.engine.runner.padded import PaddedRunner
+from reranker_service.engine.runner.protocol import (
+    ModelRunner,
+    PassBatch,
+    PendingScores,
+    ServedModel,
+)
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import ModelWrapper, make_settings
+from tests.conftest import RunnerWrapper, make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,9 +82,10 @@ def test_two_cpu_workers_have_distinct_names() -> None:
 
 
 def test_cpu_replicas_share_one_set_of_weights(checkpoint: Path) -> None:
-    replicas = load_scoring_models(load_options(make_settings(checkpoint, device="cpu,cpu")))
-    assert [replica.description.device for replica in replicas] == ["cpu:0", "cpu:1"]
-    weights = [next(replica._backbone.parameters()) for replica in replicas]
+    replicas = load_model(load_options(make_settings(checkpoint, device="cpu,cpu")))
+    runners = [runner for runner in replicas.runners if isinstance(runner, PaddedRunner)]
+    assert [runner.description.device for runner in runners] == ["cpu:0", "cpu:1"]
+    weights = [next(runner._backbone.parameters()) for runner in runners]
     assert weights[0].data_ptr() == weights[1].data_ptr()
 
 
@@ -115,27 +116,23 @@ def test_auto_dtype_asks_the_served_gpu(monkeypatch: pytest.MonkeyPatch) -> None
     assert resolve_dtype("bfloat16", [turing]) == torch.bfloat16
 
 
-class ThreadRecorder(ModelWrapper):
+class ThreadRecorder(RunnerWrapper):
     """The real model, noting the thread that bound itself to it and those that ran its passes
     once one had (a replica's start-up warm-up runs before the workers exist)."""
 
-    def __init__(self, model: Qwen3ScoringModel) -> None:
-        super().__init__(model)
+    def __init__(self, model: ServedModel, runner: ModelRunner) -> None:
+        super().__init__(model, runner)
         self.bound_threads: list[int] = []
         self.pass_threads: set[int] = set()
 
-    def bind_worker_thread(self) -> None:
+    def bind_thread(self) -> None:
         self.bound_threads.append(threading.get_ident())
-        super().bind_worker_thread()
+        super().bind_thread()
 
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
+    def launch(self, batch: PassBatch) -> PendingScores:
         if self.bound_threads:
             self.pass_threads.add(threading.get_ident())
-        return super().score(sequences, prefixes)
+        return super().launch(batch)
 
 
 async def test_each_worker_thread_binds_to_its_device_before_its_passes(
@@ -143,9 +140,10 @@ async def test_each_worker_thread_binds_to_its_device_before_its_passes(
 ) -> None:
     """On a GPU the binding sets the thread's current device to the replica's: without it, a
     worker serving cuda:1 would run what takes the current device on cuda:0."""
-    replicas = load_scoring_models(load_options(make_settings(checkpoint, device="cpu,cpu")))
-    recorders = [ThreadRecorder(replica) for replica in replicas]
-    engine = RerankEngine(recorders, EngineConfig(2048, 1000, 100, 1, pass_costs=((64, 1e-3),)))
+    replicas = load_model(load_options(make_settings(checkpoint, device="cpu,cpu")))
+    recorders = [ThreadRecorder(replicas, runner) for runner in replicas.runners]
+    served = ServedModel(replicas.encoder, tuple(recorders))
+    engine = RerankEngine(served, EngineConfig(2048, 1000, 100, 1, pass_costs=((64, 1e-3),)))
     await engine.start()
     try:
         await asyncio.gather(

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from reranker_service.app import create_app
-from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.runner.protocol import ServedModel
 from reranker_service.local_server import serve_in_thread
 from tests.conftest import make_settings
 
@@ -40,7 +40,7 @@ CHECKS = [
 
 
 @pytest.fixture(scope="module")
-def served_schema(checkpoint: Path, short_scoring_model: Qwen3ScoringModel) -> Iterator[BaseSchema]:
+def served_schema(checkpoint: Path, short_scoring_model: ServedModel) -> Iterator[BaseSchema]:
     # A small document limit keeps generated requests cheap; the schema does not cap the list,
     # so larger lists are answered with the documented 413.
     settings = make_settings(checkpoint, max_documents=64, api_key=API_KEY)

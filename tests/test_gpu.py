@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from reranker_service.app import load_options
-from reranker_service.engine.model import _right_padded, load_scoring_model
+from reranker_service.engine.loading import load_single_device_model
 from reranker_service.engine.prefix import shared_prefix
-from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine, probability
+from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
+from reranker_service.engine.runner.padded import right_padded
+from reranker_service.engine.scoring import probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import make_settings, probabilities
+from tests.conftest import logits, make_settings, probabilities
 from tests.model_card import ModelCardReranker
 
 pytestmark = [
@@ -27,11 +29,13 @@ DOCS = ["Paris is the capital of France.", "", "中文 🙂", "word " * 700]
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-4), ("auto", 2e-2)])
 def test_cuda_scores_match_the_model_card(checkpoint: Path, dtype: str, tolerance: float) -> None:
-    model = load_scoring_model(load_options(make_settings(checkpoint, device="cuda", dtype=dtype)))
+    model = load_single_device_model(
+        load_options(make_settings(checkpoint, device="cuda", dtype=dtype))
+    )
     assert model.description.device.startswith("cuda")
     if dtype == "auto":
         assert model.description.dtype in ("bfloat16", "float16")
-    ours = probabilities(model.score(model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCS)))
+    ours = probabilities(logits(model, model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCS)))
     reference = ModelCardReranker(checkpoint, 8192).score_alone(None, QUERY, DOCS)
     assert max(abs(a - b) for a, b in zip(ours, reference, strict=True)) <= tolerance
 
@@ -41,13 +45,13 @@ def test_poller_reads_the_real_driver_and_torch_memory(checkpoint: Path) -> None
     from reranker_service.observability.metrics import ServiceMetrics
     from tests.exposition import Exposition
 
-    model = load_scoring_model(load_options(make_settings(checkpoint, device="cuda")))
+    model = load_single_device_model(load_options(make_settings(checkpoint, device="cuda")))
     metrics = ServiceMetrics()
     poller = GpuPoller(
         metrics,
         interval_seconds=60,
         nvml=load_nvml(),
-        read_device_memory=lambda: [m for m in [model.device_memory()] if m is not None],
+        read_device_memory=lambda: [m for m in [model.runner.memory()] if m is not None],
     )
     assert poller.poll_once() is True
     exposition = Exposition.of(metrics.registry)
@@ -61,7 +65,7 @@ def test_poller_reads_the_real_driver_and_torch_memory(checkpoint: Path) -> None
 
 
 def test_host_batches_are_page_locked() -> None:
-    input_ids, lengths = _right_padded([[1, 2, 3], [4]], 0, pin=True)
+    input_ids, lengths = right_padded([[1, 2, 3], [4]], 0, pin=True)
     assert input_ids.is_pinned()
     assert lengths.is_pinned()
 
@@ -69,7 +73,7 @@ def test_host_batches_are_page_locked() -> None:
 async def test_overlapping_passes_keep_every_score_exact(checkpoint: Path) -> None:
     """Many requests at once through the engine on the GPU: the worker launches pass k + 1
     before it takes pass k's scores, and prefixes computed in one pass are read by the next."""
-    model = load_scoring_model(
+    model = load_single_device_model(
         load_options(make_settings(checkpoint, device="cuda", dtype="float32"))
     )
     engine = RerankEngine(model, EngineConfig(2048, 100_000, 1000, 2))
@@ -84,8 +88,8 @@ async def test_overlapping_passes_keep_every_score_exact(checkpoint: Path) -> No
         await engine.stop()
     for query, outcome in zip(queries, outcomes, strict=True):
         sequences = model.encoder.encode(DEFAULT_INSTRUCTION, query, DOCS)
-        alone = [probability(model.score([sequence])[0]) for sequence in sequences]
-        assert shared_prefix(sequences) is not None
+        alone = [probability(logits(model, [sequence])[0]) for sequence in sequences]
+        assert shared_prefix(sequences)
         assert max(abs(a - b) for a, b in zip(outcome.scores, alone, strict=True)) <= 1e-4
 
 
@@ -104,7 +108,7 @@ def test_served_gpus_are_found_in_nvml_by_uuid(checkpoint: Path) -> None:
         }
     finally:
         nvml.nvmlShutdown()
-    model = load_scoring_model(load_options(make_settings(checkpoint, device="cuda:0")))
+    model = load_single_device_model(load_options(make_settings(checkpoint, device="cuda:0")))
     uuid = model.description.device_uuid
     assert uuid in nvml_uuids
     metrics = ServiceMetrics()
@@ -129,24 +133,24 @@ async def test_out_of_memory_splits_a_real_pass_and_the_halves_fit(checkpoint: P
     with the failed pass's memory freed first, and every score comes back exact."""
     from structlog.testing import capture_logs
 
-    from reranker_service.engine.batcher import Batcher, Worker
-    from reranker_service.engine.pass_cost import PassCostModel
+    from reranker_service.engine.scheduler.batcher import Batcher
+    from reranker_service.engine.scheduler.pass_cost import PassCostModel
 
-    model = load_scoring_model(
+    model = load_single_device_model(
         load_options(make_settings(checkpoint, device="cuda:0", dtype="float32"))
     )
     device = torch.device("cuda", 0)
     sequences = model.encoder.encode(
         DEFAULT_INSTRUCTION, QUERY, [f"document {n} " + "word " * 1500 for n in range(32)]
     )
-    expected = [model.score([sequence])[0] for sequence in sequences]
+    expected = [logits(model, [sequence])[0] for sequence in sequences]
 
     def extra_peak(batch: list[list[int]]) -> int:
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        model.score(batch)
+        logits(model, batch)
         return torch.cuda.max_memory_allocated(device) - before
 
     full, half = extra_peak(sequences), extra_peak(sequences[:16])
@@ -157,10 +161,13 @@ async def test_out_of_memory_splits_a_real_pass_and_the_halves_fit(checkpoint: P
     torch.cuda.set_per_process_memory_fraction(limit / total, device)
     try:
         batcher = Batcher(
-            [Worker("cuda:0", model, bind_thread=model.bind_worker_thread)],
+            [model.runner],
             max_batch_tokens=1 << 20,
             max_queued_pairs=1000,
-            pass_costs=PassCostModel([(1024, 0.01), (1 << 20, 1.0)]),
+            # A fixed cost that dwarfs the cost per token: one pass of every pair is the best
+            # batch by far (with a cost per token alone, the policy took the smallest window
+            # within its tolerance, 24 of the 32 pairs, on an H200).
+            pass_costs=PassCostModel([(1024, 1.0), (1 << 20, 1.1)]),
         )
         job = batcher.submit(sequences)
         with capture_logs() as logs:
@@ -195,15 +202,15 @@ async def test_every_gpu_serves_in_one_engine(checkpoint: Path) -> None:
     worker on its own current device, scores as one replica gives them alone."""
     import threading
 
-    from reranker_service.engine.batcher import BatchReport
-    from reranker_service.engine.model import load_scoring_models
+    from reranker_service.engine.loading import load_model
+    from reranker_service.engine.scheduler.jobs import BatchReport
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs")
-    replicas = load_scoring_models(
+    replicas = load_model(
         load_options(make_settings(checkpoint, device="cuda:all", dtype="float32"))
     )
-    assert [replica.description.device for replica in replicas] == [
+    assert [runner.description.device for runner in replicas.runners] == [
         f"cuda:{index}" for index in range(torch.cuda.device_count())
     ]
     current: dict[str, set[int]] = {}
@@ -226,15 +233,17 @@ async def test_every_gpu_serves_in_one_engine(checkpoint: Path) -> None:
     for name, devices in current.items():
         assert devices == {int(name.partition(":")[2])}
     for query, outcome in zip(queries, outcomes, strict=True):
-        sequences = replicas[0].encoder.encode(DEFAULT_INSTRUCTION, query, DOCS)
-        alone = [probability(replicas[0].score([sequence])[0]) for sequence in sequences]
+        sequences = replicas.encoder.encode(DEFAULT_INSTRUCTION, query, DOCS)
+        alone = [probability(logits(replicas, [sequence])[0]) for sequence in sequences]
         assert max(abs(a - b) for a, b in zip(outcome.scores, alone, strict=True)) <= 1e-4
 
 
 def test_the_auto_dtype_is_the_served_gpus(checkpoint: Path) -> None:
     """Served on the last GPU, ``auto`` asks that GPU whether it computes bf16."""
     last = torch.cuda.device_count() - 1
-    model = load_scoring_model(load_options(make_settings(checkpoint, device=f"cuda:{last}")))
+    # make_settings pins float32 for the CPU tests: ask for auto, the GPU's default.
+    settings = make_settings(checkpoint, device=f"cuda:{last}", dtype="auto")
+    model = load_single_device_model(load_options(settings))
     native = torch.cuda.get_device_capability(last) >= (8, 0)
     assert model.description.dtype == ("bfloat16" if native else "float16")
     assert model.description.device == f"cuda:{last}"

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.runner.protocol import ServedModel
 from tests.conftest import SMALL_MAX_LENGTH, AppFactory, asgi_client
 
 OK_DOCS = '"documents":["a","b"]'
@@ -48,7 +48,7 @@ CASES: dict[str, tuple[bytes, int, str]] = {
 
 @pytest.fixture
 async def http(
-    app_factory: AppFactory, short_scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, short_scoring_model: ServedModel
 ) -> AsyncIterator[httpx.AsyncClient]:
     async with asgi_client(app_factory(model=short_scoring_model)) as client:
         yield client

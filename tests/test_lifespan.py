@@ -6,32 +6,26 @@ import asyncio
 import re
 import socket
 import threading
-from collections.abc import Sequence
 
 import pytest
 from asgi_lifespan import LifespanManager
 
 from reranker_service.app import StartupError
-from reranker_service.engine.model import Qwen3ScoringModel
-from reranker_service.engine.prefix import SharedPrefix
-from tests.conftest import AppFactory, ModelWrapper
+from reranker_service.engine.runner.protocol import PassBatch, PendingScores, ServedModel
+from tests.conftest import AppFactory, RunnerWrapper, sequences_of
 from tests.prometheus_server import free_port, taken_port
 
 
-class FailsOnRealPairs(ModelWrapper):
+class FailsOnRealPairs(RunnerWrapper):
     """Passes calibration (made of prompt-prefix tokens only), then fails the warm-up request's
     forward pass: after the metrics server, the NVML poller, the batcher's worker thread and the
     tokenizer threads have all started."""
 
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
+    def launch(self, batch: PassBatch) -> PendingScores:
         suffix = self.encoder.suffix_ids
-        if any(tuple(seq[-len(suffix) :]) == suffix for seq in sequences):
+        if any(tuple(seq[-len(suffix) :]) == suffix for seq in sequences_of(batch)):
             raise RuntimeError("injected warm-up failure")
-        return super().score(sequences, prefixes)
+        return super().launch(batch)
 
 
 def _our_threads() -> set[threading.Thread]:
@@ -70,7 +64,7 @@ async def test_a_taken_metrics_port_fails_start_up_naming_it(app_factory: AppFac
 
 
 async def test_a_failure_after_every_resource_started_stops_them_all(
-    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, scoring_model: ServedModel
 ) -> None:
     metrics_port = free_port()
     error = await _start_expecting_failure(

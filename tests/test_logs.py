@@ -126,12 +126,12 @@ LIBRARY_LOGS = textwrap.dedent(
     import logging, sys, warnings
     from reranker_service.app import load_options
     from reranker_service.cli import load_settings
-    from reranker_service.engine.model import load_scoring_model
+    from reranker_service.engine.loading import load_single_device_model
     from reranker_service.observability.logging import configure_logging
 
     settings = load_settings(["--model", sys.argv[1], "--device", "cpu"])
     configure_logging(settings.log_level, settings.log_format)
-    load_scoring_model(load_options(settings))
+    load_single_device_model(load_options(settings))
     from transformers.utils import logging as transformers_logging
     transformers_logging.get_logger("transformers.modeling_utils").warning("from transformers")
     logging.getLogger("huggingface_hub.file_download").warning("from huggingface_hub")

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.runner.protocol import ServedModel
 from tests.conftest import AppFactory, GatedModel, asgi_client
 from tests.exposition import scrape
 from tests.fake_nvml import FakeGpu, FakeNvml
@@ -65,7 +65,7 @@ async def _eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 3
 
 
 async def test_every_family_exists_before_the_first_request(
-    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, scoring_model: ServedModel
 ) -> None:
     async with asgi_client(app_factory()) as http:
         exposition = await scrape(http)
@@ -94,7 +94,7 @@ async def test_every_family_exists_before_the_first_request(
 
 
 async def test_counts_equal_what_was_sent(
-    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, scoring_model: ServedModel
 ) -> None:
     gated = GatedModel(scoring_model)
     app = app_factory(

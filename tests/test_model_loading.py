@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForSequenceClassification
 
-from reranker_service.engine.model import LoadOptions, ModelLoadError, load_scoring_model
+from reranker_service.engine.loading import LoadOptions, load_single_device_model
+from reranker_service.engine.scoring import ModelLoadError
 
 
 def _options(path: Path | str, **overrides: str) -> LoadOptions:
@@ -20,7 +21,7 @@ def _options(path: Path | str, **overrides: str) -> LoadOptions:
 
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="cannot load model") as refused:
-        load_scoring_model(_options(tmp_path / "absent"))
+        load_single_device_model(_options(tmp_path / "absent"))
     assert "\n" not in str(refused.value)
 
 
@@ -37,7 +38,7 @@ def test_other_architecture_is_refused(tmp_path: Path, checkpoint: Path) -> None
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(checkpoint / name, tmp_path / name)
     with pytest.raises(ModelLoadError, match="not a Qwen3 reranker"):
-        load_scoring_model(_options(tmp_path))
+        load_single_device_model(_options(tmp_path))
 
 
 def test_sequence_classification_conversion_is_refused(tmp_path: Path, checkpoint: Path) -> None:
@@ -48,7 +49,7 @@ def test_sequence_classification_conversion_is_refused(tmp_path: Path, checkpoin
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(checkpoint / name, tmp_path / name)
     with pytest.raises(ModelLoadError, match="Qwen3ForCausalLM"):
-        load_scoring_model(_options(tmp_path))
+        load_single_device_model(_options(tmp_path))
 
 
 def test_tokenizer_without_single_yes_token_is_refused(tmp_path: Path, checkpoint: Path) -> None:
@@ -65,7 +66,7 @@ def test_tokenizer_without_single_yes_token_is_refused(tmp_path: Path, checkpoin
     tokenizer["model"]["merges"] = [merge for merge in merges if not touches_yes(merge)]
     (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer))
     with pytest.raises(ModelLoadError, match="single 'yes' token"):
-        load_scoring_model(_options(tmp_path))
+        load_single_device_model(_options(tmp_path))
 
 
 def test_missing_weights_are_refused(tmp_path: Path, checkpoint: Path) -> None:
@@ -76,18 +77,18 @@ def test_missing_weights_are_refused(tmp_path: Path, checkpoint: Path) -> None:
     del weights["lm_head.weight"]
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelLoadError, match="lm_head"):
-        load_scoring_model(_options(tmp_path))
+        load_single_device_model(_options(tmp_path))
 
 
 def test_cuda_requested_without_cuda(checkpoint: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ModelLoadError, match="CUDA is not available"):
-        load_scoring_model(_options(checkpoint, device="cuda"))
+        load_single_device_model(_options(checkpoint, device="cuda"))
 
 
 @pytest.mark.parametrize("requested", ["float32", "bfloat16"])
 def test_a_named_dtype_is_served_as_named_on_cpu(checkpoint: Path, requested: str) -> None:
-    model = load_scoring_model(_options(checkpoint, dtype=requested))
+    model = load_single_device_model(_options(checkpoint, dtype=requested))
     assert model.description.dtype == requested
     assert model.description.device == "cpu"

@@ -4,7 +4,6 @@ other requests of the same pass are answered, and the pass is logged as ``non_fi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,46 +11,58 @@ import torch
 from structlog.testing import capture_logs
 
 from reranker_service.app import load_options
-from reranker_service.engine.batcher import Batcher, NonFiniteScoresError, Worker
-from reranker_service.engine.model import Qwen3ScoringModel, load_scoring_model
-from reranker_service.engine.pass_cost import PassCostModel
-from reranker_service.engine.prefix import SharedPrefix
+from reranker_service.engine.loading import load_single_device_model
+from reranker_service.engine.runner.padded import PaddedRunner
+from reranker_service.engine.runner.protocol import (
+    PassBatch,
+    PendingScores,
+    ReadyScores,
+    ServedModel,
+)
+from reranker_service.engine.scheduler.batcher import Batcher
+from reranker_service.engine.scheduler.jobs import NonFiniteScoresError
+from reranker_service.engine.scheduler.pass_cost import PassCostModel
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import AppFactory, ModelWrapper, asgi_client, make_settings
+from tests.conftest import (
+    AppFactory,
+    RunnerWrapper,
+    asgi_client,
+    logits,
+    make_settings,
+    sequences_of,
+)
 from tests.exposition import scrape
 
 POISON = "overflowing"
 
 
-class OverflowsOnAWord(ModelWrapper):
+class OverflowsOnAWord(RunnerWrapper):
     """The real model, except that a pair whose document has ``POISON`` overflows: its score
     comes out NaN, as the model reports an fp16 pass whose logit is not finite."""
 
-    def __init__(self, model: Qwen3ScoringModel) -> None:
+    def __init__(self, model: ServedModel) -> None:
         super().__init__(model)
         poisoned, clean = model.encoder.encode(DEFAULT_INSTRUCTION, "q", [POISON, "fine"])
         self.poison = next(token for token in poisoned if token not in clean)
         self.batch_sizes: list[int] = []
 
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
-        self.batch_sizes.append(len(sequences))
-        scores = super().score(sequences, prefixes)
-        return [
-            math.nan if self.poison in sequence else score
-            for sequence, score in zip(sequences, scores, strict=True)
-        ]
+    def launch(self, batch: PassBatch) -> PendingScores:
+        self.batch_sizes.append(len(batch.pairs))
+        scores = super().launch(batch).result()
+        return ReadyScores(
+            [
+                math.nan if self.poison in sequence else score
+                for sequence, score in zip(sequences_of(batch), scores, strict=True)
+            ]
+        )
 
 
 async def test_only_the_request_with_the_non_finite_pair_fails(
-    scoring_model: Qwen3ScoringModel,
+    scoring_model: ServedModel,
 ) -> None:
     scorer = OverflowsOnAWord(scoring_model)
     batcher = Batcher(
-        [Worker("cpu", scorer)],
+        [scorer],
         max_batch_tokens=4096,
         max_queued_pairs=100,
         pass_costs=PassCostModel([(64, 0.002), (128, 0.0025), (1024, 0.01)]),
@@ -73,7 +84,7 @@ async def test_only_the_request_with_the_non_finite_pair_fails(
 
 
 async def test_a_non_finite_score_is_a_500_internal_and_counted(
-    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, scoring_model: ServedModel
 ) -> None:
     app = app_factory(model=OverflowsOnAWord(scoring_model))
     async with asgi_client(app) as http:
@@ -91,7 +102,9 @@ async def test_a_non_finite_score_is_a_500_internal_and_counted(
 def test_the_model_reports_an_overflowed_logit_as_nan(checkpoint: Path) -> None:
     """An infinite logit's sigmoid is a plausible 1.0 or 0.0; the model must not pass it off as
     a score."""
-    model = load_scoring_model(load_options(make_settings(checkpoint)))
-    model._score_direction = torch.full_like(model._score_direction, torch.inf)
-    scores = model.score(model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b"]))
+    model = load_single_device_model(load_options(make_settings(checkpoint)))
+    runner = model.runner
+    assert isinstance(runner, PaddedRunner)
+    runner._score_direction = torch.full_like(runner._score_direction, torch.inf)
+    scores = logits(model, model.encoder.encode(DEFAULT_INSTRUCTION, "q", ["a", "b"]))
     assert all(math.isnan(score) for score in scores)

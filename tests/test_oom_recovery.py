@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,50 +13,56 @@ import pytest
 import torch
 
 from reranker_service.app import load_options
-from reranker_service.engine.batcher import Batcher, BatchTooLargeError, Worker
-from reranker_service.engine.model import Qwen3ScoringModel, load_scoring_model
-from reranker_service.engine.pass_cost import PassCostModel
-from reranker_service.engine.prefix import SharedPrefix
-from reranker_service.engine.scoring import PairScorer
+from reranker_service.engine.loading import load_single_device_model
+from reranker_service.engine.runner.padded import PaddedRunner
+from reranker_service.engine.runner.protocol import (
+    BatchTooLargeError,
+    ModelRunner,
+    PassBatch,
+    PendingScores,
+    ServedModel,
+)
+from reranker_service.engine.scheduler.batcher import Batcher
+from reranker_service.engine.scheduler.pass_cost import PassCostModel
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import ModelWrapper, make_settings
+from tests.conftest import RunnerWrapper, logits, make_settings
 
 DOCUMENTS = ["one short document", "another one", "a third document here", "and a fourth"]
 
 
-def _batcher(scorer: PairScorer) -> Batcher:
+def _batcher(runner: ModelRunner) -> Batcher:
     """One worker whose pass cost makes one pass of all the test's pairs the best batch."""
     costs = PassCostModel([(64, 0.002), (128, 0.0025), (1024, 0.01)])
-    return Batcher(
-        [Worker("cpu", scorer)], max_batch_tokens=4096, max_queued_pairs=100, pass_costs=costs
-    )
+    return Batcher([runner], max_batch_tokens=4096, max_queued_pairs=100, pass_costs=costs)
 
 
-class FailsOnceHoldingMemory(ModelWrapper):
+def _padded_runner(model: ServedModel) -> PaddedRunner:
+    runner = model.runner
+    assert isinstance(runner, PaddedRunner)
+    return runner
+
+
+class FailsOnceHoldingMemory(RunnerWrapper):
     """The real model; its first pass takes a tensor (its "activations") and then runs out of
     memory with that tensor alive in its frame. Every later pass records whether the tensor
     was freed by the time it started."""
 
-    def __init__(self, model: Qwen3ScoringModel) -> None:
+    def __init__(self, model: ServedModel) -> None:
         super().__init__(model)
         self.failed_pass_memory: weakref.ref[torch.Tensor] | None = None
         self.freed_before_retry: list[bool] = []
 
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
+    def launch(self, batch: PassBatch) -> PendingScores:
         if self.failed_pass_memory is None:
-            activations = torch.ones(len(sequences), 1 << 16)
+            activations = torch.ones(len(batch.pairs), 1 << 16)
             self.failed_pass_memory = weakref.ref(activations)
             raise BatchTooLargeError(f"out of memory with {activations.numel()} floats taken")
         self.freed_before_retry.append(self.failed_pass_memory() is None)
-        return super().score(sequences, prefixes)
+        return super().launch(batch)
 
 
 async def test_the_batcher_drops_a_failed_pass_before_retrying_its_halves(
-    scoring_model: Qwen3ScoringModel,
+    scoring_model: ServedModel,
 ) -> None:
     scorer = FailsOnceHoldingMemory(scoring_model)
     batcher = _batcher(scorer)
@@ -67,7 +72,7 @@ async def test_the_batcher_drops_a_failed_pass_before_retrying_its_halves(
     result = await job.future
     await batcher.stop()
     assert scorer.freed_before_retry == [True, True], "a half ran with the failed pass alive"
-    assert result.scores == pytest.approx(scoring_model.score(sequences), abs=1e-5)
+    assert result.scores == pytest.approx(logits(scoring_model, sequences), abs=1e-5)
 
 
 class OutOfMemoryOnce(torch.nn.Module):
@@ -94,25 +99,27 @@ class OutOfMemoryOnce(torch.nn.Module):
 async def test_the_model_lets_go_of_an_out_of_memory_pass(checkpoint: Path) -> None:
     """The real model's seam: torch's error inside the decoder becomes ``BatchTooLargeError``
     without keeping the failed pass's frames, so the halves run with its memory free."""
-    model = load_scoring_model(load_options(make_settings(checkpoint)))
-    decoder = OutOfMemoryOnce(model._backbone)
-    model._backbone = decoder
-    batcher = _batcher(model)
+    model = load_single_device_model(load_options(make_settings(checkpoint)))
+    runner = _padded_runner(model)
+    decoder = OutOfMemoryOnce(runner._backbone)
+    runner._backbone = decoder
+    batcher = _batcher(runner)
     sequences = model.encoder.encode(DEFAULT_INSTRUCTION, "query", DOCUMENTS)
     job = batcher.submit(sequences)
     batcher.start()
     result = await asyncio.wait_for(job.future, 60)
     await batcher.stop()
     assert decoder.freed_before_retry == [True, True], "a half ran with the failed pass alive"
-    model._backbone = decoder.decoder
-    assert result.scores == pytest.approx(model.score(sequences), abs=1e-5)
+    runner._backbone = decoder.decoder
+    assert result.scores == pytest.approx(logits(model, sequences), abs=1e-5)
 
 
 def test_the_error_carries_no_trace_of_the_failed_pass(checkpoint: Path) -> None:
-    model = load_scoring_model(load_options(make_settings(checkpoint)))
-    model._backbone = OutOfMemoryOnce(model._backbone)
+    model = load_single_device_model(load_options(make_settings(checkpoint)))
+    runner = _padded_runner(model)
+    runner._backbone = OutOfMemoryOnce(runner._backbone)
     sequences = model.encoder.encode(DEFAULT_INSTRUCTION, "query", DOCUMENTS)
     with pytest.raises(BatchTooLargeError, match="CUDA out of memory") as raised:
-        model.score(sequences)
+        logits(model, sequences)
     assert raised.value.__cause__ is None
     assert raised.value.__context__ is None

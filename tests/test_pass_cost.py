@@ -4,8 +4,9 @@ import time
 
 import pytest
 
-from reranker_service.engine.model import Qwen3ScoringModel
-from reranker_service.engine.pass_cost import (
+from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
+from reranker_service.engine.runner.protocol import ServedModel
+from reranker_service.engine.scheduler.pass_cost import (
     GRID_REPEATS,
     GRID_SMALLEST,
     OUTLIER_FACTOR,
@@ -13,7 +14,6 @@ from reranker_service.engine.pass_cost import (
     grid_shape,
     measure_pass_costs,
 )
-from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
 from tests.conftest import PassRecorder
 
 # The Qwen3-Reranker-0.6B shape on two CPU cores (ms): cost per token falls from 18 to 6.
@@ -89,7 +89,7 @@ def test_grid_passes_are_short_pairs() -> None:
 
 
 def test_the_grid_runs_on_the_real_model_within_its_budget(
-    scoring_model: Qwen3ScoringModel,
+    scoring_model: ServedModel,
 ) -> None:
     recorder = PassRecorder(scoring_model)
     measured = measure_pass_costs(recorder, scoring_model.encoder.prefix_ids, 1024, 30.0)
@@ -99,14 +99,15 @@ def test_the_grid_runs_on_the_real_model_within_its_budget(
     assert all(seconds > 0 for _, seconds in measured.points)
 
 
-def test_the_grid_stops_before_overrunning_its_budget(scoring_model: Qwen3ScoringModel) -> None:
+def test_the_grid_stops_before_overrunning_its_budget(scoring_model: ServedModel) -> None:
     started = time.perf_counter()
-    measured = measure_pass_costs(scoring_model, scoring_model.encoder.prefix_ids, 1 << 20, 0.0)
+    runner, prefix_ids = scoring_model.runner, scoring_model.encoder.prefix_ids
+    measured = measure_pass_costs(runner, prefix_ids, 1 << 20, 0.0)
     assert time.perf_counter() - started < 5
     assert [tokens for tokens, _ in measured.points] == [GRID_SMALLEST]
 
 
-async def test_engine_start_measures_the_pass_cost(scoring_model: Qwen3ScoringModel) -> None:
+async def test_engine_start_measures_the_pass_cost(scoring_model: ServedModel) -> None:
     engine = RerankEngine(
         scoring_model, EngineConfig(None, 1000, largest_request_pairs=1000, tokenizer_threads=1)
     )
@@ -119,13 +120,13 @@ async def test_engine_start_measures_the_pass_cost(scoring_model: Qwen3ScoringMo
         await engine.stop()
 
 
-async def test_pinned_pass_costs_are_used_as_given(scoring_model: Qwen3ScoringModel) -> None:
+async def test_pinned_pass_costs_are_used_as_given(scoring_model: ServedModel) -> None:
     recorder = PassRecorder(scoring_model)
     pinned = ((16.0, 0.5), (4096.0, 1.0))
     config = EngineConfig(
         None, 1000, largest_request_pairs=1000, tokenizer_threads=1, pass_costs=pinned
     )
-    engine = RerankEngine(recorder, config)
+    engine = RerankEngine(recorder.served, config)
     await engine.start()
     try:
         assert len(recorder.passes) == 1  # the warm-up request, no grid

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from reranker_service.engine.model import Qwen3ScoringModel
-from reranker_service.engine.prefix import SharedPrefix
+from reranker_service.engine.runner.protocol import PassBatch, PendingScores, ServedModel
 from reranker_service.local_server import serve_in_thread
-from tests.conftest import AppFactory, ModelWrapper
+from tests.conftest import AppFactory, RunnerWrapper
 from tests.prometheus_server import PrometheusServer, run_prometheus
 
 pytestmark = pytest.mark.slow  # starts real server processes
@@ -32,24 +31,20 @@ SLOW_PASS_SECONDS = 0.55
 """Puts every slow request in the (0.5, 0.75] latency bucket, far from the fast ones."""
 
 
-class ScriptedModel(ModelWrapper):
+class ScriptedModel(RunnerWrapper):
     """The real model, with a switchable slow forward pass and an injected scoring failure."""
 
-    def __init__(self, model: Qwen3ScoringModel) -> None:
+    def __init__(self, model: ServedModel) -> None:
         super().__init__(model)
         self.pass_seconds = 0.0
         self.failing = False
 
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
+    def launch(self, batch: PassBatch) -> PendingScores:
         if self.failing:
             raise RuntimeError("injected scoring failure")
         if self.pass_seconds:
             time.sleep(self.pass_seconds)  # stands in for a long forward pass
-        return super().score(sequences, prefixes)
+        return super().launch(batch)
 
 
 @pytest.fixture
@@ -59,7 +54,7 @@ def prometheus(tmp_path: Path, service_url: str) -> Iterator[PrometheusServer]:
 
 
 @pytest.fixture
-def scripted(scoring_model: Qwen3ScoringModel) -> ScriptedModel:
+def scripted(scoring_model: ServedModel) -> ScriptedModel:
     return ScriptedModel(scoring_model)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.runner.protocol import ServedModel
 from tests.conftest import SMALL_MAX_LENGTH, AppFactory, PassRecorder, asgi_client
 from tests.exposition import scrape
 from tests.model_card import ModelCardReranker
@@ -71,7 +71,7 @@ async def test_max_tokens_per_doc_scores_the_cut_document(
 
 
 async def test_a_long_document_is_the_best_of_its_windows(
-    app_factory: AppFactory, short_card: ModelCardReranker, short_scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, short_card: ModelCardReranker, short_scoring_model: ServedModel
 ) -> None:
     windows = _windows(short_card, QUERY, LONG, 4)
     assert len(windows) == 4, "the document must need more windows than it gets"
@@ -96,7 +96,7 @@ async def test_a_long_document_is_the_best_of_its_windows(
 
 
 async def test_without_max_chunks_a_long_document_is_truncated_as_before(
-    app_factory: AppFactory, short_card: ModelCardReranker, short_scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, short_card: ModelCardReranker, short_scoring_model: ServedModel
 ) -> None:
     body = {"query": QUERY, "documents": [LONG]}
     response = await _post(
@@ -156,7 +156,7 @@ async def test_tei_shape_as_documented(app_factory: AppFactory, card: ModelCardR
 
 
 async def test_tei_refuses_an_over_long_text_when_told_not_to_truncate(
-    app_factory: AppFactory, short_scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, short_scoring_model: ServedModel
 ) -> None:
     body = {"query": QUERY, "texts": [SHORT, LONG], "truncate": False}
     response = await _post(
@@ -169,7 +169,7 @@ async def test_tei_refuses_an_over_long_text_when_told_not_to_truncate(
 
 
 async def test_tei_left_truncation_keeps_the_end_of_a_text(
-    app_factory: AppFactory, short_card: ModelCardReranker, short_scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, short_card: ModelCardReranker, short_scoring_model: ServedModel
 ) -> None:
     body = {"query": QUERY, "texts": [LONG], "truncation_direction": "Left"}
     response = await _post(
@@ -254,7 +254,7 @@ async def test_score_pairs_each_with_its_own_query(
 )
 async def test_bad_input_is_422_naming_the_field_and_nothing_is_scored(
     app_factory: AppFactory,
-    scoring_model: Qwen3ScoringModel,
+    scoring_model: ServedModel,
     path: str,
     body: dict[str, Any],
     field: str,
@@ -270,7 +270,7 @@ async def test_bad_input_is_422_naming_the_field_and_nothing_is_scored(
 
 
 async def test_too_many_windows_is_413_before_anything_is_scored(
-    app_factory: AppFactory, short_scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, short_scoring_model: ServedModel
 ) -> None:
     recorder = PassRecorder(short_scoring_model)
     app = app_factory(model=recorder, max_length=SMALL_MAX_LENGTH, max_documents=2)

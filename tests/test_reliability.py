@@ -8,19 +8,26 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 import torch
 
-from reranker_service.engine.batcher import BatchTooLargeError, PairTooLargeError
-from reranker_service.engine.model import Qwen3ScoringModel
-from reranker_service.engine.prefix import SharedPrefix
-from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine, probability
+from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
+from reranker_service.engine.runner.padded import PaddedRunner
+from reranker_service.engine.runner.protocol import (
+    BatchTooLargeError,
+    ModelRunner,
+    PassBatch,
+    PendingScores,
+    ServedModel,
+)
+from reranker_service.engine.scheduler.jobs import PairTooLargeError
+from reranker_service.engine.scoring import probability
 from reranker_service.local_server import serve_in_thread
-from tests.conftest import AppFactory, GatedModel, ModelWrapper, asgi_client
+from tests.conftest import AppFactory, GatedModel, RunnerWrapper, asgi_client, logits
 from tests.exposition import Exposition
 
 QUERY = "which fruit is yellow"
@@ -43,7 +50,7 @@ def _errors(app: Any, error_type: str) -> float:
 
 
 async def test_timeout_answers_504_and_frees_the_queue(
-    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, scoring_model: ServedModel
 ) -> None:
     gated = GatedModel(scoring_model)
     app = app_factory(model=gated, request_timeout_seconds=0.5)
@@ -90,7 +97,7 @@ def _read_status(sock: socket.socket) -> int:
 
 
 def test_a_client_that_hangs_up_loses_its_queued_pairs(
-    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, scoring_model: ServedModel
 ) -> None:
     gated = GatedModel(scoring_model)
     app = app_factory(model=gated)
@@ -116,32 +123,31 @@ def test_a_client_that_hangs_up_loses_its_queued_pairs(
     assert passes.sum == len(DOCS)  # the leaver's pairs never reached the model
 
 
-class OutOfMemoryAbove(ModelWrapper):
+class OutOfMemoryAbove(RunnerWrapper):
     """The real model on a pretend device that fits ``capacity`` padded tokens per pass: a
-    bigger batch fails the way ``Qwen3ScoringModel`` reports a CUDA out-of-memory."""
+    bigger batch fails the way ``PaddedRunner`` reports a CUDA out-of-memory."""
 
-    def __init__(self, model: Qwen3ScoringModel, capacity: int) -> None:
-        super().__init__(model)
+    def __init__(
+        self, model: ServedModel, capacity: int, runner: ModelRunner | None = None
+    ) -> None:
+        super().__init__(model, runner)
         self.capacity = capacity
         self.passes: list[int] = []
         self._lock = threading.Lock()
 
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
-        padded = len(sequences) * max(len(seq) for seq in sequences)
+    def launch(self, batch: PassBatch) -> PendingScores:
+        own = [pair.own_tokens for pair in batch.pairs]
+        padded = len(own) * max(own)
         with self._lock:
-            self.passes.append(len(sequences))
+            self.passes.append(len(own))
         if padded > self.capacity:
             raise BatchTooLargeError(f"CUDA out of memory: {padded} tokens")
-        return super().score(sequences, prefixes)
+        return super().launch(batch)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(
-    scoring_model: Qwen3ScoringModel, cpu_replicas: list[Qwen3ScoringModel], workers: int
+    scoring_model: ServedModel, cpu_replicas: ServedModel, workers: int
 ) -> None:
     """With two workers, each splits the passes it ran out of memory on."""
     encoder = scoring_model.encoder
@@ -152,10 +158,12 @@ async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(
     # Room for a few short pairs at a time, never for the long one.
     capacity = 4 * one_short_pair
     assert longest_pair > capacity
-    replicas = [scoring_model] if workers == 1 else cpu_replicas
-    models = [OutOfMemoryAbove(replica, 10**9) for replica in replicas]  # the warm-up fits
+    replicas = scoring_model if workers == 1 else cpu_replicas
+    # The warm-up fits.
+    models = [OutOfMemoryAbove(replicas, 10**9, runner) for runner in replicas.runners]
     engine = RerankEngine(
-        models, EngineConfig(None, 10_000, largest_request_pairs=1000, tokenizer_threads=1)
+        ServedModel(encoder, tuple(models)),
+        EngineConfig(None, 10_000, largest_request_pairs=1000, tokenizer_threads=1),
     )
     await engine.start()
     for model in models:
@@ -176,7 +184,7 @@ async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(
     for outcome, docs in ((fine, short_docs), (also_fine, short_docs[:5])):
         assert not isinstance(outcome, BaseException)
         alone = [
-            probability(scoring_model.score(encoder.encode("i", QUERY, [doc]))[0]) for doc in docs
+            probability(logits(scoring_model, encoder.encode("i", QUERY, [doc]))[0]) for doc in docs
         ]
         assert outcome.scores == pytest.approx(alone, abs=1e-4)
     # The first passes were too big and were split.
@@ -184,7 +192,7 @@ async def test_out_of_memory_splits_batches_and_fails_only_what_cannot_fit(
 
 
 async def test_out_of_memory_is_503_oom_and_the_server_stays_up(
-    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, scoring_model: ServedModel
 ) -> None:
     model = OutOfMemoryAbove(scoring_model, capacity=10**9)
     app = app_factory(model=model)
@@ -204,13 +212,15 @@ async def test_out_of_memory_is_503_oom_and_the_server_stays_up(
 
 
 def test_a_torch_out_of_memory_becomes_batch_too_large(
-    scoring_model: Qwen3ScoringModel, monkeypatch: pytest.MonkeyPatch
+    scoring_model: ServedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backbone = scoring_model._backbone
+    runner = scoring_model.runner
+    assert isinstance(runner, PaddedRunner)
+    backbone = runner._backbone
 
     def exhausted(*args: object, **kwargs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(backbone, "forward", exhausted)
     with pytest.raises(BatchTooLargeError, match="Tried to allocate"):
-        scoring_model.score([[1, 2, 3]])
+        logits(scoring_model, [[1, 2, 3]])

@@ -6,12 +6,22 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from reranker_service.app import load_options
-from reranker_service.engine.model import Qwen3ScoringModel, load_scoring_model
-from reranker_service.engine.prefix import SharedPrefix, shared_prefix
+from reranker_service.engine.loading import load_single_device_model
+from reranker_service.engine.prefix import shared_prefix
+from reranker_service.engine.runner.padded import PaddedRunner
+from reranker_service.engine.runner.protocol import BatchTooLargeError, ServedModel
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import SMALL_MAX_LENGTH, make_settings, probabilities
+from tests.conftest import (
+    SMALL_MAX_LENGTH,
+    logits,
+    make_settings,
+    new_prefix_id,
+    prefixed_logits,
+    probabilities,
+)
 from tests.model_card import ModelCardReranker
 
 TOLERANCE = 1e-5
@@ -40,16 +50,21 @@ def reuse(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
-def _score(model: Qwen3ScoringModel, token_ids: list[list[int]], reuse: bool) -> list[float]:
+def _score(model: ServedModel, token_ids: list[list[int]], reuse: bool) -> list[float]:
     """One pass, the pairs continuing after their shared prefix when ``reuse`` is on."""
-    prefix = shared_prefix(token_ids) if reuse else None
+    length = shared_prefix(token_ids) if reuse else 0
     if reuse and len(token_ids) > 1:
-        assert prefix is not None, "these pairs share at least the system prompt"
-    return probabilities(model.score(token_ids, [prefix] * len(token_ids)))
+        assert length, "these pairs share at least the system prompt"
+    if not length:
+        return probabilities(logits(model, token_ids))
+    prefix_id = new_prefix_id()
+    scores = prefixed_logits(model.runner, token_ids, [(prefix_id, length)] * len(token_ids))
+    model.runner.release([prefix_id])
+    return probabilities(scores)
 
 
 def _ours(
-    model: Qwen3ScoringModel, instruction: str, query: str, docs: list[str], reuse: bool = False
+    model: ServedModel, instruction: str, query: str, docs: list[str], reuse: bool = False
 ) -> list[float]:
     return _score(model, model.encoder.encode(instruction, query, docs), reuse)
 
@@ -61,14 +76,14 @@ def _assert_close(ours: list[float], reference: list[float]) -> None:
 
 
 def test_default_instruction_matches_model_card(
-    scoring_model: Qwen3ScoringModel, card: ModelCardReranker, reuse: bool
+    scoring_model: ServedModel, card: ModelCardReranker, reuse: bool
 ) -> None:
     reference = card.score_alone(None, QUERY, DOCUMENTS)
     _assert_close(_ours(scoring_model, DEFAULT_INSTRUCTION, QUERY, DOCUMENTS, reuse), reference)
 
 
 def test_custom_instruction_matches_model_card(
-    scoring_model: Qwen3ScoringModel, card: ModelCardReranker, reuse: bool
+    scoring_model: ServedModel, card: ModelCardReranker, reuse: bool
 ) -> None:
     instruction = "Given a question, retrieve passages written in French that answer it"
     reference = card.score_alone(instruction, QUERY, DOCUMENTS)
@@ -78,7 +93,7 @@ def test_custom_instruction_matches_model_card(
 
 
 def test_truncated_long_documents_match_model_card(
-    short_scoring_model: Qwen3ScoringModel, short_card: ModelCardReranker, reuse: bool
+    short_scoring_model: ServedModel, short_card: ModelCardReranker, reuse: bool
 ) -> None:
     docs = [_long_document(400, seed) for seed in range(4)] + DOCUMENTS[:2]
     token_ids = short_scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, docs)
@@ -92,7 +107,7 @@ def test_truncated_long_documents_match_model_card(
 
 
 def test_long_query_is_truncated_like_the_model_card(
-    short_scoring_model: Qwen3ScoringModel, short_card: ModelCardReranker, reuse: bool
+    short_scoring_model: ServedModel, short_card: ModelCardReranker, reuse: bool
 ) -> None:
     query = _long_document(300, seed=99)
     _assert_close(
@@ -102,37 +117,37 @@ def test_long_query_is_truncated_like_the_model_card(
 
 
 def test_default_max_length_keeps_a_long_document_whole(
-    scoring_model: Qwen3ScoringModel, card: ModelCardReranker
+    scoring_model: ServedModel, card: ModelCardReranker
 ) -> None:
     doc = _long_document(1500)
     (ids,) = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, [doc])
     assert len(ids) == card.token_count(None, QUERY, doc) > 1500
-    _assert_close(probabilities(scoring_model.score([ids])), card.score_alone(None, QUERY, [doc]))
+    _assert_close(probabilities(logits(scoring_model, [ids])), card.score_alone(None, QUERY, [doc]))
 
 
-def test_score_does_not_depend_on_batch_neighbours(scoring_model: Qwen3ScoringModel) -> None:
+def test_score_does_not_depend_on_batch_neighbours(scoring_model: ServedModel) -> None:
     docs = [_long_document(n, seed=n) for n in (3, 40, 200, 7, 600)] + DOCUMENTS
     token_ids = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, docs)
-    alone = [scoring_model.score([ids])[0] for ids in token_ids]
-    together = scoring_model.score(token_ids)
-    reversed_batch = scoring_model.score(token_ids[::-1])[::-1]
+    alone = [logits(scoring_model, [ids])[0] for ids in token_ids]
+    together = logits(scoring_model, token_ids)
+    reversed_batch = logits(scoring_model, token_ids[::-1])[::-1]
     assert max(abs(a - b) for a, b in zip(alone, together, strict=True)) <= 1e-5
     assert max(abs(a - b) for a, b in zip(alone, reversed_batch, strict=True)) <= 1e-5
 
 
-def test_equal_length_batch_without_mask_matches(scoring_model: Qwen3ScoringModel) -> None:
+def test_equal_length_batch_without_mask_matches(scoring_model: ServedModel) -> None:
     token_ids = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, ["aaaa", "bbbb", "cccc"])
     assert len({len(ids) for ids in token_ids}) == 1
-    alone = [scoring_model.score([ids])[0] for ids in token_ids]
-    _assert_close(scoring_model.score(token_ids), alone)
+    alone = [logits(scoring_model, [ids])[0] for ids in token_ids]
+    _assert_close(logits(scoring_model, token_ids), alone)
 
 
 def test_the_gpus_full_mask_matches_model_card(
-    scoring_model: Qwen3ScoringModel, card: ModelCardReranker, monkeypatch: pytest.MonkeyPatch
+    scoring_model: ServedModel, card: ModelCardReranker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a GPU every pass takes a full causal mask built on the device (so that nothing reads
     it on the host); the same code runs here, padded and unpadded, against the card."""
-    monkeypatch.setattr(scoring_model, "_full_masks", True)
+    monkeypatch.setattr(scoring_model.runner, "_full_masks", True)
     docs = [_long_document(n, seed=n) for n in (3, 40, 200)] + DOCUMENTS
     _assert_close(
         _ours(scoring_model, DEFAULT_INSTRUCTION, QUERY, docs),
@@ -146,12 +161,12 @@ def test_the_gpus_full_mask_matches_model_card(
 
 
 def test_tied_embeddings_checkpoint_matches_model_card(tied_checkpoint: Path, reuse: bool) -> None:
-    model = load_scoring_model(load_options(make_settings(tied_checkpoint)))
+    model = load_single_device_model(load_options(make_settings(tied_checkpoint)))
     reference = ModelCardReranker(tied_checkpoint, 8192).score_alone(None, QUERY, DOCUMENTS)
     _assert_close(_ours(model, DEFAULT_INSTRUCTION, QUERY, DOCUMENTS, reuse), reference)
 
 
-def test_scores_are_probabilities_that_vary(scoring_model: Qwen3ScoringModel) -> None:
+def test_scores_are_probabilities_that_vary(scoring_model: ServedModel) -> None:
     scores = _ours(scoring_model, DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
     assert all(0.0 < s < 1.0 for s in scores)
     assert len({round(s, 6) for s in scores}) > len(scores) // 2
@@ -159,7 +174,7 @@ def test_scores_are_probabilities_that_vary(scoring_model: Qwen3ScoringModel) ->
 
 @pytest.mark.parametrize("max_length", [SMALL_MAX_LENGTH, 512])
 def test_every_pair_fits_max_length(checkpoint: Path, max_length: int) -> None:
-    model = load_scoring_model(load_options(make_settings(checkpoint, max_length=max_length)))
+    model = load_single_device_model(load_options(make_settings(checkpoint, max_length=max_length)))
     docs = [_long_document(n, seed=n) for n in (1, 50, 2000)]
     lengths = [len(ids) for ids in model.encoder.encode("x" * 500, QUERY * 50, docs)]
     assert max(lengths) == max_length
@@ -169,7 +184,7 @@ def test_every_pair_fits_max_length(checkpoint: Path, max_length: int) -> None:
 
 
 def test_documents_that_share_their_first_words_match_model_card(
-    scoring_model: Qwen3ScoringModel, card: ModelCardReranker
+    scoring_model: ServedModel, card: ModelCardReranker
 ) -> None:
     docs = [
         "The capital of France is Paris, on the Seine.",
@@ -179,15 +194,14 @@ def test_documents_that_share_their_first_words_match_model_card(
     ]
     token_ids = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, docs)
     prefix = shared_prefix(token_ids)
-    assert prefix is not None
     query_only = shared_prefix(scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, ["x", "y"]))
-    assert query_only is not None
-    assert len(prefix) > len(query_only), "the shared prefix should reach into the documents"
+    assert query_only
+    assert prefix > query_only, "the shared prefix should reach into the documents"
     _assert_close(_score(scoring_model, token_ids, True), card.score_alone(None, QUERY, docs))
 
 
 def test_a_pass_mixing_requests_with_and_without_prefixes_matches_model_card(
-    short_scoring_model: Qwen3ScoringModel, short_card: ModelCardReranker
+    short_scoring_model: ServedModel, short_card: ModelCardReranker
 ) -> None:
     encoder = short_scoring_model.encoder
     instruction = "Given a question, retrieve passages written in French that answer it"
@@ -197,21 +211,23 @@ def test_a_pass_mixing_requests_with_and_without_prefixes_matches_model_card(
         (DEFAULT_INSTRUCTION, _long_document(60, 5), ["solo document"]),
     ]
     rows: list[list[int]] = []
-    prefixes: list[SharedPrefix | None] = []
+    prefixes: list[tuple[int, int] | None] = []
     reference: list[float] = []
     for request_instruction, query, docs in requests:
         token_ids = encoder.encode(request_instruction, query, docs)
-        prefix = shared_prefix(token_ids)
+        length = shared_prefix(token_ids)
         rows += token_ids
-        prefixes += [prefix] * len(token_ids)
+        prefixes += [(new_prefix_id(), length) if length else None] * len(token_ids)
         card_instruction = None if request_instruction == DEFAULT_INSTRUCTION else instruction
         reference += short_card.score_alone(card_instruction, query, docs)
     assert prefixes[-1] is None, "a one-document request has no prefix to share"
     # Interleave the requests' rows, as a length-sorted pass would.
     order = sorted(range(len(rows)), key=lambda row: len(rows[row]))
+    runner = short_scoring_model.runner
     scores = probabilities(
-        short_scoring_model.score([rows[i] for i in order], [prefixes[i] for i in order])
+        prefixed_logits(runner, [rows[i] for i in order], [prefixes[i] for i in order])
     )
+    runner.release([prefix[0] for prefix in prefixes if prefix is not None])
     in_request_order = [0.0] * len(rows)
     for position, row in enumerate(order):
         in_request_order[row] = scores[position]
@@ -219,27 +235,53 @@ def test_a_pass_mixing_requests_with_and_without_prefixes_matches_model_card(
 
 
 def test_a_one_document_request_with_a_prefix_matches_model_card(
-    scoring_model: Qwen3ScoringModel, card: ModelCardReranker
+    scoring_model: ServedModel, card: ModelCardReranker
 ) -> None:
     (ids,) = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, [DOCUMENTS[0]])
     # All but the last token cached: the most a prefix can hold.
-    prefix = SharedPrefix(tuple(ids[:-1]))
-    _assert_close(
-        probabilities(scoring_model.score([ids], [prefix])),
-        card.score_alone(None, QUERY, [DOCUMENTS[0]]),
-    )
+    prefix_id = new_prefix_id()
+    scores = prefixed_logits(scoring_model.runner, [ids], [(prefix_id, len(ids) - 1)])
+    scoring_model.runner.release([prefix_id])
+    _assert_close(probabilities(scores), card.score_alone(None, QUERY, [DOCUMENTS[0]]))
 
 
-def test_a_cached_prefix_is_computed_once_and_reused(scoring_model: Qwen3ScoringModel) -> None:
+def test_a_cached_prefix_is_computed_once_and_reused(scoring_model: ServedModel) -> None:
     token_ids = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCUMENTS)
-    prefix = shared_prefix(token_ids)
-    assert prefix is not None
-    first = scoring_model.score(token_ids[:3], [prefix] * 3)
-    state = prefix.states.get(scoring_model.description.device)
-    assert state is not None
-    second = scoring_model.score(token_ids, [prefix] * len(token_ids))
-    assert prefix.states[scoring_model.description.device] is state, (
-        "the second pass recomputed the prefix"
+    prefix = (new_prefix_id(), shared_prefix(token_ids))
+    runner = scoring_model.runner
+    assert isinstance(runner, PaddedRunner)
+    first = prefixed_logits(runner, token_ids[:3], [prefix] * 3)
+    assert runner.held_prefixes == {prefix[0]}
+    # Declared held, not new: the runner reads what it kept (it refuses a prefix it lacks).
+    second = prefixed_logits(
+        runner, token_ids, [prefix] * len(token_ids), held=frozenset({prefix[0]})
     )
     _assert_close(second[:3], first)
-    _assert_close(second, scoring_model.score(token_ids))
+    _assert_close(second, logits(scoring_model, token_ids))
+    runner.release([prefix[0]])
+    assert runner.held_prefixes == frozenset()
+    with pytest.raises(KeyError, match="neither held nor new"):
+        prefixed_logits(runner, token_ids, [prefix] * len(token_ids), held=frozenset({prefix[0]}))
+
+
+def test_a_pass_that_fails_keeps_none_of_its_new_prefixes(
+    scoring_model: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prefix is computed, then the pass after it runs out of memory: the runner must not
+    keep the prefix, since the scheduler counts it as not computed and will ask again."""
+    runner = scoring_model.runner
+    assert isinstance(runner, PaddedRunner)
+    token_ids = scoring_model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCUMENTS[:3])
+    prefix = (new_prefix_id(), shared_prefix(token_ids))
+
+    def out_of_memory(*_: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(runner, "_score_after_prefixes", out_of_memory)
+    with pytest.raises(BatchTooLargeError, match="CUDA out of memory"):
+        prefixed_logits(runner, token_ids, [prefix] * 3)
+    assert prefix[0] not in runner.held_prefixes
+    monkeypatch.undo()
+    scores = prefixed_logits(runner, token_ids, [prefix] * 3)
+    runner.release([prefix[0]])
+    _assert_close(scores, logits(scoring_model, token_ids))

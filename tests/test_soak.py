@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reranker_service.engine.model import Qwen3ScoringModel
-from reranker_service.engine.rerank_engine import probability
+from reranker_service.engine.runner.protocol import ServedModel
+from reranker_service.engine.scoring import probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
+from tests.conftest import logits
 from tests.exposition import Exposition
 from tests.service_process import start_service
 
@@ -86,7 +87,7 @@ async def _send_all(base_url: str, requests: list[SoakRequest]) -> list[httpx.Re
     return [response for response in responses if response is not None]
 
 
-def test_soak(checkpoint: Path, scoring_model: Qwen3ScoringModel) -> None:
+def test_soak(checkpoint: Path, scoring_model: ServedModel) -> None:
     warm_up, soak = _requests(WARM_UP_REQUESTS, seed=1), _requests(REQUESTS, seed=2)
     service = start_service(checkpoint, "--log-level", "info")
     try:
@@ -114,7 +115,7 @@ def test_soak(checkpoint: Path, scoring_model: Qwen3ScoringModel) -> None:
             pair = (request.query, request.documents[result["index"]])
             if pair not in alone:
                 ids = encoder.encode(DEFAULT_INSTRUCTION, pair[0], [pair[1]])
-                alone[pair] = probability(scoring_model.score(ids)[0])
+                alone[pair] = probability(logits(scoring_model, ids)[0])
             assert result["relevance_score"] == pytest.approx(alone[pair], abs=1e-4)
     # Memory is flat once warm.
     assert rss_end <= rss_start * RSS_GROWTH_ALLOWED

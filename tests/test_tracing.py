@@ -20,7 +20,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
 from reranker_service import __version__
 from reranker_service.app import create_app
-from reranker_service.engine.model import Qwen3ScoringModel
+from reranker_service.engine.runner.protocol import ServedModel
 from reranker_service.local_server import serve_in_thread
 from reranker_service.observability.metrics import EXEMPLAR_TRACE_LABEL
 from reranker_service.observability.tracing import (
@@ -65,7 +65,7 @@ def _tracing_from_environment(monkeypatch: pytest.MonkeyPatch, endpoint: str) ->
 @contextlib.asynccontextmanager
 async def traced_client(
     checkpoint: Path,
-    model: Qwen3ScoringModel,
+    model: ServedModel,
     monkeypatch: pytest.MonkeyPatch,
     endpoint: str,
     **overrides: Any,
@@ -96,7 +96,7 @@ def _openmetrics_exemplars(text: str, family: str) -> list[str]:
 
 
 async def test_a_request_is_traced_from_the_callers_span_to_the_forward_pass(
-    checkpoint: Path, scoring_model: Qwen3ScoringModel, monkeypatch: pytest.MonkeyPatch
+    checkpoint: Path, scoring_model: ServedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with otlp_http_receiver() as (endpoint, store):
         async with traced_client(checkpoint, scoring_model, monkeypatch, endpoint) as http:
@@ -176,7 +176,7 @@ async def test_a_request_is_traced_from_the_callers_span_to_the_forward_pass(
 
 
 async def test_errors_score_and_the_query_on_spans(
-    checkpoint: Path, scoring_model: Qwen3ScoringModel, monkeypatch: pytest.MonkeyPatch
+    checkpoint: Path, scoring_model: ServedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with otlp_http_receiver() as (endpoint, store):
         async with traced_client(
@@ -212,7 +212,7 @@ async def test_errors_score_and_the_query_on_spans(
 
 
 async def test_an_unsampled_caller_exports_nothing_but_its_trace_id_is_logged(
-    checkpoint: Path, scoring_model: Qwen3ScoringModel, monkeypatch: pytest.MonkeyPatch
+    checkpoint: Path, scoring_model: ServedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     not_sampled = f"00-{CALLER_TRACE}-{CALLER_SPAN}-00"
     with otlp_http_receiver() as (endpoint, store):
@@ -241,7 +241,7 @@ def _otel_threads() -> list[str]:
 
 
 async def test_tracing_off_starts_nothing_and_marks_nothing(
-    checkpoint: Path, scoring_model: Qwen3ScoringModel
+    checkpoint: Path, scoring_model: ServedModel
 ) -> None:
     environ = {"OTEL_SERVICE_NAME": "reranker", "OTEL_TRACES_SAMPLER": "always_on"}
     assert TracingConfig.from_environ(environ) is None
@@ -330,7 +330,7 @@ def _stopped_at_exit(service: Any) -> Iterator[Any]:
 @pytest.mark.slow
 def test_prometheus_keeps_the_latency_exemplar(
     checkpoint: Path,
-    scoring_model: Qwen3ScoringModel,
+    scoring_model: ServedModel,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:

@@ -6,11 +6,11 @@ import cohere
 import httpx
 import pytest
 
-from reranker_service.engine.model import Qwen3ScoringModel
-from reranker_service.engine.rerank_engine import probability
+from reranker_service.engine.runner.protocol import ServedModel
+from reranker_service.engine.scoring import probability
 from reranker_service.local_server import serve_in_thread
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, logits
 
 QUERY = "What is the capital of the United States?"
 DOCS = [
@@ -20,14 +20,14 @@ DOCS = [
 ]
 
 
-def _expected(model: Qwen3ScoringModel) -> list[float]:
+def _expected(model: ServedModel) -> list[float]:
     return [
-        probability(model.score(model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, [d]))[0])
+        probability(logits(model, model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, [d]))[0])
         for d in DOCS
     ]
 
 
-def test_cohere_v1_and_v2_sdks(app_factory: AppFactory, scoring_model: Qwen3ScoringModel) -> None:
+def test_cohere_v1_and_v2_sdks(app_factory: AppFactory, scoring_model: ServedModel) -> None:
     expected = _expected(scoring_model)
     best_two = sorted(range(len(DOCS)), key=lambda i: -expected[i])[:2]
     with serve_in_thread(app_factory(api_key="sdk-key")) as base_url:
@@ -58,7 +58,7 @@ def test_cohere_v1_and_v2_sdks(app_factory: AppFactory, scoring_model: Qwen3Scor
         assert refused.value.status_code == 401
 
 
-def test_jina_shaped_request(app_factory: AppFactory, scoring_model: Qwen3ScoringModel) -> None:
+def test_jina_shaped_request(app_factory: AppFactory, scoring_model: ServedModel) -> None:
     expected = _expected(scoring_model)
     with serve_in_thread(app_factory()) as base_url:
         response = httpx.post(
@@ -80,7 +80,7 @@ def test_jina_shaped_request(app_factory: AppFactory, scoring_model: Qwen3Scorin
 
 
 def test_cohere_v2_sdk_cuts_documents_with_max_tokens_per_doc(
-    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
+    app_factory: AppFactory, scoring_model: ServedModel
 ) -> None:
     long_document = " ".join(DOCS) * 4
     with serve_in_thread(app_factory()) as base_url:
@@ -103,9 +103,7 @@ def test_cohere_v2_sdk_cuts_documents_with_max_tokens_per_doc(
     assert cut.results[0].relevance_score != whole.results[0].relevance_score
 
 
-def test_llama_index_tei_postprocessor(
-    app_factory: AppFactory, scoring_model: Qwen3ScoringModel
-) -> None:
+def test_llama_index_tei_postprocessor(app_factory: AppFactory, scoring_model: ServedModel) -> None:
     """LlamaIndex's TEI rerank postprocessor, pointed at this service's base URL."""
     from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
     from llama_index.postprocessor.tei_rerank import TextEmbeddingInference
@@ -123,7 +121,7 @@ def test_llama_index_tei_postprocessor(
         assert score == pytest.approx(expected[DOCS.index(node.node.get_content())], abs=1e-5)
 
 
-def test_langchain_cohere_rerank(app_factory: AppFactory, scoring_model: Qwen3ScoringModel) -> None:
+def test_langchain_cohere_rerank(app_factory: AppFactory, scoring_model: ServedModel) -> None:
     """LangChain's ``CohereRerank`` document compressor with ``base_url``."""
     from langchain_cohere import CohereRerank
     from langchain_core.documents import Document

@@ -8,36 +8,49 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reranker_service.app import create_app
-from reranker_service.engine.batcher import Batcher, Worker
-from reranker_service.engine.model import Qwen3ScoringModel
-from reranker_service.engine.pass_cost import PassCostModel
-from reranker_service.engine.prefix import SharedPrefix
-from reranker_service.engine.rerank_engine import probability
+from reranker_service.engine.runner.protocol import (
+    ModelRunner,
+    PassBatch,
+    PendingScores,
+    ServedModel,
+)
+from reranker_service.engine.scheduler.batcher import Batcher
+from reranker_service.engine.scheduler.pass_cost import PassCostModel
+from reranker_service.engine.scoring import probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import GatedModel, ModelWrapper, asgi_client, make_settings
+from tests.conftest import (
+    GatedModel,
+    RunnerWrapper,
+    asgi_client,
+    logits,
+    make_settings,
+    sequences_of,
+)
 from tests.exposition import scrape
 
 WAIT_SECONDS = 30
 
 
-class Meets(ModelWrapper):
+class Meets(RunnerWrapper):
     """A replica whose first pass, once armed, waits at ``barrier`` for the other worker's:
     the barrier breaks (and the pass fails) unless both workers run a pass at the same time.
     With ``fail_first``, that pass then fails; with ``hold``, it waits for the event too."""
 
     def __init__(
         self,
-        model: Qwen3ScoringModel,
+        model: ServedModel,
+        runner: ModelRunner,
         barrier: threading.Barrier,
         *,
         fail_first: bool = False,
         hold: threading.Event | None = None,
     ) -> None:
-        super().__init__(model)
+        super().__init__(model, runner)
         self.barrier = barrier
         self.fail_first = fail_first
         self.hold = hold
@@ -45,14 +58,10 @@ class Meets(ModelWrapper):
         self.entered = threading.Event()
         self.passes: list[list[tuple[int, ...]]] = []
 
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
+    def launch(self, batch: PassBatch) -> PendingScores:
         first = self.armed and not self.passes
         if self.armed:
-            self.passes.append([tuple(sequence) for sequence in sequences])
+            self.passes.append(sequences_of(batch))
         if first:
             self.entered.set()
             self.barrier.wait(WAIT_SECONDS)
@@ -60,35 +69,42 @@ class Meets(ModelWrapper):
                 assert self.hold.wait(WAIT_SECONDS)
             if self.fail_first:
                 raise RuntimeError("injected failure on this worker")
-        return super().score(sequences, prefixes)
+        return super().launch(batch)
 
 
 @pytest.fixture
-def replicas(cpu_replicas: list[Qwen3ScoringModel]) -> list[Qwen3ScoringModel]:
+def replicas(cpu_replicas: ServedModel) -> ServedModel:
     return cpu_replicas
+
+
+def _meeting(model: ServedModel, barrier: threading.Barrier, **options: Any) -> list[Meets]:
+    return [Meets(model, runner, barrier, **options) for runner in model.runners]
+
+
+def _served(model: ServedModel, runners: Sequence[ModelRunner]) -> ServedModel:
+    return ServedModel(model.encoder, tuple(runners))
 
 
 def _batcher(workers: Sequence[Meets]) -> Batcher:
     return Batcher(
-        [Worker(f"cpu:{index}", worker) for index, worker in enumerate(workers)],
+        workers,
         max_batch_tokens=4096,
         max_queued_pairs=1000,
         pass_costs=PassCostModel([(64, 0.002), (128, 0.0025), (1024, 0.01)]),
     )
 
 
-def _pairs(model: Qwen3ScoringModel, query: str) -> list[list[int]]:
+def _pairs(model: ServedModel, query: str) -> list[list[int]]:
     return model.encoder.encode(DEFAULT_INSTRUCTION, query, ["first document", "second one"])
 
 
 async def test_sixteen_clients_get_exact_scores_from_both_workers(
-    checkpoint: Path, replicas: list[Qwen3ScoringModel]
+    checkpoint: Path, replicas: ServedModel
 ) -> None:
-    barrier = threading.Barrier(2)
-    workers = [Meets(replica, barrier) for replica in replicas]
+    workers = _meeting(replicas, threading.Barrier(2))
     # Passes of at most 512 tokens: a worker never takes the whole queue, so the other is woken.
     settings = make_settings(checkpoint, device="cpu,cpu", max_length=512, max_batch_tokens=512)
-    app = create_app(settings, model=workers)
+    app = create_app(settings, model=_served(replicas, workers))
     queries = [f"question {n} about " + "many words " * (n % 5) for n in range(16)]
     documents = ["Paris is in France.", "", "a much longer document " * 12, "中文 🙂"]
     async with asgi_client(app) as http:
@@ -101,10 +117,10 @@ async def test_sixteen_clients_get_exact_scores_from_both_workers(
         exposition = await scrape(http)
     assert [response.status_code for response in responses] == [200] * len(queries)
     assert all(worker.passes for worker in workers), "a worker took no pass"
-    model = replicas[0]
+    model = replicas
     for query, response in zip(queries, responses, strict=True):
         sequences = model.encoder.encode(DEFAULT_INSTRUCTION, query, documents)
-        alone = [probability(model.score([sequence])[0]) for sequence in sequences]
+        alone = [probability(logits(model, [sequence])[0]) for sequence in sequences]
         served = {r["index"]: r["relevance_score"] for r in response.json()["results"]}
         assert max(abs(served[i] - score) for i, score in enumerate(alone)) <= 1e-5
     assert [device["name"] for device in info["devices"]] == ["cpu:0", "cpu:1"]
@@ -119,24 +135,26 @@ async def test_sixteen_clients_get_exact_scores_from_both_workers(
 
 
 async def test_a_failing_worker_fails_only_its_batch_and_the_other_keeps_serving(
-    replicas: list[Qwen3ScoringModel],
+    replicas: ServedModel,
 ) -> None:
     barrier = threading.Barrier(2)
-    healthy, failing = Meets(replicas[0], barrier), Meets(replicas[1], barrier, fail_first=True)
+    first_runner, second_runner = replicas.runners
+    healthy = Meets(replicas, first_runner, barrier)
+    failing = Meets(replicas, second_runner, barrier, fail_first=True)
     batcher = _batcher([healthy, failing])
     for worker in (healthy, failing):
         worker.armed = True
     batcher.start()
     try:
-        first = batcher.submit(_pairs(replicas[0], "first"))
+        first = batcher.submit(_pairs(replicas, "first"))
         # One worker holds the first request at the barrier; the second goes to the other.
         assert await asyncio.to_thread(_either_entered, healthy, failing)
-        second = batcher.submit(_pairs(replicas[0], "second"))
+        second = batcher.submit(_pairs(replicas, "second"))
         outcomes = await asyncio.gather(first.future, second.future, return_exceptions=True)
         failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         assert [str(error) for error in failed] == ["injected failure on this worker"]
         # The failure was one batch's: both workers serve what comes next.
-        later = [batcher.submit(_pairs(replicas[0], f"later {n}")) for n in range(8)]
+        later = [batcher.submit(_pairs(replicas, f"later {n}")) for n in range(8)]
         results = await asyncio.gather(*(job.future for job in later))
     finally:
         await batcher.stop()
@@ -160,16 +178,16 @@ def _polled(condition: Callable[[], bool]) -> bool:
     return True
 
 
-async def test_the_drain_waits_for_both_workers(replicas: list[Qwen3ScoringModel]) -> None:
-    barrier, hold = threading.Barrier(2), threading.Event()
-    workers = [Meets(replica, barrier, hold=hold) for replica in replicas]
+async def test_the_drain_waits_for_both_workers(replicas: ServedModel) -> None:
+    hold = threading.Event()
+    workers = _meeting(replicas, threading.Barrier(2), hold=hold)
     batcher = _batcher(workers)
     for worker in workers:
         worker.armed = True
     batcher.start()
-    first = batcher.submit(_pairs(replicas[0], "first"))
+    first = batcher.submit(_pairs(replicas, "first"))
     assert await asyncio.to_thread(_either_entered, *workers)
-    second = batcher.submit(_pairs(replicas[0], "second"))
+    second = batcher.submit(_pairs(replicas, "second"))
     assert await asyncio.to_thread(lambda: all(w.entered.wait(WAIT_SECONDS) for w in workers))
     stopping = asyncio.create_task(batcher.stop())
     # Both workers are inside a pass: the drain cannot be over.
@@ -183,11 +201,11 @@ async def test_the_drain_waits_for_both_workers(replicas: list[Qwen3ScoringModel
 
 
 async def test_timeouts_and_429s_with_both_workers_busy(
-    checkpoint: Path, replicas: list[Qwen3ScoringModel]
+    checkpoint: Path, replicas: ServedModel
 ) -> None:
     """Both workers held in a pass, the queue full: a new request gets 429 at once, and at
     the deadline every waiting request gets 504 and its queued pairs leave the queue."""
-    gated = [GatedModel(replica) for replica in replicas]
+    gated = [GatedModel(replicas, runner) for runner in replicas.runners]
     settings = make_settings(
         checkpoint,
         device="cpu,cpu",
@@ -195,7 +213,7 @@ async def test_timeouts_and_429s_with_both_workers_busy(
         max_queued_pairs=4,
         request_timeout_seconds=0.5,
     )
-    app = create_app(settings, model=gated)
+    app = create_app(settings, model=_served(replicas, gated))
     documents = ["one", "two", "three", "four"]
     async with asgi_client(app) as http:
         engine = app.state.lifecycle.engine

@@ -107,10 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Process-wide: the *_created series only double what Prometheus stores.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
-    from reranker_service.engine.model import ModelLoadError, load_scoring_models
+    from reranker_service.engine.loading import load_model
+    from reranker_service.engine.scoring import ModelLoadError
 
     try:
-        replicas = load_scoring_models(load_options(settings))
+        served = load_model(load_options(settings))
     except ModelLoadError as exc:
         logger.error("model_load_failed", model=settings.model, error=str(exc))
         return 1
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if tracing_config is not None:
         tracing = start_tracing(tracing_config, service_version=__version__)
         logger.info("tracing_enabled", protocol=tracing_config.protocol)
-    app = create_app(settings, model=replicas, tracing=tracing)
+    app = create_app(settings, model=served, tracing=tracing)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import structlog
@@ -34,16 +34,16 @@ from reranker_service.api.telemetry import (
     RequestLogPolicy,
     RerankTelemetryMiddleware,
 )
-from reranker_service.engine.batcher import BatchObserver, BatchReport
 from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
-from reranker_service.engine.scoring import ScoringModel
+from reranker_service.engine.runner.protocol import ServedModel
+from reranker_service.engine.scheduler.jobs import BatchObserver, BatchReport
 from reranker_service.observability.gpu import GpuPoller, NvmlLibrary, load_nvml
 from reranker_service.observability.metrics import ServiceMetrics
 from reranker_service.observability.tracing import Tracing
 from reranker_service.settings import Settings
 
 if TYPE_CHECKING:
-    from reranker_service.engine.model import LoadOptions
+    from reranker_service.engine.loading import LoadOptions
 
 logger = structlog.get_logger(__name__)
 
@@ -53,7 +53,7 @@ class StartupError(Exception):
 
 
 def load_options(settings: Settings) -> LoadOptions:
-    from reranker_service.engine.model import LoadOptions
+    from reranker_service.engine.loading import LoadOptions
 
     return LoadOptions(
         model=settings.model,
@@ -74,10 +74,10 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
-async def _load_models(settings: Settings) -> list[ScoringModel]:
-    from reranker_service.engine.model import load_scoring_models
+async def _load_model(settings: Settings) -> ServedModel:
+    from reranker_service.engine.loading import load_model
 
-    return list(await asyncio.to_thread(load_scoring_models, load_options(settings)))
+    return await asyncio.to_thread(load_model, load_options(settings))
 
 
 def _observe_batches(observers: list[BatchObserver]) -> BatchObserver | None:
@@ -120,16 +120,16 @@ async def _metrics_server(settings: Settings, metrics: ServiceMetrics) -> AsyncI
 def create_app(
     settings: Settings,
     *,
-    model: ScoringModel | Sequence[ScoringModel] | None = None,
+    model: ServedModel | None = None,
     batch_observer: BatchObserver | None = None,
     registry: CollectorRegistry | None = None,
     nvml: NvmlLibrary | None = None,
     instrument_requests: bool = True,
     tracing: Tracing | None = None,
 ) -> FastAPI:
-    """Build the app. Pass ``model`` to serve an already loaded one, or one replica per device
-    (the CLI loads them first so that a bad checkpoint fails before the port opens); otherwise
-    the lifespan loads them.
+    """Build the app. Pass ``model`` to serve an already loaded one, with one runner per device
+    (the CLI loads it first so that a bad checkpoint fails before the port opens); otherwise
+    the lifespan loads it.
 
     Each app has its own metrics registry (``registry``, or a new one). ``nvml`` replaces
     ``pynvml``. ``instrument_requests=False`` leaves out the per-request metrics and log lines;
@@ -159,15 +159,10 @@ def create_app(
         logger.info("shutdown", pending_pairs=engine.queued_pairs)
 
     async def _start(resources: contextlib.AsyncExitStack) -> RerankEngine:
-        if model is None:
-            replicas = await _load_models(settings)
-        else:
-            replicas = [model] if not isinstance(model, Sequence) else list(model)
-        metrics.set_workers([replica.description for replica in replicas])
+        served = model if model is not None else await _load_model(settings)
+        metrics.set_workers([runner.description for runner in served.runners])
         await resources.enter_async_context(_metrics_server(settings, metrics))
-        engine = RerankEngine(
-            replicas, engine_config(settings), observer=_observe_batches(observers)
-        )
+        engine = RerankEngine(served, engine_config(settings), observer=_observe_batches(observers))
         resources.push_async_callback(engine.stop)
         gpu_poller = GpuPoller(
             metrics,

@@ -34,14 +34,14 @@ from reranker_service.api.protocol import (
     Usage,
 )
 from reranker_service.api.telemetry import RerankRecord
-from reranker_service.engine.batcher import (
+from reranker_service.engine.prompt import PairTooLongError, Truncation
+from reranker_service.engine.rerank_engine import RerankOutcome, TooManyPairsError
+from reranker_service.engine.scheduler.jobs import (
     EngineStoppedError,
     NonFiniteScoresError,
     PairTooLargeError,
     QueueFullError,
 )
-from reranker_service.engine.prompt import PairTooLongError, Truncation
-from reranker_service.engine.rerank_engine import RerankOutcome, TooManyPairsError
 
 logger = structlog.get_logger(__name__)
 

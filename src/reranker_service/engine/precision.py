@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reranker_service.engine.rerank_engine import probability
+from reranker_service.engine.scoring import probability
 
 BF16_SELF_CHECK_BOUND = 0.02
 """Largest |P(yes) in bf16 - P(yes) in fp32| over the self-check's pairs for ``auto`` to keep

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,16 +14,13 @@ from dataclasses import dataclass
 
 import structlog
 
-from reranker_service.engine.batcher import Batcher, BatchObserver, PassShare, Worker
-from reranker_service.engine.pass_cost import PassCostModel, measure_pass_costs
-from reranker_service.engine.prefix import SharedPrefix, shared_prefix
+from reranker_service.engine.prefix import shared_prefix
 from reranker_service.engine.prompt import Truncation
-from reranker_service.engine.scoring import (
-    DeviceMemory,
-    ModelDescription,
-    PassLauncher,
-    ScoringModel,
-)
+from reranker_service.engine.runner.protocol import ServedModel, run_pass
+from reranker_service.engine.scheduler.batcher import Batcher
+from reranker_service.engine.scheduler.jobs import BatchObserver, PassShare
+from reranker_service.engine.scheduler.pass_cost import PassCostModel, measure_pass_costs
+from reranker_service.engine.scoring import DeviceMemory, ModelDescription, probability
 
 logger = structlog.get_logger(__name__)
 
@@ -33,10 +29,9 @@ logger = structlog.get_logger(__name__)
 # at start-up and kept current from the passes the worker times.
 _DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
 CALIBRATION_BUDGET_SECONDS = 6.0
-"""Start-up time for measuring the pass cost. The 0.6B model on two CPU cores fits passes up to
-64-128 tokens in it (4.3-5.2 s measured). Its cost per token still falls past that, until about
-256 tokens: the curve's extrapolation lets the policy try larger passes, and the passes it serves
-extend the curve from there."""
+"""Start-up time for measuring the pass cost. A slow device reaches only the small sizes in it
+(docs/benchmark.md says which): the curve's extrapolation lets the policy try larger passes, and
+the passes it serves extend the curve from there."""
 # Pairs that may wait when the operator sets no limit: several full-size requests in flight.
 _QUEUED_REQUESTS = 4
 _MIN_QUEUED_PAIRS = 4096
@@ -74,14 +69,6 @@ class TooManyPairsError(Exception):
         super().__init__(f"{pairs} pairs (documents and their windows) requested, limit {limit}")
         self.pairs = pairs
         self.limit = limit
-
-
-def probability(logit: float) -> float:
-    """P(yes) from the yes - no logit: the model card's softmax over the two logits."""
-    if logit >= 0:
-        return 1.0 / (1.0 + math.exp(-logit))
-    odds = math.exp(logit)
-    return odds / (1.0 + odds)
 
 
 @dataclass(frozen=True)
@@ -134,32 +121,20 @@ def choose_limits(config: EngineConfig, model: ModelDescription) -> EngineLimits
 class RerankEngine:
     def __init__(
         self,
-        models: ScoringModel | Sequence[ScoringModel],
+        model: ServedModel,
         config: EngineConfig,
         observer: BatchObserver | None = None,
     ) -> None:
-        """Serve ``models``, replicas of one checkpoint on one kind of device: each gets a
+        """Serve ``model``: replicas of one checkpoint on one kind of device, each runner a
         worker of the one batcher."""
-        replicas = [models] if not isinstance(models, Sequence) else list(models)
-        first = replicas[0]
-        if len({replica.description.device_type for replica in replicas}) != 1:
+        descriptions = [runner.description for runner in model.runners]
+        if len({description.device_type for description in descriptions}) != 1:
             raise ValueError("the replicas must all be on GPUs or all on the CPU")
-        self.limits = choose_limits(config, first.description)
-        self._models = replicas
-        self._encoder = first.encoder
-        # On a GPU the host prepares the next pass while the device runs the current one; on a
-        # CPU a pass runs as it is launched, and overlapping would only delay the answers.
-        on_gpu = first.description.device_type == "cuda"
+        self.limits = choose_limits(config, model.description)
+        self._model = model
+        self._encoder = model.encoder
         self._batcher = Batcher(
-            [
-                Worker(
-                    name=replica.description.device,
-                    scorer=replica,
-                    launcher=replica if on_gpu and isinstance(replica, PassLauncher) else None,
-                    bind_thread=replica.bind_worker_thread,
-                )
-                for replica in replicas
-            ],
+            model.runners,
             max_batch_tokens=self.limits.max_batch_tokens,
             max_queued_pairs=self.limits.max_queued_pairs,
             max_prefix_tokens=self.limits.max_batch_tokens if config.prefix_reuse else 0,
@@ -171,8 +146,8 @@ class RerankEngine:
         self._tokenizer_pool = ThreadPoolExecutor(
             max_workers=config.tokenizer_threads, thread_name_prefix="reranker-tokenize"
         )
-        self.description: ModelDescription = first.description
-        self.descriptions: list[ModelDescription] = [replica.description for replica in replicas]
+        self.description: ModelDescription = model.description
+        self.descriptions: list[ModelDescription] = descriptions
         """One per worker."""
 
     @property
@@ -181,7 +156,7 @@ class RerankEngine:
 
     def device_memory(self) -> list[DeviceMemory]:
         """torch's allocator on each served GPU; empty on the CPU."""
-        readings = (model.device_memory() for model in self._models)
+        readings = (runner.memory() for runner in self._model.runners)
         return [reading for reading in readings if reading is not None]
 
     @property
@@ -208,7 +183,7 @@ class RerankEngine:
             measured = (
                 await asyncio.to_thread(
                     measure_pass_costs,
-                    self._models[0],
+                    self._model.runner,
                     self._encoder.prefix_ids,
                     self.limits.max_batch_tokens,
                     CALIBRATION_BUDGET_SECONDS,
@@ -217,10 +192,10 @@ class RerankEngine:
         self._batcher.set_pass_costs(measured)
         measured_at = time.perf_counter()
         # The measurement ran the first replica; every other runs a pass before any client.
-        if len(self._models) > 1:
+        if len(self._model.runners) > 1:
             warm_up_ids = self._encoder.encode("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
-            for replica in self._models[1:]:
-                await asyncio.to_thread(replica.score, warm_up_ids)
+            for runner in self._model.runners[1:]:
+                await asyncio.to_thread(run_pass, runner, warm_up_ids)
         self._batcher.start()
         await self.rerank("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
         # The batcher times and reports a pass before it answers its requests, so the warm-up's
@@ -251,10 +226,10 @@ class RerankEngine:
         queries: Sequence[str],
         documents: Sequence[str],
         truncation: Truncation,
-    ) -> tuple[list[list[list[int]]], SharedPrefix | None]:
+    ) -> tuple[list[list[list[int]]], int]:
         """Each document's pairs' token ids (``queries[i]`` goes with ``documents[i]``; one
-        query may serve all) and, with reuse on, the prefix worth sharing among all the pairs
-        (see ``shared_prefix``); blocking, so it runs on the tokenizer pool."""
+        query may serve all) and, with reuse on, the length of the prefix worth sharing among
+        all the pairs (see ``shared_prefix``); blocking, so it runs on the tokenizer pool."""
         if len(queries) == 1:
             windows = self._encoder.encode_windows(instruction, queries[0], documents, truncation)
         else:
@@ -265,7 +240,7 @@ class RerankEngine:
         pairs = [pair for document_pairs in windows for pair in document_pairs]
         if len(pairs) > self._largest_request_pairs:
             raise TooManyPairsError(len(pairs), self._largest_request_pairs)
-        return windows, shared_prefix(pairs) if self.prefix_reuse else None
+        return windows, shared_prefix(pairs) if self.prefix_reuse else 0
 
     async def rerank(
         self,
@@ -282,7 +257,7 @@ class RerankEngine:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         queries = [query] if isinstance(query, str) else list(query)
-        windows, prefix = await loop.run_in_executor(
+        windows, prefix_length = await loop.run_in_executor(
             self._tokenizer_pool,
             self._pairs_and_prefix,
             instruction,
@@ -292,7 +267,7 @@ class RerankEngine:
         )
         tokenized = time.perf_counter()
         pairs = [pair for document_pairs in windows for pair in document_pairs]
-        result = await self._batcher.score(pairs, prefix)
+        result = await self._batcher.run(pairs, prefix_length)
         logits = iter(result.scores)
         best = [max(itertools.islice(logits, len(document_pairs))) for document_pairs in windows]
         return RerankOutcome(

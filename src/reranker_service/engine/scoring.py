@@ -1,55 +1,23 @@
-"""What the engine needs of a scoring model. ``model.py`` holds the Qwen3 implementation; tests
-and benchmarks wrap it through the same protocol."""
+"""What the engine knows of the model it serves, as plain data: what a worker serves, its
+device's memory, how a raw score becomes P(yes), and the error of a checkpoint that cannot be
+served. The bottom of the engine: it imports nothing of it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
-from reranker_service.engine.prefix import SharedPrefix
-from reranker_service.engine.prompt import PromptEncoder
 
 
-class PairScorer(Protocol):
-    def score(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> list[float]:
-        """The raw score of each token sequence, logit(yes) - logit(no) (its sigmoid is P(yes)),
-        in one forward pass. A sequence whose ``prefixes``
-        entry is set starts with that prefix's tokens, which the scorer may compute once (and
-        keep in the prefix's ``state``) instead of once per sequence; the scores are the same."""
-        ...
+class ModelLoadError(Exception):
+    """The checkpoint cannot be served; the message is one line meant for the operator."""
 
 
-class PendingScores(Protocol):
-    def result(self) -> list[float]:
-        """Wait for the pass and return its scores."""
-        ...
-
-
-@dataclass(frozen=True)
-class ReadyScores:
-    """The scores of a pass that already ran."""
-
-    scores: list[float]
-
-    def result(self) -> list[float]:
-        return self.scores
-
-
-@runtime_checkable
-class PassLauncher(Protocol):
-    def launch(
-        self,
-        sequences: Sequence[Sequence[int]],
-        prefixes: Sequence[SharedPrefix | None] | None = None,
-    ) -> PendingScores:
-        """Start ``score``'s pass and return without waiting for the device to finish it.
-        Passes run in launch order; a prefix state set by one is usable by the next."""
-        ...
+def probability(logit: float) -> float:
+    """P(yes) from the yes - no logit: the model card's softmax over the two logits."""
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    odds = math.exp(logit)
+    return odds / (1.0 + odds)
 
 
 @dataclass(frozen=True)
@@ -80,21 +48,3 @@ class DeviceMemory:
     device: str
     allocated_bytes: int
     reserved_bytes: int
-
-
-class ScoringModel(PairScorer, Protocol):
-    """A loaded model: its prompt encoder, what it is, and its device's memory."""
-
-    @property
-    def encoder(self) -> PromptEncoder: ...
-
-    @property
-    def description(self) -> ModelDescription: ...
-
-    def device_memory(self) -> DeviceMemory | None:
-        """torch's allocator on the served GPU; None when serving on the CPU."""
-        ...
-
-    def bind_worker_thread(self) -> None:
-        """Make the calling thread, which will run every pass, work on this model's device."""
-        ...

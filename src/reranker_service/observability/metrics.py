@@ -20,7 +20,7 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 
 if TYPE_CHECKING:
-    from reranker_service.engine.batcher import BatchReport
+    from reranker_service.engine.scheduler.jobs import BatchReport
     from reranker_service.engine.scoring import ModelDescription
 
 REQUEST_STATUSES: Final = ("success", "fail")

@@ -2,17 +2,20 @@
 
 The queue is kept sorted by the tokens each pair computes. A batch is a contiguous window of
 that order which always contains the *anchor* (the oldest waiting pair, so nothing starves) and
-costs at most ``max_batch_tokens`` padded tokens (pairs x longest). Among the windows grown
+costs at most ``max_batch_tokens`` tokens in the runner's geometry (``pass_tokens``: pairs x
+longest for a runner that pads, the sum for one that packs). Among the windows grown
 greedily around the anchor, it takes the one with the best predicted throughput, useful tokens
 per second of the device's measured pass cost (see ``pass_cost``): a fixed cost per pass makes
 small pairs worth batching, a cost per token that falls with the pass's size makes larger passes
-worth it until the device saturates, and the padding term keeps a 50-token pair out of a pass
-padded to 4 000.
+worth it until the device saturates, and for a padding runner the geometry keeps a 50-token
+pair out of a pass padded to 4 000.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
+from reranker_service.engine.runner.protocol import PassShape
 
 TOLERANCE = 0.03
 """Of the windows within this share of the best throughput, the smallest is taken: a bigger pass
@@ -24,30 +27,30 @@ def select_window(
     anchor: int,
     max_batch_tokens: int,
     pass_seconds: Callable[[int], float],
+    pass_tokens: Callable[[PassShape], int],
 ) -> tuple[int, int]:
     """Return ``(start, stop)`` of the batch in ``sorted_lengths`` (ascending), anchor inside.
-    ``pass_seconds`` predicts a pass's time from the padded tokens it computes."""
+    ``pass_tokens`` is the runner's cost of a pass, and ``pass_seconds`` predicts a pass's
+    time from that cost."""
     if not 0 <= anchor < len(sorted_lengths):
         raise IndexError(f"anchor {anchor} outside a queue of {len(sorted_lengths)}")
     lo = hi = anchor  # inclusive bounds
     width = sorted_lengths[anchor]
     real = width
     count = 1
-    windows = [(real / pass_seconds(width), lo, hi)]
+    windows = [(real / pass_seconds(pass_tokens(PassShape(1, width, real))), lo, hi)]
     while True:
-        grow_left = lo > 0 and (count + 1) * width <= max_batch_tokens
+        left_real = real + sorted_lengths[lo - 1] if lo > 0 else 0
+        left_cost = pass_tokens(PassShape(count + 1, width, left_real)) if lo > 0 else 0
+        grow_left = lo > 0 and left_cost <= max_batch_tokens
         right_width = sorted_lengths[hi + 1] if hi + 1 < len(sorted_lengths) else 0
-        grow_right = bool(right_width) and (count + 1) * right_width <= max_batch_tokens
+        right_real = real + right_width
+        right_cost = pass_tokens(PassShape(count + 1, right_width, right_real))
+        grow_right = bool(right_width) and right_cost <= max_batch_tokens
         if not (grow_left or grow_right):
             break
-        left_gain = (
-            (real + sorted_lengths[lo - 1]) / pass_seconds((count + 1) * width)
-            if grow_left
-            else -1.0
-        )
-        right_gain = (
-            (real + right_width) / pass_seconds((count + 1) * right_width) if grow_right else -1.0
-        )
+        left_gain = left_real / pass_seconds(left_cost) if grow_left else -1.0
+        right_gain = right_real / pass_seconds(right_cost) if grow_right else -1.0
         if left_gain >= right_gain:
             lo -= 1
             real += sorted_lengths[lo]

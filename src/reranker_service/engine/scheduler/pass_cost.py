@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from reranker_service.engine.scoring import PairScorer
+from reranker_service.engine.runner.protocol import ModelRunner, PassShape, run_pass
 
 _BUCKETS_PER_OCTAVE = 2
 ONLINE_WEIGHT = 0.2
@@ -44,9 +44,10 @@ def _bucket(tokens: float) -> int:
 
 
 class PassCostModel:
-    """Predicted seconds of a pass by the tokens it computes (padding included). One estimate per
-    half-octave of pass size; prediction interpolates between them. The batcher's worker thread
-    is the one that updates it and predicts with it."""
+    """Predicted seconds of a pass by the tokens it costs its runner (``pass_tokens``: padding
+    included where the runner pads). One estimate per half-octave of pass size; prediction
+    interpolates between them. The batcher's worker thread is the one that updates it and
+    predicts with it."""
 
     def __init__(self, points: Iterable[tuple[float, float]] = ()) -> None:
         self._points: dict[int, CostPoint] = {}
@@ -96,7 +97,7 @@ class PassCostModel:
         all of it. Above the largest, the last segment's cost per added token, between half the
         largest pass's cost per token and all of it: if the curve still falls there, the
         policy tries larger passes, and their timings correct the guess. Without any
-        measurement, the tokens themselves (padding is the only cost)."""
+        measurement, the tokens themselves (the runner's geometry is the only cost)."""
         curve = self._curve
         if not curve:
             return float(tokens)
@@ -162,7 +163,7 @@ def _predicted_seconds(points: Sequence[tuple[float, float]], tokens: float) -> 
 
 
 def measure_pass_costs(
-    scorer: PairScorer, token_ids: Sequence[int], max_batch_tokens: int, budget_seconds: float
+    runner: ModelRunner, token_ids: Sequence[int], max_batch_tokens: int, budget_seconds: float
 ) -> PassCostModel:
     """Time passes of 16, 32, 64... tokens up to ``max_batch_tokens``, stopping before a size
     whose predicted time would overrun ``budget_seconds``; blocking. The first pass, untimed,
@@ -176,11 +177,11 @@ def measure_pass_costs(
         best = math.inf
         for _ in range(repeats):
             pass_started = time.perf_counter()
-            scorer.score(batch)
+            run_pass(runner, batch)
             best = min(best, time.perf_counter() - pass_started)
         return best
 
-    scorer.score([list(token_ids)[:GRID_SMALLEST] or [0]])  # first-call setup is not a cost
+    run_pass(runner, [list(token_ids)[:GRID_SMALLEST] or [0]])  # first-call setup is not a cost
     points: list[tuple[float, float]] = []
     tokens = GRID_SMALLEST
     while tokens <= max(max_batch_tokens, GRID_SMALLEST):
@@ -190,6 +191,8 @@ def measure_pass_costs(
             repeats = GRID_REPEATS if predicted < SLOW_PASS_SECONDS else 1
             if time.perf_counter() - started + repeats * predicted > budget_seconds:
                 break
-        points.append((float(tokens), timed(tokens, repeats)))
+        pairs, width = grid_shape(tokens)
+        cost = runner.pass_tokens(PassShape(pairs, width, pairs * width))
+        points.append((float(cost), timed(tokens, repeats)))
         tokens *= 2
     return PassCostModel(points)

@@ -1,0 +1,250 @@
+"""Load a Qwen3 reranker checkpoint: check that it is one, read the tokenizer and the weights
+once, choose the CPU's number format, and build one runner per device."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import torch
+
+from reranker_service.engine.devices import (
+    device_uuid,
+    resolve_devices,
+    resolve_dtype,
+    worker_names,
+)
+from reranker_service.engine.precision import (
+    CpuDtypeChoice,
+    PrecisionCheck,
+    TimedScores,
+    check_pairs,
+    choose_auto_cpu_dtype,
+    cpu_computes_bf16,
+    read_cpu_flags,
+    timed_scores,
+)
+from reranker_service.engine.prompt import PromptEncoder
+from reranker_service.engine.runner.padded import PaddedRunner, first_line
+from reranker_service.engine.runner.protocol import ServedModel, run_pass
+from reranker_service.engine.scoring import ModelDescription, ModelLoadError
+
+logger = structlog.get_logger(__name__)
+
+_ARCHITECTURE = "Qwen3ForCausalLM"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    model: str
+    revision: str | None
+    device: str
+    dtype: str
+    max_length: int
+
+
+def _single_token_id(tokenizer: Any, word: str) -> int:
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    if len(ids) != 1 or tokenizer.convert_tokens_to_ids(word) != ids[0]:
+        raise ModelLoadError(
+            f"tokenizer has no single {word!r} token (encodes to {ids}); not a Qwen3 reranker"
+        )
+    return int(ids[0])
+
+
+def load_model(options: LoadOptions) -> ServedModel:
+    """Load tokenizer and weights once, and one runner per device of ``options.device``;
+    raise ``ModelLoadError`` for anything unservable."""
+    try:
+        model, cpu_choice = _load(options)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model {options.model!r}: {first_line(exc)}") from exc
+    choice_fields: dict[str, Any] = {}
+    if cpu_choice is not None:
+        choice_fields["dtype_reason"] = cpu_choice.reason
+        if cpu_choice.check is not None:
+            prefix = "int8" if cpu_choice.dtype == "int8" else "bf16"
+            choice_fields.update(cpu_choice.check.fields(prefix))
+    for runner in model.runners:
+        described = runner.description
+        logger.info(
+            "model_loaded",
+            model=described.model,
+            revision=described.revision,
+            device=described.device,
+            device_uuid=described.device_uuid,
+            dtype=described.dtype,
+            load_seconds=round(described.load_seconds, 3),
+            **choice_fields,
+        )
+    return model
+
+
+def load_single_device_model(options: LoadOptions) -> ServedModel:
+    """``load_model`` for a single device."""
+    model = load_model(options)
+    if len(model.runners) != 1:
+        raise ModelLoadError(
+            f"device {options.device!r} names {len(model.runners)} devices, not one"
+        )
+    return model
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    """What the loader needs to read the weights again."""
+
+    options: LoadOptions
+    config: Any
+    yes_id: int
+    no_id: int
+
+    def decoder(self, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.Tensor]:
+        """The decoder in ``dtype``, and the yes - no direction of the LM head in fp32."""
+        from transformers import AutoModelForCausalLM
+
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            self.options.model,
+            revision=self.options.revision,
+            config=self.config,
+            dtype=dtype,
+            output_loading_info=True,
+        )
+        causal_lm, loading_info = loaded
+        missing = [key for key in loading_info.get("missing_keys", []) if key]
+        if missing:
+            raise ModelLoadError(
+                f"{self.options.model!r} lacks weights {sorted(missing)[:3]}; "
+                "not a complete Qwen3 reranker"
+            )
+        lm_head = causal_lm.get_output_embeddings().weight
+        direction = lm_head[self.yes_id].float() - lm_head[self.no_id].float()
+        # Keep the decoder only: an untied LM head is vocabulary x hidden of memory never used.
+        decoder = causal_lm.get_decoder().eval()
+        del causal_lm, lm_head
+        return decoder, direction
+
+
+def _quantize_int8(decoder: torch.nn.Module) -> None:
+    """The decoder's linear layers to int8 weights with int8 activations quantized per pass
+    (torchao), in place; embeddings and norms stay in fp32."""
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"RERANKER_DTYPE=int8 needs torchao, which cannot be imported: {first_line(exc)}"
+        ) from exc
+    quantize_(decoder, Int8DynamicActivationInt8WeightConfig())
+
+
+def _cpu_precision(
+    requested: str,
+    checkpoint: _Checkpoint,
+    encoder: PromptEncoder,
+    pad_token_id: int,
+) -> tuple[torch.nn.Module, torch.Tensor, CpuDtypeChoice]:
+    """``auto`` or ``int8`` on the CPU: the decoder in the number format chosen, measured
+    against fp32 on the self-check's pairs."""
+    decoder, direction = checkpoint.decoder(torch.float32)
+    pairs = check_pairs(encoder.encode)
+    description = ModelDescription(
+        model=checkpoint.options.model,
+        revision="self-check",
+        device="cpu",
+        dtype="self-check",
+        max_length=checkpoint.options.max_length,
+        load_seconds=0.0,
+    )
+
+    def scores_of(backbone: torch.nn.Module) -> TimedScores:
+        runner = PaddedRunner(backbone, direction, pad_token_id, description)
+        with torch.inference_mode():
+            return timed_scores(lambda sequences: run_pass(runner, sequences), pairs)
+
+    def check_against_fp32(convert: Callable[[torch.nn.Module], object]) -> PrecisionCheck:
+        """Score the check's pairs in fp32, convert the decoder in place (no second copy of
+        the weights), score them again."""
+        reference = scores_of(decoder)
+        convert(decoder)
+        return PrecisionCheck.of(reference, scores_of(decoder))
+
+    if requested == "int8":
+        check = check_against_fp32(_quantize_int8)
+        return decoder, direction, CpuDtypeChoice("int8", "requested (RERANKER_DTYPE=int8)", check)
+
+    # Without native bf16 the check does not run, and neither does its fp32 pass.
+    def bf16_check() -> PrecisionCheck:
+        return check_against_fp32(lambda backbone: backbone.to(torch.bfloat16))
+
+    choice = choose_auto_cpu_dtype(cpu_computes_bf16(read_cpu_flags()), bf16_check)
+    if choice.dtype == "float32" and choice.check is not None:
+        # The check rounded the weights to bf16: read them again.
+        decoder, direction = checkpoint.decoder(torch.float32)
+    return decoder, direction, choice
+
+
+def _load(options: LoadOptions) -> tuple[ServedModel, CpuDtypeChoice | None]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    started = time.perf_counter()
+    devices = resolve_devices(options.device)
+    on_cpu = all(device.type == "cpu" for device in devices)
+    if options.dtype == "int8" and not on_cpu:
+        raise ModelLoadError(
+            "RERANKER_DTYPE=int8 runs on the CPU only; on a GPU use auto or bfloat16 "
+            f"(RERANKER_DEVICE={options.device!r})"
+        )
+    config = AutoConfig.from_pretrained(options.model, revision=options.revision)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if config.model_type != "qwen3" or _ARCHITECTURE not in architectures:
+        raise ModelLoadError(
+            f"{options.model!r} is a {config.model_type} model with architectures "
+            f"{architectures}, not a Qwen3 reranker ({_ARCHITECTURE})"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(options.model, revision=options.revision)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{options.model!r} has no fast tokenizer (tokenizer.json)")
+    yes_id = _single_token_id(tokenizer, "yes")
+    no_id = _single_token_id(tokenizer, "no")
+    pad_token_id = tokenizer.pad_token_id
+    if pad_token_id is None:
+        pad_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    encoder = PromptEncoder.from_pretrained_tokenizer(tokenizer, options.max_length)
+    checkpoint = _Checkpoint(options, config, yes_id, no_id)
+
+    cpu_choice: CpuDtypeChoice | None = None
+    if on_cpu and options.dtype in ("auto", "int8"):
+        decoder, direction, cpu_choice = _cpu_precision(
+            options.dtype, checkpoint, encoder, int(pad_token_id)
+        )
+        dtype_name = cpu_choice.dtype
+    else:
+        dtype = resolve_dtype(options.dtype, devices)
+        decoder, direction = checkpoint.decoder(dtype)
+        dtype_name = str(dtype).removeprefix("torch.")
+    revision = str(getattr(config, "_commit_hash", None) or "local")
+
+    runners = []
+    for index, (device, name) in enumerate(zip(devices, worker_names(devices), strict=True)):
+        # CPU workers share the one set of weights (a pass only reads them); each GPU gets its
+        # own copy, and the last takes the loaded weights themselves.
+        last = index == len(devices) - 1
+        backbone = decoder if device.type == "cpu" or last else copy.deepcopy(decoder)
+        backbone = backbone.to(device)
+        description = ModelDescription(
+            model=options.model,
+            revision=revision,
+            device=name,
+            dtype=dtype_name,
+            max_length=options.max_length,
+            load_seconds=time.perf_counter() - started,
+            device_uuid=device_uuid(device),
+        )
+        runners.append(PaddedRunner(backbone, direction.to(device), int(pad_token_id), description))
+    return ServedModel(encoder, tuple(runners)), cpu_choice

@@ -1,0 +1,132 @@
+"""A forward pass as the scheduler keeps it: the queued pairs it carries, what it asks of the
+runner, and, once it has finished, one record from which the observer's ``BatchReport`` and
+each request's ``PassShare`` are both derived."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from reranker_service.engine.runner.protocol import PassBatch, PassPair, PassShape, PendingScores
+from reranker_service.engine.scheduler.jobs import BatchReport, PassShare, ScoringJob
+
+
+@dataclass(slots=True)
+class QueuedPair:
+    cost: int
+    """Tokens the pair computes: after its request's shared prefix, if one is held."""
+    order: int
+    tokens: Sequence[int]
+    job: ScoringJob
+    position: int
+    enqueued_at: float
+    taken: bool = field(default=False)
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+
+def distinct_jobs(pairs: Sequence[QueuedPair]) -> list[ScoringJob]:
+    return list({id(pair.job): pair.job for pair in pairs}.values())
+
+
+@dataclass
+class Flight:
+    """A pass from its launch until its worker has taken its scores."""
+
+    device: str
+    pairs: list[QueuedPair]
+    new_prefixes: frozenset[int]
+    """The prefixes it computes rather than reads from its runner."""
+    launched_at: float
+    retry: bool
+    jobs: list[ScoringJob]
+    """The requests its pairs belong to, each once."""
+    pending: PendingScores | None = None
+    error: Exception | None = None
+
+    def batch(self, released: Sequence[int] = ()) -> PassBatch:
+        return PassBatch(
+            [
+                PassPair(pair.tokens, pair.job.prefix_id, pair.job.prefix_length)
+                for pair in self.pairs
+            ],
+            self.new_prefixes,
+            released,
+        )
+
+    def record(
+        self,
+        pass_tokens: Callable[[PassShape], int],
+        started_at: float,
+        seconds: float,
+        *,
+        failed: bool,
+    ) -> PassRecord:
+        """What the pass did: per request, its pairs and the prefix tokens they did not
+        compute (a prefix computed in this pass saves nothing for its first pair), and in all,
+        the tokens computed, in the runner's geometry as well."""
+        parts: dict[int, list[int]] = {}
+        own = [pair.cost for pair in self.pairs]
+        for pair in self.pairs:
+            part = parts.setdefault(id(pair.job), [0, 0])
+            part[0] += 1
+            part[1] += pair.job.prefix_length
+        prefix_work = 0
+        for job in self.jobs:
+            if job.prefix_id in self.new_prefixes:
+                parts[id(job)][1] -= job.prefix_length
+                prefix_work += job.prefix_length
+        shape = PassShape(pairs=len(own), longest=max(own), tokens=sum(own))
+        return PassRecord(
+            device=self.device,
+            pairs=len(self.pairs),
+            real_tokens=shape.tokens + prefix_work,
+            computed_tokens=pass_tokens(shape) + prefix_work,
+            parts={key: (count, reused) for key, (count, reused) in parts.items()},
+            # A retried pair's wait was reported with its first pass.
+            queue_wait_seconds=()
+            if self.retry
+            else tuple(self.launched_at - pair.enqueued_at for pair in self.pairs),
+            started_at=started_at,
+            seconds=seconds,
+            failed=failed,
+        )
+
+
+@dataclass(frozen=True)
+class PassRecord:
+    device: str
+    pairs: int
+    real_tokens: int
+    computed_tokens: int
+    parts: dict[int, tuple[int, int]]
+    """By ``id(job)``: the request's pairs in the pass, and the prefix tokens they reused."""
+    queue_wait_seconds: tuple[float, ...]
+    started_at: float
+    """When the pass's time began to count: its launch, or the end of the worker's pass before
+    it, whichever was later (overlapping passes are each billed the device time after the one
+    before them ended)."""
+    seconds: float
+    failed: bool
+
+    @property
+    def reused_tokens(self) -> int:
+        return sum(reused for _, reused in self.parts.values())
+
+    def report(self) -> BatchReport:
+        return BatchReport(
+            pairs=self.pairs,
+            real_tokens=self.real_tokens,
+            padded_tokens=self.computed_tokens,
+            reused_tokens=self.reused_tokens,
+            queue_wait_seconds=self.queue_wait_seconds,
+            inference_seconds=self.seconds,
+            failed=self.failed,
+            device=self.device,
+        )
+
+    def share(self, job: ScoringJob) -> PassShare:
+        count, reused = self.parts[id(job)]
+        return PassShare(self.started_at, self.seconds, count, self.pairs, reused, self.device)

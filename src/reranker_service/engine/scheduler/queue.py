@@ -1,0 +1,92 @@
+"""The queue of waiting pairs, kept in two orders: by the tokens each computes, from which a
+batch is a contiguous window, and by arrival, whose head is the batch's anchor. Not
+thread-safe: the scheduler calls it under its lock."""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from reranker_service.engine.runner.protocol import PassShape
+from reranker_service.engine.scheduler.batch_policy import select_window
+from reranker_service.engine.scheduler.jobs import ScoringJob
+from reranker_service.engine.scheduler.passes import QueuedPair
+
+
+def _sort_key(pair: QueuedPair) -> tuple[int, int]:
+    return pair.cost, pair.order
+
+
+class _Costs(Sequence[int]):
+    """Read-only view of the queue's pair costs; the policy only looks near the anchor."""
+
+    def __init__(self, pairs: list[QueuedPair]) -> None:
+        self._pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __getitem__(self, index: int) -> int:  # type: ignore[override]
+        return self._pairs[index].cost
+
+
+class PairQueue:
+    def __init__(self) -> None:
+        self._by_length: list[QueuedPair] = []
+        self._by_arrival: deque[QueuedPair] = deque()
+        self._next_order = 0
+
+    def __len__(self) -> int:
+        return len(self._by_length)
+
+    def add(self, job: ScoringJob, sequences: Sequence[Sequence[int]], enqueued_at: float) -> None:
+        """Queue the job's pairs; each costs its tokens after the job's prefix."""
+        for position, tokens in enumerate(sequences):
+            pair = QueuedPair(
+                len(tokens) - job.prefix_length,
+                self._next_order,
+                tokens,
+                job,
+                position,
+                enqueued_at,
+            )
+            self._next_order += 1
+            bisect.insort(self._by_length, pair, key=_sort_key)
+            self._by_arrival.append(pair)
+
+    def remove(self, job: ScoringJob) -> None:
+        """Drop the job's waiting pairs."""
+        kept = []
+        for pair in self._by_length:
+            if pair.job is job:
+                pair.taken = True
+            else:
+                kept.append(pair)
+        self._by_length = kept
+        self._forget_taken_heads()
+
+    def take(
+        self,
+        max_batch_tokens: int,
+        pass_seconds: Callable[[int], float],
+        pass_tokens: Callable[[PassShape], int],
+    ) -> list[QueuedPair]:
+        """The next batch (see ``batch_policy``), out of the queue; the queue must not be
+        empty."""
+        anchor = self._by_arrival[0]
+        anchor_index = bisect.bisect_left(self._by_length, _sort_key(anchor), key=_sort_key)
+        start, stop = select_window(
+            _Costs(self._by_length), anchor_index, max_batch_tokens, pass_seconds, pass_tokens
+        )
+        batch = self._by_length[start:stop]
+        del self._by_length[start:stop]
+        for pair in batch:
+            pair.taken = True
+        self._forget_taken_heads()
+        return batch
+
+    def _forget_taken_heads(self) -> None:
+        """Keep the arrival order's head a waiting pair, and release finished pairs' memory."""
+        while self._by_arrival and self._by_arrival[0].taken:
+            self._by_arrival.popleft()
