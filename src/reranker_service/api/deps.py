@@ -23,8 +23,9 @@ class RerankOptions:
     default_instruction: str
     timeout_seconds: float | None
     """None: no deadline."""
-    default_chunks_per_doc: int
     max_chunks_per_doc: int
+    """Windows per document when a request asks for none."""
+    max_chunks_limit: int
     """The most windows a request may ask for."""
 
     @classmethod
@@ -33,8 +34,8 @@ class RerankOptions:
             max_documents=settings.max_documents,
             default_instruction=settings.default_instruction,
             timeout_seconds=settings.request_timeout_seconds or None,
-            default_chunks_per_doc=settings.max_chunks_per_doc,
-            max_chunks_per_doc=settings.max_chunks_limit,
+            max_chunks_per_doc=settings.max_chunks_per_doc,
+            max_chunks_limit=settings.max_chunks_limit,
         )
 
 

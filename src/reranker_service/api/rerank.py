@@ -60,14 +60,14 @@ def _check_limits(count: int, options: RerankOptions, field: str = "documents") 
 
 def _windows(requested: int | None, options: RerankOptions) -> int:
     """The windows a document may be scored over: the request's, within the server's cap."""
-    windows = requested or options.default_chunks_per_doc
-    if windows > options.max_chunks_per_doc:
+    windows = requested or options.max_chunks_per_doc
+    if windows > options.max_chunks_limit:
         raise ApiError(
             422,
             "validation",
-            f"max_chunks_per_doc: at most {options.max_chunks_per_doc} (RERANKER_MAX_CHUNKS_LIMIT)",
+            f"max_chunks_per_doc: at most {options.max_chunks_limit} (RERANKER_MAX_CHUNKS_LIMIT)",
             field="max_chunks_per_doc",
-            limit=options.max_chunks_per_doc,
+            limit=options.max_chunks_limit,
             value=windows,
         )
     return windows
@@ -95,7 +95,7 @@ async def _outcome_within(
         ) from None
 
 
-async def _score(
+async def _run_engine(
     context: RerankContext,
     instruction: str | None,
     query: str | list[str],
@@ -104,6 +104,8 @@ async def _score(
     truncation: Truncation,
     raw_scores: bool,
 ) -> RerankOutcome:
+    """The engine's outcome for the request, within its deadline; the engine's errors become
+    API errors."""
     options = context.options
     try:
         return await _outcome_within(
@@ -240,7 +242,7 @@ async def rerank(body: RerankRequest, context: RerankContext, api_version: str) 
         max_document_tokens=body.max_tokens_per_doc,
         max_windows=_windows(body.max_chunks_per_doc, context.options),
     )
-    outcome = await _score(
+    outcome = await _run_engine(
         context,
         body.instruction,
         body.query,
@@ -264,11 +266,11 @@ async def tei_rerank(body: TeiRerankRequest, context: RerankContext) -> list[Tei
     _start(context, body.query, len(body.texts))
     _check_limits(len(body.texts), context.options, field="texts")
     truncation = Truncation(
-        max_windows=context.options.default_chunks_per_doc,
+        max_windows=context.options.max_chunks_per_doc,
         keep="end" if body.truncation_direction.lower() == "left" else "start",
         refuse_over_length=body.truncate is False,
     )
-    outcome = await _score(
+    outcome = await _run_engine(
         context, None, body.query, body.texts, truncation=truncation, raw_scores=body.raw_scores
     )
     _note_outcome(record, outcome)
@@ -298,14 +300,14 @@ async def score_pairs(body: ScoreRequest, context: RerankContext) -> ScoreRespon
             value=len(queries),
         )
     _check_limits(len(body.text_2), context.options, field="text_2")
-    outcome = await _score(
+    outcome = await _run_engine(
         context,
         body.instruction,
         queries[0] if len(queries) == 1 else queries,
         body.text_2,
         truncation=Truncation(
             max_document_tokens=body.max_tokens_per_doc,
-            max_windows=context.options.default_chunks_per_doc,
+            max_windows=context.options.max_chunks_per_doc,
         ),
         raw_scores=body.raw_scores,
     )
