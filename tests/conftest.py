@@ -87,11 +87,11 @@ def logits(model: ServedModel, sequences: Sequence[Sequence[int]]) -> list[float
     return run_pass(model.runner, sequences)
 
 
-_prefix_ids = itertools.count(1_000_000)
+_prefix_ids = itertools.count(-1, -1)
 
 
 def new_prefix_id() -> int:
-    """A prefix id no scheduler of the test session gives out."""
+    """A prefix id no scheduler gives out (theirs count up from 0)."""
     return next(_prefix_ids)
 
 

@@ -88,8 +88,10 @@ class ReadyScores:
 
 
 class ModelRunner(Protocol):
-    """Runs forward passes of one model replica on one device. Every call but ``memory`` comes
-    from the one worker thread that serves the replica, after it has called ``bind_thread``."""
+    """Runs forward passes of one model replica on one device. While serving, every call but
+    ``memory`` comes from the one worker thread that serves the replica, after it has called
+    ``bind_thread``; before that, start-up measurements and warm-ups run passes without
+    prefixes from the thread that starts the engine."""
 
     @property
     def description(self) -> ModelDescription:

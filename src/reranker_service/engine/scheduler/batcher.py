@@ -14,6 +14,7 @@ while the host picks and describes a batch.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import threading
 import time
@@ -38,6 +39,10 @@ from reranker_service.engine.scheduler.passes import Flight, QueuedPair, distinc
 from reranker_service.engine.scheduler.queue import PairQueue
 
 logger = structlog.get_logger(__name__)
+
+_prefix_ids = itertools.count()
+"""Prefix ids, unique in the process: a runner that two schedulers share (tests serve one
+loaded model from several apps) never takes one scheduler's prefix for the other's."""
 
 
 @dataclass
@@ -88,7 +93,6 @@ class Batcher:
         self.max_prefix_tokens = max_prefix_tokens
         self.observer = observer
         self._prefix_tokens_held = 0
-        self._next_prefix_id = 0
         self._lock = threading.Lock()
         self._work_available = threading.Condition(self._lock)
         self._queue = PairQueue()
@@ -163,9 +167,8 @@ class Batcher:
             if prefix_length and (
                 self._prefix_tokens_held + prefix_length <= self.max_prefix_tokens
             ):
-                job.prefix_id, job.prefix_length = self._next_prefix_id, prefix_length
+                job.prefix_id, job.prefix_length = next(_prefix_ids), prefix_length
                 job.holds_prefix = True
-                self._next_prefix_id += 1
                 self._prefix_tokens_held += prefix_length
             self._queue.add(job, sequences, now)
             self._work_available.notify()
