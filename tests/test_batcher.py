@@ -270,6 +270,20 @@ async def test_a_withdrawn_request_releases_its_prefix_on_the_runner() -> None:
     await batcher.stop()
 
 
+async def test_a_failing_pass_does_not_keep_a_finished_requests_prefix() -> None:
+    """The prefix of a request that is done is released even when the next pass fails."""
+    shared, failing = _pairs(0, [3, 4, 5]), _pairs(1, [400])
+    runner = FakeRunner(fail_on_length=len(failing[0]))
+    batcher = _batcher(runner, max_prefix_tokens=4096)
+    batcher.start()
+    done = await batcher.run(shared, shared_prefix(shared))
+    assert len(done.scores) == 3
+    with pytest.raises(RuntimeError, match="injected"):
+        await batcher.run(failing)
+    await batcher.stop()
+    assert runner.prefixes == {}
+
+
 async def test_a_pass_out_of_memory_computes_its_prefix_again_in_the_halves() -> None:
     """The runner keeps none of a failed pass's new prefixes, so the halves declare them new
     again (the fake runner refuses a prefix it neither holds nor computes)."""

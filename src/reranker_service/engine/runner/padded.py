@@ -148,7 +148,6 @@ class PaddedRunner:
         values (computed first, in one pass, for the batch's new prefixes). On a GPU this
         returns once the pass is queued, and the host is free to prepare the next one; on the
         CPU the pass has run by then."""
-        self.release(batch.released)
         try:
             with torch.inference_mode():
                 if any(pair.prefix_id is not None for pair in batch.pairs):

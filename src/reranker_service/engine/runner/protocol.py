@@ -1,8 +1,9 @@
 """The model-runner boundary: what the scheduler hands a runner, and what it gets back.
 
 Everything that crosses it is plain data. A pass is described by each pair's token ids and the
-id and length of the shared prefix it starts with; which prefixes the pass must compute and
-which the scheduler has let go are named by id. The runner keeps whatever it computes for a
+id and length of the shared prefix it starts with, and which prefixes the pass must compute;
+the prefixes the scheduler lets go are released by id, apart from any pass (a launch that fails
+must not lose them). The runner keeps whatever it computes for a
 prefix (keys and values on its device) until the scheduler releases it, and declares how it
 costs a pass (``pass_tokens``), so that the batch policy and the metrics count in its units.
 """
@@ -46,8 +47,6 @@ class PassBatch:
     new_prefixes: frozenset[int] = frozenset()
     """Prefix ids the runner does not hold yet: the pass computes each once, from the tokens of
     any of its pairs, and keeps it until released."""
-    released: Sequence[int] = ()
-    """Prefix ids no pair will read again, dropped before the pass."""
 
     @classmethod
     def of(cls, sequences: Iterable[Sequence[int]]) -> PassBatch:
@@ -120,7 +119,8 @@ class ModelRunner(Protocol):
         ...
 
     def release(self, prefix_ids: Sequence[int]) -> None:
-        """Drop what is kept for these prefixes; ids it does not hold are ignored."""
+        """Drop what is kept for these prefixes, which no pair will read again; ids it does not
+        hold are ignored. Called on the worker's thread, before its next launch."""
         ...
 
     def memory(self) -> DeviceMemory | None:

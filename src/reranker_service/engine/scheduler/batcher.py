@@ -226,15 +226,15 @@ class Batcher:
                     self._work_available.wait()
                 batch = self._take_batch_locked(state) if self._queue else None
                 released, state.releases = state.releases, []
-            state.held_prefixes.difference_update(released)
-            if batch is None:
+            if released:
+                # Apart from any pass: a launch that raises would take them with it.
+                state.held_prefixes.difference_update(released)
+                state.runner.release(released)
+            if batch is None and in_flight is None:
                 if released:
-                    state.runner.release(released)
-                if in_flight is None:
-                    if released:
-                        continue
-                    return
-            launched = self._launch(state, batch, released) if batch is not None else None
+                    continue
+                return
+            launched = self._launch(state, batch) if batch is not None else None
             # The worker may now sleep for long; it must not keep the last requests alive.
             del batch
             if in_flight is not None:
@@ -245,26 +245,21 @@ class Batcher:
                 in_flight = None
 
     def _launch(
-        self,
-        state: _WorkerState,
-        batch: list[QueuedPair],
-        released: Sequence[int] = (),
-        *,
-        retry: bool = False,
+        self, state: _WorkerState, batch: list[QueuedPair], *, retry: bool = False
     ) -> Flight:
         """Hand the pass over ``batch`` to the worker's runner; an error is kept for
         ``_finish``. The runner keeps the pass's new prefixes only if the launch succeeds."""
-        prefixes = {pair.job.prefix_id for pair in batch} - {None}
+        prefixes = {pair.job.prefix_id for pair in batch if pair.job.prefix_id is not None}
         flight = Flight(
             state.name,
             batch,
-            frozenset(p for p in prefixes if p is not None and p not in state.held_prefixes),
+            frozenset(prefixes - state.held_prefixes),
             time.perf_counter(),
             retry,
             distinct_jobs(batch),
         )
         try:
-            flight.pending = state.runner.launch(flight.batch(released))
+            flight.pending = state.runner.launch(flight.batch())
         except Exception as exc:
             flight.error = exc
         else:

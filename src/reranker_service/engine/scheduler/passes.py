@@ -46,15 +46,10 @@ class Flight:
     pending: PendingScores | None = None
     error: Exception | None = None
 
-    def batch(self, released: Sequence[int] = ()) -> PassBatch:
-        return PassBatch(
-            [
-                PassPair(pair.tokens, pair.job.prefix_id, pair.job.prefix_length)
-                for pair in self.pairs
-            ],
-            self.new_prefixes,
-            released,
-        )
+    def batch(self) -> PassBatch:
+        """What the runner is to compute."""
+        pairs = [PassPair(p.tokens, p.job.prefix_id, p.job.prefix_length) for p in self.pairs]
+        return PassBatch(pairs, self.new_prefixes)
 
     def record(
         self,
