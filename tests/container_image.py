@@ -58,7 +58,10 @@ def missing_prerequisites() -> list[str]:
     """What this machine lacks to build and run the image; empty when it can."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if not list(CPU_WHEELS.glob("torch-*+cpu-*.whl")):
-        missing.append(f"a CPU torch wheel in {CPU_WHEELS}")
+        missing.append(
+            f"a CPU torch wheel in {CPU_WHEELS} (the test builds the image with the machine's "
+            "local CPU wheel; without one pip would download the multi-GB CUDA build)"
+        )
     if os.geteuid() != 0:
         missing.append("root")
     return missing

@@ -160,8 +160,8 @@ async def test_body_over_the_limit_is_413_before_parsing(app_factory: AppFactory
         ({"query": "", "documents": DOCS}, "query"),
         ({"query": QUERY}, "documents"),
         ({"query": QUERY, "documents": "not a list"}, "documents"),
-        ({"query": QUERY, "documents": [1, 2]}, "documents.0.str"),
-        ({"query": QUERY, "documents": [{"title": "no text"}]}, "documents.0.DocumentObject.text"),
+        ({"query": QUERY, "documents": [1, 2]}, "documents[0]"),
+        ({"query": QUERY, "documents": [{"title": "no text"}]}, "documents[0].text"),
         ({"query": QUERY, "documents": DOCS, "top_n": 0}, "top_n"),
         ({"query": QUERY, "documents": DOCS, "top_n": -5}, "top_n"),
         ({"query": QUERY, "documents": DOCS, "top_n": "many"}, "top_n"),
@@ -178,6 +178,22 @@ async def test_invalid_fields_are_422_naming_the_field(
     error = response.json()["error"]
     assert error["type"] == "validation"
     assert field in [detail["field"] for detail in error["details"]]
+
+
+async def test_a_bad_document_is_named_as_a_client_writes_it(client: httpx.AsyncClient) -> None:
+    """Not pydantic's internals (``documents.1.str``, the union member's type): the field as
+    the request spells it, one plain message per field, and no value for a missing field."""
+    bad = await client.post("/rerank", json={"query": QUERY, "documents": ["fine", 7]})
+    error = bad.json()["error"]
+    assert [detail["field"] for detail in error["details"]] == ["documents[1]"]
+    message = error["message"]
+    assert message.startswith("documents[1]: Input should be a valid string or a valid dictionary")
+    assert "DocumentObject" not in message
+    assert error["value"] == 7
+    missing = await client.post("/rerank", json={"query": QUERY})
+    error = missing.json()["error"]
+    assert (error["field"], error["message"]) == ("documents", "documents: Field required")
+    assert "value" not in error  # not the body's type name, "dict"
 
 
 async def test_limit_is_reported_for_bounds(client: httpx.AsyncClient) -> None:

@@ -94,3 +94,14 @@ def test_constraints_pin_every_dependency_as_installed() -> None:
     }
     assert not drifted, f"installed versions differ from constraints.txt: {drifted}"
     assert "torch" not in pins
+
+
+def test_without_a_local_torch_wheel_the_image_test_says_why_it_skips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import container_image
+
+    monkeypatch.setattr(container_image, "CPU_WHEELS", tmp_path)
+    [wheel] = [need for need in container_image.missing_prerequisites() if "wheel" in need]
+    assert str(tmp_path) in wheel
+    assert "CUDA build" in wheel

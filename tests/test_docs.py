@@ -44,6 +44,9 @@ def test_readme_starts_with_the_serve_and_test_commands() -> None:
     serve, test = (command for _, command in blocks)
     assert serve.endswith("reranker-service")
     assert "torch==2.13.0" in test
+    # The serve install is as pinned as the tests': the same torch, every other version from
+    # constraints.txt, never whatever PyPI has newest.
+    assert ".venv/bin/pip install -c constraints.txt torch==2.13.0 -e . &&" in serve
     for check in ("ruff check .", "ruff format --check .", "mypy", "lint-imports"):
         assert f".venv/bin/{check} &&" in test
     assert test.endswith("python -m pytest")
@@ -103,3 +106,16 @@ def test_pre_commit_runs_the_checks_of_the_test_command() -> None:
         assert (ROOT / program).resolve().parent == VENV_BIN.resolve(), (
             f"hook {hook['id']} runs {program}, not a tool of the project's .venv"
         )
+
+
+def test_no_test_reads_outside_the_checkout() -> None:
+    """What the suite needs is vendored under tests/data/: a clone anywhere runs the same tests,
+    none skipped for a folder that happens to sit beside it."""
+    climbing = re.compile(r"ROOT\.parent\b|parents\[[2-9]\]|\.\./shared|\"shared\"")
+    offenders = [
+        f"{path.name}:{number}"
+        for path in sorted((ROOT / "tests").glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if climbing.search(line) and path.name != "test_docs.py"
+    ]
+    assert offenders == []

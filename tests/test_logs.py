@@ -164,3 +164,53 @@ def test_library_logs_go_through_the_same_renderer(checkpoint: Path) -> None:
     # other lines are not.
     assert by_event["from torchao"]["level"] == "warning"
     assert "Failed to load" not in completed.stdout + completed.stderr
+
+
+_CONSOLE_LINE = textwrap.dedent(
+    """
+    import os, sys, structlog
+    from reranker_service.observability.logging import configure_logging
+    if sys.argv[1] == "terminal":
+        screen, terminal = os.openpty()
+        stream = os.fdopen(terminal, "w")
+    else:
+        stream = open(sys.argv[2], "w")
+    configure_logging("info", "console", stream)
+    structlog.get_logger("demo").info("hello", pairs=3)
+    stream.flush()
+    if sys.argv[1] == "terminal":
+        written = os.read(screen, 65536).decode()
+    else:
+        written = open(sys.argv[2]).read()
+    print("hello" in written, "\x1b[" in written)
+    """
+)
+
+
+@pytest.mark.parametrize("where", ["file", "terminal"])
+def test_console_logs_are_coloured_only_on_a_terminal(where: str, tmp_path: Path) -> None:
+    """``RERANKER_LOG_FORMAT=console`` redirected to a file must not write ANSI escapes into
+    it; at a terminal the colours stay."""
+    completed = subprocess.run(
+        [sys.executable, "-c", _CONSOLE_LINE, where, str(tmp_path / "service.log")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    written, coloured = completed.stdout.split()
+    assert written == "True"
+    assert coloured == str(where == "terminal")
+
+
+def test_making_a_test_model_prints_no_library_warnings(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "reranker_service.tiny_checkpoint", str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert completed.stdout.strip() == f"wrote test checkpoint to {tmp_path / 'model'}"
+    assert "register_constant" not in completed.stderr
+    assert "Warning" not in completed.stderr

@@ -20,9 +20,37 @@ def _options(path: Path | str, **overrides: str) -> LoadOptions:
 
 
 def test_missing_directory(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="cannot load model") as refused:
+    with pytest.raises(ModelLoadError, match="no such directory") as refused:
         load_single_device_model(_options(tmp_path / "absent"))
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("typed", ["./test-modle", "models/qwen/test-modle", "~/test-modle"])
+def test_a_mistyped_local_path_is_no_such_directory(
+    typed: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the hub's "Repo id must use alphanumeric chars": a path that is not there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="no such directory") as refused:
+        load_single_device_model(_options(typed))
+    assert "Repo id" not in str(refused.value)
+    assert "test-modle" in str(refused.value)
+
+
+def test_a_file_is_not_a_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="is a file"):
+        load_single_device_model(_options(tmp_path / "model.safetensors"))
+
+
+def test_a_hub_id_without_network_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE=1") as refused:
+        load_single_device_model(_options("Qwen/No-Such-Reranker"))
+    assert "reranker-make-test-model" in str(refused.value)
 
 
 def test_other_architecture_is_refused(tmp_path: Path, checkpoint: Path) -> None:

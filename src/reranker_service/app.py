@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_fastapi_instrumentator import Instrumentator
@@ -191,7 +192,9 @@ def create_app(
         )
         return engine
 
-    app = FastAPI(
+    # /docs and /redoc load their JavaScript and CSS from this process, not from a CDN: they
+    # work on an air-gapped machine, where rerankers often run.
+    app = FastAPIOffline(
         title="Qwen3 reranker service",
         version=__version__,
         description=(

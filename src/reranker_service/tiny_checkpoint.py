@@ -169,6 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="qwen3-reranker-0.6b: the real model's configuration (random weights, ~2.4 GB)",
     )
     args = parser.parse_args(argv)
+    # transformers imports torchao, whose import torch answers with deprecation warnings
+    # that mean nothing to someone making a test model.
+    from reranker_service.observability.logging import drop_import_noise
+
+    drop_import_noise()
     shape = CheckpointShape(
         num_hidden_layers=args.layers,
         hidden_size=args.hidden_size,

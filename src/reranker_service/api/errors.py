@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -113,10 +114,42 @@ def _echo(value: Any) -> int | float | str | bool | None:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+_WIRE_PARTS = frozenset({"body", "cohere", "tei"})
+"""Not fields: the request body itself, and the tag of the wire shape /rerank's body was
+taken for."""
+_PRIMITIVE_TAGS = frozenset({"str", "int", "float", "bool", "bytes", "none", "list", "dict"})
+
+
+def _is_union_tag(part: str) -> bool:
+    """pydantic names the member of a union an error is about (``str``, ``DocumentObject``,
+    ``function-after[...]``); the wire fields are all snake_case words."""
+    return part in _PRIMITIVE_TAGS or not part.isidentifier() or not part.islower()
+
+
 def _field_path(location: tuple[Any, ...]) -> str:
-    # "body", and the tag of the wire shape /rerank's body was taken for, are not fields.
-    parts = [str(part) for part in location if part not in ("body", "cohere", "tei")]
-    return ".".join(parts) or "body"
+    """The field as a client spells it (``documents[1].text``), without pydantic's names of
+    union members."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in _WIRE_PARTS and not _is_union_tag(str(part)):
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def _merged(errors: list[Mapping[str, Any]]) -> str:
+    """One plain message for a field: a union's member errors as alternatives, without the
+    names of the classes behind them."""
+    messages = list(
+        dict.fromkeys(
+            re.sub(r" or instance of \w+", "", str(error.get("msg", "invalid"))) for error in errors
+        )
+    )
+    lead = "Input should be "
+    if len(messages) > 1 and all(message.startswith(lead) for message in messages):
+        return lead + " or ".join(message.removeprefix(lead) for message in messages)
+    return "; ".join(messages)
 
 
 def _limit(error: Mapping[str, Any]) -> int | float | None:
@@ -143,14 +176,19 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
             field="body",
         )
         return error_response(400, body, request)
+    by_field: dict[str, list[Mapping[str, Any]]] = {}
+    for error in errors:
+        field = _field_path(tuple(error.get("loc", ())))
+        by_field.setdefault(field, []).append(error)
     details = [
         ErrorDetail(
-            field=_field_path(tuple(error.get("loc", ()))),
-            message=error.get("msg", "invalid"),
-            limit=_limit(error),
-            value=_echo(error.get("input")),
+            field=field,
+            message=_merged(grouped),
+            limit=_limit(grouped[0]),
+            # A missing field has no value; its "input" is the object that lacks it.
+            value=None if grouped[0].get("type") == "missing" else _echo(grouped[0].get("input")),
         )
-        for error in errors
+        for field, grouped in by_field.items()
     ]
     first = details[0] if details else ErrorDetail(message="invalid request")
     body = ErrorBody(

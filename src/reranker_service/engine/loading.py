@@ -7,6 +7,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -56,15 +57,42 @@ def _single_token_id(tokenizer: Any, word: str) -> int:
     return int(ids[0])
 
 
+_NO_HUB_HINT = (
+    "; if this machine has no network, set HF_HUB_OFFLINE=1 and serve a model already in the "
+    "hub cache or a local directory (reranker-make-test-model ./test-model makes a small one)"
+)
+
+
+def _looks_like_a_path(model: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else was meant as a directory."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+
+
+def _check_local_path(model: str) -> None:
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"{model!r} is a file; RERANKER_MODEL names a checkpoint directory"
+            )
+    elif _looks_like_a_path(model):
+        raise ModelLoadError(
+            f"no such directory: {str(path.absolute())!r} (RERANKER_MODEL={model!r})"
+        )
+
+
 def load_model(options: LoadOptions) -> ServedModel:
     """Load tokenizer and weights once, and one runner per device of ``options.device``;
     raise ``ModelLoadError`` for anything unservable."""
     try:
+        _check_local_path(options.model)
         model, cpu_choice = _load(options)
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"cannot load model {options.model!r}: {first_line(exc)}") from exc
+        reason = first_line(exc)
+        hint = _NO_HUB_HINT if "couldn't connect" in reason or "offline" in reason.lower() else ""
+        raise ModelLoadError(f"cannot load model {options.model!r}: {reason}{hint}") from exc
     choice_fields: dict[str, Any] = {}
     if cpu_choice is not None:
         choice_fields["dtype_reason"] = cpu_choice.reason

@@ -52,9 +52,11 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
         structlog.processors.StackInfoRenderer(),
     ]
+    output = stream if stream is not None else sys.stdout
     renderer: Processor
     if log_format == "console":
-        renderer = structlog.dev.ConsoleRenderer()
+        # Colours for a person at a terminal; a file or a pipe gets plain text.
+        renderer = structlog.dev.ConsoleRenderer(colors=_is_terminal(output))
     else:
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
@@ -75,17 +77,13 @@ def configure_logging(
         pass_foreign_args=True,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
-    handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
+    handler = logging.StreamHandler(output)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)
-    for name, pattern in _IMPORT_NOISE:
-        noisy = logging.getLogger(name)
-        for dropping in [f for f in noisy.filters if isinstance(f, _DropMessages)]:
-            noisy.removeFilter(dropping)
-        noisy.addFilter(_DropMessages(pattern))
+    drop_import_noise()
     for library in _LIBRARY_LOGGERS:
         importlib.import_module(library)
     _route_to_root(*_SERVER_LOGGERS, *_LIBRARY_LOGGERS)
@@ -93,6 +91,23 @@ def configure_logging(
     for old in [f for f in access.filters if isinstance(f, _QuietAccess)]:
         access.removeFilter(old)
     access.addFilter(_QuietAccess(quiet_access_paths))
+
+
+def drop_import_noise() -> None:
+    """Filter out the import-time chatter of torchao and torch (``_IMPORT_NOISE``); call before
+    they are imported. Idempotent."""
+    for name, pattern in _IMPORT_NOISE:
+        noisy = logging.getLogger(name)
+        for dropping in [f for f in noisy.filters if isinstance(f, _DropMessages)]:
+            noisy.removeFilter(dropping)
+        noisy.addFilter(_DropMessages(pattern))
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def _route_to_root(*logger_names: str) -> None:
