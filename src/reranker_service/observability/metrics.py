@@ -134,8 +134,9 @@ class ServiceMetrics:
         )
         self.batch_tokens = Histogram(
             "reranker_batch_tokens",
-            "Tokens computed per forward pass, padding included (shared prefixes computed in the "
-            "pass count once, cached ones not at all), by the worker's device",
+            "Tokens computed per forward pass as its model runner costs them, padding included "
+            "where it pads (shared prefixes computed in the pass count once, cached ones not at "
+            "all), by the worker's device",
             ["device"],
             buckets=BATCH_TOKEN_BUCKETS,
             registry=registry,

@@ -1,11 +1,11 @@
 """The model-runner boundary: what the scheduler hands a runner, and what it gets back.
 
-Everything that crosses it is plain data. A pass is described by each pair's token ids and the
-id and length of the shared prefix it starts with, and which prefixes the pass must compute;
-the prefixes the scheduler lets go are released by id, apart from any pass (a launch that fails
-must not lose them). The runner keeps whatever it computes for a
-prefix (keys and values on its device) until the scheduler releases it, and declares how it
-costs a pass (``pass_tokens``), so that the batch policy and the metrics count in its units.
+Everything that crosses it is plain data. A pass is described by each pair's token ids, the id
+and length of the shared prefix the pair starts with, and which prefixes the pass must compute.
+The runner keeps what it computes for a prefix (keys and values on its device) until the
+scheduler releases that id, apart from any pass, so that a launch that fails cannot lose a
+release. It declares how it costs a pass (``pass_tokens``), so that the batch policy and the
+metrics count in its units.
 """
 
 from __future__ import annotations
