@@ -47,12 +47,8 @@ def _curl_blocks() -> list[tuple[str, str]]:
         text = page.read_text()
         for match in re.finditer(r"```bash\n(.*?)```", text, flags=re.DOTALL):
             block = match.group(1)
-            commands = [
-                line for line in block.splitlines() if re.match(r"(curl|open) ", line.strip())
-            ]
-            if commands and all(
-                re.match(r"(curl|open) ", command) for command in _command_lines(block)
-            ):
+            commands = _command_lines(block)
+            if commands and all(re.match(r"(curl|open) ", command) for command in commands):
                 line = text[: match.start()].count("\n") + 2
                 blocks.append((f"{page.relative_to(ROOT)}:{line}", block))
     return blocks

@@ -39,19 +39,21 @@ def select_window(
     real = width
     count = 1
     windows = [(real / pass_seconds(pass_tokens(PassShape(1, width, real))), lo, hi)]
+
+    def grown(added: int, longest: int) -> float | None:
+        """Predicted throughput of the window with one more pair of ``added`` tokens; None
+        where that pass would cost more than the budget."""
+        tokens = real + added
+        cost = pass_tokens(PassShape(count + 1, longest, tokens))
+        return tokens / pass_seconds(cost) if cost <= max_batch_tokens else None
+
     while True:
-        left_real = real + sorted_lengths[lo - 1] if lo > 0 else 0
-        left_cost = pass_tokens(PassShape(count + 1, width, left_real)) if lo > 0 else 0
-        grow_left = lo > 0 and left_cost <= max_batch_tokens
+        left = grown(sorted_lengths[lo - 1], width) if lo > 0 else None
         right_width = sorted_lengths[hi + 1] if hi + 1 < len(sorted_lengths) else 0
-        right_real = real + right_width
-        right_cost = pass_tokens(PassShape(count + 1, right_width, right_real))
-        grow_right = bool(right_width) and right_cost <= max_batch_tokens
-        if not (grow_left or grow_right):
+        right = grown(right_width, right_width) if right_width else None
+        if left is None and right is None:
             break
-        left_gain = left_real / pass_seconds(left_cost) if grow_left else -1.0
-        right_gain = right_real / pass_seconds(right_cost) if grow_right else -1.0
-        if left_gain >= right_gain:
+        if right is None or (left is not None and left >= right):
             lo -= 1
             real += sorted_lengths[lo]
         else:
@@ -59,7 +61,7 @@ def select_window(
             width = right_width
             real += width
         count += 1
-        windows.append((max(left_gain, right_gain), lo, hi))
+        windows.append((max(gain for gain in (left, right) if gain is not None), lo, hi))
     best = max(throughput for throughput, _, _ in windows)
     _, lo, hi = next(w for w in windows if w[0] >= (1 - TOLERANCE) * best)
     return lo, hi + 1

@@ -4,6 +4,7 @@ each request's ``PassShare`` are both derived."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -62,24 +63,22 @@ class Flight:
         """What the pass did: per request, its pairs and the prefix tokens they did not
         compute (a prefix computed in this pass saves nothing for its first pair), and in all,
         the tokens computed, in the runner's geometry as well."""
-        parts: dict[int, list[int]] = {}
-        own = [pair.cost for pair in self.pairs]
-        for pair in self.pairs:
-            part = parts.setdefault(id(pair.job), [0, 0])
-            part[0] += 1
-            part[1] += pair.job.prefix_length
+        counts = Counter(id(pair.job) for pair in self.pairs)
+        parts: dict[int, tuple[int, int]] = {}
         prefix_work = 0
         for job in self.jobs:
-            if job.prefix_id in self.new_prefixes:
-                parts[id(job)][1] -= job.prefix_length
-                prefix_work += job.prefix_length
+            computed = job.prefix_length if job.prefix_id in self.new_prefixes else 0
+            count = counts[id(job)]
+            parts[id(job)] = (count, count * job.prefix_length - computed)
+            prefix_work += computed
+        own = [pair.cost for pair in self.pairs]
         shape = PassShape(pairs=len(own), longest=max(own), tokens=sum(own))
         return PassRecord(
             device=self.device,
             pairs=len(self.pairs),
             real_tokens=shape.tokens + prefix_work,
             computed_tokens=pass_tokens(shape) + prefix_work,
-            parts={key: (count, reused) for key, (count, reused) in parts.items()},
+            parts=parts,
             # A retried pair's wait was reported with its first pass.
             queue_wait_seconds=()
             if self.retry
