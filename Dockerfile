@@ -32,23 +32,25 @@ RUN pip install --constraint constraints.txt .
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 reranker \
     && useradd --system --uid 10001 --gid reranker --create-home --home-dir /home/reranker reranker \
-    && mkdir -p /cache /models \
-    && chown reranker:reranker /cache /models
+    && mkdir -p /cache /compile-cache /models \
+    && chown reranker:reranker /cache /compile-cache /models
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/cache/huggingface \
     XDG_CACHE_HOME=/cache/xdg \
-    TRITON_CACHE_DIR=/cache/triton \
+    RERANKER_COMPILE_CACHE=/compile-cache \
     RERANKER_HOST=0.0.0.0 \
     RERANKER_PORT=8000 \
     RERANKER_SHUTDOWN_GRACE_SECONDS=30
 USER reranker
 WORKDIR /home/reranker
-# The model is downloaded once into this volume and reused by later containers. Nothing else
-# is written outside /tmp, so the root filesystem can be read-only (compose runs it so).
-VOLUME ["/cache"]
+# The model is downloaded once into /cache and reused by later containers; the GPU runner's
+# compiled kernels (inductor's and Triton's caches) go to /compile-cache, so that a restart
+# does not compile again. Nothing else is written outside /tmp, so the root filesystem can be
+# read-only (compose runs it so).
+VOLUME ["/cache", "/compile-cache"]
 EXPOSE 8000
 # SIGTERM starts a drain: /ready answers 503, in-flight requests finish (up to
 # RERANKER_SHUTDOWN_GRACE_SECONDS), then exit 0. Give `docker stop -t` / compose's

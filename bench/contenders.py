@@ -22,6 +22,7 @@ from reranker_service.engine.devices import resolve_device, resolve_devices, res
 from reranker_service.engine.loading import load_single_device_model
 from reranker_service.engine.prompt import PROMPT_PREFIX, PROMPT_SUFFIX
 from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine, RerankOutcome
+from reranker_service.engine.runner.build import RunnerOptions
 from reranker_service.engine.runner.protocol import run_pass
 from reranker_service.engine.scheduler.jobs import BatchReport
 from reranker_service.settings import DEFAULT_INSTRUCTION
@@ -173,11 +174,17 @@ class EngineInProcess:
         *,
         prefix_reuse: bool,
         pass_costs: tuple[tuple[float, float], ...] | None = None,
+        runner: RunnerOptions | None = None,
+        name: str | None = None,
     ) -> None:
         from reranker_service.engine.loading import LoadOptions, load_model
 
-        replicas = load_model(LoadOptions(checkpoint, None, device, dtype, max_length))
-        self.name = "engine" if prefix_reuse else "engine, reuse off"
+        options = LoadOptions(
+            checkpoint, None, device, dtype, max_length, runner or RunnerOptions()
+        )
+        replicas = load_model(options)
+        self.runner_options = runner
+        self.name = name or ("engine" if prefix_reuse else "engine, reuse off")
         if len(replicas.runners) > 1:
             self.name += f", {len(replicas.runners)} workers"
         self._reports: list[BatchReport] = []
@@ -353,6 +360,11 @@ class ServiceOverHttp:
     dtype: str
     max_length: int
     name: str = "service"
+    runner: str = "auto"
+    compile: str = "auto"
+    compile_cache: str | None = None
+    startup_seconds: float = 0.0
+    """From the process's start to its first 200 on /ready."""
     _process: subprocess.Popen[bytes] | None = None
     _client: KeepAliveClient | None = None
     _before: dict[str, float] = field(default_factory=dict)
@@ -364,11 +376,14 @@ class ServiceOverHttp:
 
     async def start(self) -> None:
         port = _free_port()
+        started = time.perf_counter()
+        cache = ["--compile-cache", self.compile_cache] if self.compile_cache else []
         self._process = subprocess.Popen(  # noqa: ASYNC220 - once, before any measurement
             [sys.executable, "-m", "reranker_service", "--model", self.checkpoint,
              "--device", self.device, "--dtype", self.dtype, "--max-length", str(self.max_length),
              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-             "--max-queued-pairs", "1000000", "--request-timeout-seconds", "0"],
+             "--max-queued-pairs", "1000000", "--request-timeout-seconds", "0",
+             "--runner", self.runner, "--compile", self.compile, *cache],
             stdout=subprocess.DEVNULL,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )  # fmt: skip
@@ -379,6 +394,7 @@ class ServiceOverHttp:
                 raise RuntimeError("the service exited during start-up")
             try:
                 if (await self._client.get("/ready")).status == 200:
+                    self.startup_seconds = time.perf_counter() - started
                     break
             except (OSError, asyncio.IncompleteReadError, HttpError):
                 pass
@@ -454,3 +470,115 @@ def model_flops_per_token(config: Any, sequence_length: int) -> float:
     mlp_weights = 3 * hidden * config.intermediate_size
     per_layer = 2 * (attention_weights + mlp_weights) + 2 * heads * head_dim * sequence_length
     return float(config.num_hidden_layers * per_layer)
+
+
+def build_seq_cls_checkpoint(checkpoint: str, directory: str) -> str:
+    """The sequence-classification form of a Qwen3 reranker, as Infinity and TEI-style servers
+    take it: the same decoder, and one score row, ``w_yes - w_no`` of the LM head, so that its
+    logit is the reranker's raw score. Written with ``save_pretrained`` into ``directory``."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Qwen3Config,
+        Qwen3ForSequenceClassification,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    causal = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    yes = tokenizer.convert_tokens_to_ids("yes")
+    no = tokenizer.convert_tokens_to_ids("no")
+    config = Qwen3Config.from_pretrained(checkpoint)
+    config.num_labels = 1
+    config.architectures = ["Qwen3ForSequenceClassification"]
+    config.pad_token_id = tokenizer.pad_token_id
+    classifier = Qwen3ForSequenceClassification(config)
+    classifier.model.load_state_dict(causal.model.state_dict())
+    head = causal.get_output_embeddings().weight
+    with torch.no_grad():
+        classifier.score.weight.copy_((head[yes] - head[no]).unsqueeze(0))
+    classifier.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+class CrossEncoderLoop:
+    """The plain peer: sentence-transformers' ``CrossEncoder`` on the seq-cls form of the same
+    weights, each request's pairs with the Qwen3 prompt as text, in batches of 32 (bf16 on a
+    GPU, fp32 on the CPU), one request at a time."""
+
+    name = "crossencoder"
+    BATCH = 32
+
+    def __init__(self, seq_cls_checkpoint: str, device: str, max_length: int) -> None:
+        from sentence_transformers import CrossEncoder
+
+        self._device = resolve_device(device)
+        dtype = torch.bfloat16 if self._device.type == "cuda" else torch.float32
+        self._model = CrossEncoder(
+            seq_cls_checkpoint,
+            num_labels=1,
+            max_length=max_length,
+            device=str(self._device),
+            model_kwargs={"dtype": dtype},
+        )
+        self._lock = threading.Lock()
+        self._passes = Passes()
+        self._memory = _MemoryMeter(self._device, os.getpid())
+        self._tokenizer = self._model.tokenizer
+        self._lengths: dict[int, list[int]] = {}
+
+    def _pair_lengths(self, request: Request, pairs: list[tuple[str, str]]) -> list[int]:
+        """Tokens of each pair as the model sees them, counted once per request."""
+        known = self._lengths.get(id(request))
+        if known is None:
+            limit = self._model.max_length
+            known = self._lengths[id(request)] = [
+                len(self._tokenizer(a, b, truncation=True, max_length=limit)["input_ids"])
+                for a, b in pairs
+            ]
+        return known
+
+    @staticmethod
+    def text_pairs(request: Request) -> list[tuple[str, str]]:
+        """Each document's prompt as a text pair. The tokenizer joins the two with nothing
+        between: the halves are the reranker's prompt around the document."""
+        first = f"{PROMPT_PREFIX}<Instruct>: {DEFAULT_INSTRUCTION}\n<Query>: {request.query}\n"
+        return [(first, f"<Document>: {doc}{PROMPT_SUFFIX}") for doc in request.documents]
+
+    def scores(self, request: Request) -> list[float]:
+        """P(yes) of each document (the seq-cls logit through a sigmoid)."""
+        with self._lock:
+            return self._scores(request)
+
+    def _scores(self, request: Request) -> list[float]:
+        scored = self._model.predict(
+            self.text_pairs(request), batch_size=self.BATCH, show_progress_bar=False
+        )
+        return [float(score) for score in scored]
+
+    def _score(self, request: Request) -> int:
+        # One request at a time, its lengths counted under the same lock: the fast tokenizer
+        # keeps its truncation and padding as state, which a concurrent call would change.
+        with self._lock:
+            self._scores(request)
+            lengths = self._pair_lengths(request, self.text_pairs(request))
+        for start in range(0, len(lengths), self.BATCH):
+            batch = lengths[start : start + self.BATCH]
+            self._passes.count += 1
+            self._passes.pairs += len(batch)
+            self._passes.real_tokens += sum(batch)
+            self._passes.padded_tokens += len(batch) * max(batch)
+        return sum(lengths)
+
+    async def rerank(self, request: Request) -> int:
+        return await asyncio.to_thread(self._score, request)
+
+    def start_cell(self) -> None:
+        self._passes = Passes()
+        self._memory.reset()
+
+    async def passes(self) -> Passes:
+        return self._passes
+
+    def peak_memory_bytes(self) -> int | None:
+        return self._memory.peak()

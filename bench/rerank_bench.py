@@ -46,11 +46,15 @@ from transformers import AutoConfig, AutoTokenizer
 from contenders import (
     BestFixedBudget,
     Contender,
+    CrossEncoderLoop,
     EngineInProcess,
     ModelCardBaseline,
     ServiceOverHttp,
+    build_seq_cls_checkpoint,
     model_flops_per_token,
 )
+from plot import plot_throughput
+from reranker_service.engine.runner.build import RunnerOptions
 from reranker_service.tiny_checkpoint import QWEN3_RERANKER_0_6B, build_checkpoint
 from workloads import WORKLOADS, Request, make_requests
 
@@ -216,12 +220,15 @@ def _ratios(cells: list[Cell]) -> dict[str, Any]:
                 None,
             )
 
+            crossencoder = by_key.get((workload, concurrency, "crossencoder"))
             pairs = [
+                ("service/crossencoder", service, crossencoder),
                 (f"service/{REFERENCE}", service, reference),
                 (f"engine/{REFERENCE}", engine, reference),
                 (f"engine reuse off/{REFERENCE}", without_reuse, reference),
                 ("reuse on/off", engine, without_reuse),
                 ("engine/card", engine, card),
+                ("service/card", service, card),
                 ("service/engine", service, engine),
                 ("workers/engine", workers, engine),
             ]
@@ -230,6 +237,8 @@ def _ratios(cells: list[Cell]) -> dict[str, Any]:
                     ratios[f"{name} pairs/s {workload} c={concurrency}"] = round(
                         numerator.pairs_per_second / denominator.pairs_per_second, 2
                     )
+            if service and card and concurrency == 1:
+                ratios[f"service/card p50 {workload} c=1"] = round(service.p50_ms / card.p50_ms, 2)
             if engine and service and concurrency == 1:
                 ratios[f"service-engine p50 ms {workload} c=1"] = round(
                     service.p50_ms - engine.p50_ms, 2
@@ -262,6 +271,12 @@ def _targets(ratios: dict[str, Any]) -> list[str]:
     for workload in WORKLOADS:
         key = f"service HTTP overhead p50 ms {workload} c=1"
         judge(f"HTTP overhead p50 ms, {workload}, c=1", key, None, HTTP_OVERHEAD_TARGET_MS)
+    # The GPU issue's targets, where their cells ran.
+    judge("service / crossencoder, rag, c=64", "service/crossencoder pairs/s rag c=64", 2.5)
+    judge("service / model card, rag, c=1", "service/card pairs/s rag c=1", 1.5)
+    judge("service p50 / model card p50, short, c=1", "service/card p50 short c=1", None, 0.5)
+    judge("engine reuse on/off, short, c=64", "reuse on/off pairs/s short c=64", 1.5)
+    judge("engine reuse on/off, rag, c=64", "reuse on/off pairs/s rag c=64", 1.15)
     return lines
 
 
@@ -320,40 +335,85 @@ def _checkpoint(choice: str, scratch: Path) -> str:
     return choice
 
 
-async def _main(args: argparse.Namespace, checkpoint: str) -> list[Cell]:
+async def _start_service(
+    args: argparse.Namespace, checkpoint: str, scratch: Path
+) -> ServiceOverHttp:
+    """The service, started twice on one fresh compile cache: cold, then warm. Each start's
+    seconds to ready are printed; the warm one serves the cells."""
+    cache = str(scratch / "compile-cache")
+    for start in ("cold", "warm"):
+        service = ServiceOverHttp(
+            checkpoint,
+            args.device,
+            args.dtype,
+            args.max_length,
+            runner=args.runner,
+            compile=args.compile,
+            compile_cache=cache,
+        )
+        await service.start()
+        print(
+            f"  service start-up to ready, {start} compile cache: {service.startup_seconds:.1f} s"
+        )
+        STARTUP_SECONDS[start] = round(service.startup_seconds, 1)
+        if start == "cold":
+            await service.stop()
+    return service
+
+
+STARTUP_SECONDS: dict[str, float] = {}
+
+
+async def _main(args: argparse.Namespace, checkpoint: str, scratch: Path) -> list[Cell]:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     config = AutoConfig.from_pretrained(checkpoint)
     peak_flops = _peak_flops(args.device, args.peak_tflops)
     contenders: dict[str, Contender] = {}
     if "card" in args.contenders:
         contenders["card"] = ModelCardBaseline(checkpoint, args.device, args.dtype, args.max_length)
+    if "crossencoder" in args.contenders:
+        seq_cls = build_seq_cls_checkpoint(checkpoint, str(scratch / "seq-cls"))
+        contenders["crossencoder"] = CrossEncoderLoop(seq_cls, args.device, args.max_length)
     engines: list[EngineInProcess] = []
     service = None
+    runner = RunnerOptions(runner=args.runner, compile=args.compile)
     engine_kinds = (
-        ("engine", args.device, True),
-        ("engine-no-reuse", args.device, False),
+        ("engine", args.device, True, runner, None),
+        ("engine-no-reuse", args.device, False, runner, None),
         # Reuse on, one worker per entry of --workers-device.
-        ("engine-workers", args.workers_device or _all_workers(args.device), True),
+        ("engine-workers", args.workers_device or _all_workers(args.device), True, runner, None),
+        # Each runner by name, side by side with the default.
+        ("engine-padded", args.device, True, RunnerOptions(runner="padded"), "engine, padded"),
+        ("engine-packed", args.device, True, RunnerOptions(runner="packed"), "engine, packed"),
+        (
+            "engine-compiled",
+            args.device,
+            True,
+            RunnerOptions(runner="packed", compile="true"),
+            "engine, packed, compiled",
+        ),
     )
-    for key, device, prefix_reuse in engine_kinds:
+    for key, device, prefix_reuse, runner_options, name in engine_kinds:
         if key in args.contenders:
-            # The first engine measures the pass cost; the others start from the same curve,
-            # so they batch alike and differ only in what they compare (measurements move
-            # between runs).
+            # The first engine measures the pass cost; the others of the same runner start
+            # from the same curve, so they batch alike and differ only in what they compare
+            # (measurements move between runs).
+            same_geometry = [e for e in engines if e.runner_options == runner_options]
             engine = EngineInProcess(
                 checkpoint,
                 device,
                 args.dtype,
                 args.max_length,
                 prefix_reuse=prefix_reuse,
-                pass_costs=engines[0].pass_costs if engines else None,
+                pass_costs=same_geometry[0].pass_costs if same_geometry else None,
+                runner=runner_options,
+                name=name,
             )
             await engine.start()
             engines.append(engine)
             contenders[key] = engine
     if "service" in args.contenders:
-        service = ServiceOverHttp(checkpoint, args.device, args.dtype, args.max_length)
-        await service.start()
+        service = await _start_service(args, checkpoint, scratch)
         contenders["service"] = service
     reference = None
     if "reference" in args.contenders:
@@ -421,9 +481,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument(
         "--contenders", nargs="+",
-        default=["card", "engine", "engine-no-reuse", "service", "reference"],
-        choices=["card", "engine", "engine-no-reuse", "engine-workers", "service", "reference"],
+        default=["card", "crossencoder", "engine", "engine-no-reuse", "service", "reference"],
+        choices=["card", "crossencoder", "engine", "engine-no-reuse", "engine-workers",
+                 "engine-padded", "engine-packed", "engine-compiled", "service", "reference"],
     )  # fmt: skip
+    parser.add_argument(
+        "--runner", default="auto", choices=["auto", "padded", "packed"],
+        help="RERANKER_RUNNER of the engine and service contenders",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile", default="auto", choices=["auto", "true", "false"],
+        help="RERANKER_COMPILE of the engine and service contenders",
+    )  # fmt: skip
+    parser.add_argument("--plot", type=Path, help="write pairs/s against concurrency here (PNG)")
     parser.add_argument(
         "--workers-device",
         help="RERANKER_DEVICE of the engine-workers contender; default: cpu,cpu or cuda:all",
@@ -449,7 +519,7 @@ def main() -> None:
             else f"{platform.machine()} CPU, {os.cpu_count()} cores"
         )
         print(f"model: {args.model}; device: {args.device} ({machine}); {args.seconds} s per cell")
-        cells = asyncio.run(_main(args, checkpoint))
+        cells = asyncio.run(_main(args, checkpoint, Path(scratch)))
     print()
     print(_table(cells))
     ratios = _ratios(cells)
@@ -459,6 +529,10 @@ def main() -> None:
     targets = _targets(ratios)
     print()
     print("\n".join(targets))
+    if STARTUP_SECONDS:
+        print(f"- service start-up to ready (s): {STARTUP_SECONDS}")
+    if args.plot:
+        plot_throughput(cells, args.plot, f"{args.model} on {machine}")
     if args.json:
         result = {
             "model": args.model,
@@ -467,6 +541,7 @@ def main() -> None:
             "cells": [asdict(c) for c in cells],
             "ratios": ratios,
             "targets": targets,
+            "startup_seconds": STARTUP_SECONDS,
         }
         args.json.write_text(json.dumps(result, indent=2))
 

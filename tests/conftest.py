@@ -189,6 +189,10 @@ class RunnerWrapper:
         return self._runner.description
 
     @property
+    def keeps_prefixes(self) -> bool:
+        return self._runner.keeps_prefixes
+
+    @property
     def overlaps_passes(self) -> bool:
         return self._runner.overlaps_passes
 

@@ -64,9 +64,13 @@ class FakeRunner:
         pass_tokens: Callable[[PassShape], int] = padded_pass_tokens,
         capacity: int | None = None,
         fail_on_length: int | None = None,
+        keeps_prefixes: bool = True,
     ) -> None:
         """``capacity``: a pass costing more tokens fails as out of memory. ``fail_on_length``:
-        a pass holding a pair of that many tokens fails with a plain error."""
+        a pass holding a pair of that many tokens fails with a plain error. Without
+        ``keeps_prefixes`` it packs, as the packed runner: every pass computes each prefix its
+        pairs start with, and keeps none."""
+        self.keeps_prefixes = keeps_prefixes
         self._description = fake_description(name)
         self._overlaps = overlaps
         self._pass_tokens = pass_tokens
@@ -126,7 +130,7 @@ class FakeRunner:
             if pair.prefix_id is None:
                 continue
             prefix = tuple(pair.tokens[: pair.prefix_length])
-            if pair.prefix_id in batch.new_prefixes:
+            if pair.prefix_id in batch.new_prefixes or not self.keeps_prefixes:
                 known = computed.setdefault(pair.prefix_id, prefix)
             elif pair.prefix_id in self.prefixes:
                 known = self.prefixes[pair.prefix_id]
@@ -134,12 +138,14 @@ class FakeRunner:
                 raise AssertionError(f"prefix {pair.prefix_id} is neither held nor new")
             assert known == prefix, "a pair does not start with its prefix's tokens"
         own = [pair.own_tokens for pair in batch.pairs]
-        cost = self._pass_tokens(PassShape(len(own), max(own), sum(own)))
+        prefix_tokens = sum(len(prefix) for prefix in computed.values())
+        cost = self._pass_tokens(PassShape(len(own), max(own), sum(own), prefix_tokens))
         if self._capacity is not None and cost > self._capacity:
             raise BatchTooLargeError(f"out of memory: {cost} tokens")
         if self._fail_on_length in {len(pair.tokens) for pair in batch.pairs}:
             raise RuntimeError("injected forward failure")
-        self.prefixes.update(computed)
+        if self.keeps_prefixes:
+            self.prefixes.update(computed)
         scores = [fake_logit(pair.tokens) for pair in batch.pairs]
         if not self._overlaps:
             return ReadyScores(scores)

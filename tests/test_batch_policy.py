@@ -82,7 +82,7 @@ def test_anchor_outside_queue_is_rejected() -> None:
 
 
 def packed_pass_tokens(shape: PassShape) -> int:
-    return shape.tokens
+    return shape.tokens + shape.prefix_tokens
 
 
 @given(queues())
@@ -102,3 +102,15 @@ def test_without_padding_a_short_pair_joins_a_long_one() -> None:
     costs = linear(2048).seconds
     assert select_window([500, 1000], 1, 1600, costs, padded_pass_tokens) == (1, 2)
     assert select_window([500, 1000], 1, 1600, costs, packed_pass_tokens) == (0, 2)
+
+
+def test_a_window_counts_each_prefix_it_brings_once() -> None:
+    """Where the runner computes prefixes in every pass, a pair whose request is already in
+    the window adds its own tokens; one of another request adds its prefix too."""
+    costs = linear(2048).seconds
+    lengths = [50, 50, 50]
+    shared = [(1, 100), (1, 100), (1, 100)]
+    each_own = [(1, 100), (2, 100), (3, 100)]
+    assert select_window(lengths, 0, 250, costs, packed_pass_tokens, shared) == (0, 3)
+    assert select_window(lengths, 0, 250, costs, packed_pass_tokens, each_own) == (0, 1)
+    assert select_window(lengths, 0, 250, costs, packed_pass_tokens) == (0, 3)

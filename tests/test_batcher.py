@@ -250,6 +250,44 @@ async def test_a_prefix_past_the_budget_is_not_held() -> None:
     assert {p.prefix_id for batch in runner.batches for p in batch.pairs} == {held.prefix_id, None}
 
 
+def _stream_tokens(shape: PassShape) -> int:
+    """A packing runner's geometry: the pairs' own tokens and each prefix once, no padding."""
+    return shape.tokens + shape.prefix_tokens
+
+
+async def test_a_packing_runner_computes_each_prefix_in_every_pass_of_its_request() -> None:
+    """A runner that keeps nothing gets every request's prefix in each pass with its pairs:
+    reuse counts only the pairs of one pass sharing it, the budget counts each prefix once
+    per pass, and no prefix budget refuses a request (nothing is held on the device)."""
+    requests = _requests(12)
+    prefixes = [shared_prefix(pairs) for pairs in requests]
+    runner = FakeRunner(keeps_prefixes=False, pass_tokens=_stream_tokens)
+    reports: list[BatchReport] = []
+    batcher = _batcher(runner, reports, max_prefix_tokens=1, max_batch_tokens=300)
+    jobs = [batcher.submit(pairs, p) for pairs, p in zip(requests, prefixes, strict=True)]
+    assert all(job.prefix_id is not None for job, p in zip(jobs, prefixes, strict=True) if p)
+    batcher.start()
+    results = await asyncio.gather(*(job.future for job in jobs))
+    await batcher.stop()
+
+    assert _exact(requests, [result.scores for result in results])
+    length_of = {job.prefix_id: job.prefix_length for job in jobs}
+    passes_of: dict[int, int] = {}
+    for batch, report in zip(runner.batches, reports, strict=True):
+        in_pass = {pair.prefix_id for pair in batch.pairs if pair.prefix_id is not None}
+        prefix_tokens = sum(length_of[prefix_id] for prefix_id in in_pass)
+        own = sum(pair.own_tokens for pair in batch.pairs)
+        assert report.padded_tokens == own + prefix_tokens <= 300
+        assert report.real_tokens == own + prefix_tokens
+        for prefix_id in in_pass:
+            passes_of[prefix_id] = passes_of.get(prefix_id, 0) + 1
+    pair_tokens = sum(len(pair) for pairs in requests for pair in pairs)
+    reused = sum(report.reused_tokens for report in reports)
+    assert sum(report.real_tokens for report in reports) + reused == pair_tokens
+    assert max(passes_of.values()) > 1, "a request split over passes computes its prefix again"
+    assert runner.prefixes == {}
+
+
 async def test_a_withdrawn_request_releases_its_prefix_on_the_runner() -> None:
     pairs = _pairs(0, [1, 2, 3])
     runner = FakeRunner()

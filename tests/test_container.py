@@ -50,7 +50,7 @@ def test_the_service_runs_on_a_read_only_root(checkpoint: Path, tmp_path: Path) 
         # As in the image: caches on the volume, no bytecode written next to the code.
         "HF_HOME": str(cache / "huggingface"),
         "XDG_CACHE_HOME": str(cache / "xdg"),
-        "TRITON_CACHE_DIR": str(cache / "triton"),
+        "RERANKER_COMPILE_CACHE": str(cache / "compile"),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     launcher = ["unshare", "--mount", "sh", "-c", READ_ONLY_ROOT, "sh"]

@@ -83,6 +83,9 @@ def test_compose_wires_the_stack() -> None:
     [gpu] = reranker["deploy"]["resources"]["reservations"]["devices"]
     assert (gpu["driver"], gpu["count"], gpu["capabilities"]) == ("nvidia", 1, ["gpu"])
     assert "hf-cache:/cache" in reranker["volumes"]
+    # The compiled forward's cache survives a restart (RERANKER_COMPILE_CACHE in the image).
+    assert "compile-cache:/compile-cache" in reranker["volumes"]
+    assert "compile-cache" in compose["volumes"]
     # Read-only root, a scratch tmpfs, no privileges (tests/test_container.py runs it so).
     assert (reranker["read_only"], reranker["tmpfs"]) == (True, ["/tmp"])
     assert reranker["cap_drop"] == ["ALL"]
@@ -179,7 +182,8 @@ def test_dockerfile_builds_a_small_non_root_image_with_a_healthcheck() -> None:
     runtime = dockerfile.split("AS runtime", 1)[1]
     assert "COPY --from=build /opt/venv /opt/venv" in runtime
     assert re.search(r"^USER reranker$", runtime, flags=re.MULTILINE)
-    assert 'VOLUME ["/cache"]' in runtime
+    assert 'VOLUME ["/cache", "/compile-cache"]' in runtime
+    assert "RERANKER_COMPILE_CACHE=/compile-cache" in runtime
     assert "HF_HOME=/cache/huggingface" in runtime
     assert "STOPSIGNAL SIGTERM" in runtime
     assert 'CMD ["reranker-healthcheck"]' in runtime

@@ -1,4 +1,7 @@
-"""The CUDA path: bf16 by default, scores still the model card's. Skipped without a GPU."""
+"""The CUDA path: bf16 by default, scores still the model card's, from the padded runner, the
+packed runner eager, and the packed runner compiled with its small buckets replayed from CUDA
+graphs. Skipped without a GPU. Tests that are not about the runner serve the padded one eager,
+so that each does not compile every bucket at load."""
 
 from __future__ import annotations
 
@@ -12,10 +15,18 @@ from reranker_service.app import load_options
 from reranker_service.engine.loading import load_single_device_model
 from reranker_service.engine.prefix import shared_prefix
 from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
+from reranker_service.engine.runner.packed import PackedOptions
 from reranker_service.engine.runner.padded import right_padded
+from reranker_service.engine.runner.protocol import ServedModel, run_pass
 from reranker_service.engine.scoring import probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
-from tests.conftest import logits, make_settings, probabilities
+from tests.conftest import (
+    logits,
+    make_settings,
+    new_prefix_id,
+    prefixed_logits,
+    probabilities,
+)
 from tests.model_card import ModelCardReranker
 
 pytestmark = [
@@ -27,17 +38,87 @@ QUERY = "What is the capital of France?"
 DOCS = ["Paris is the capital of France.", "", "中文 🙂", "word " * 700]
 
 
+def _gpu_model(checkpoint: Path, **overrides: object) -> ServedModel:
+    values: dict[str, object] = {"device": "cuda", "runner": "padded", "compile": "false"}
+    values.update(overrides)
+    return load_single_device_model(load_options(make_settings(checkpoint, **values)))
+
+
+# The packed runner compiled over a few buckets (up to 2 048 tokens, all of them graphed):
+# compiling its default 13 buckets up to 32 768 tokens would take minutes per test.
+_SMALL_BUCKETS: dict[str, object] = {"max_length": 1024, "max_batch_tokens": 2048}
+_RUNNERS: dict[str, dict[str, object]] = {
+    "padded": {"runner": "padded", "compile": "false"},
+    "packed": {"runner": "packed", "compile": "false"},
+    "packed-compiled": {"runner": "packed", "compile": "true", **_SMALL_BUCKETS},
+}
+
+
+@pytest.fixture(scope="module")
+def compiled_models(checkpoint: Path) -> dict[str, ServedModel]:
+    """The packed runner compiled, fp32 and bf16, each loaded (and compiled) once."""
+    return {
+        dtype: _gpu_model(checkpoint, dtype=dtype, **_RUNNERS["packed-compiled"])
+        for dtype in ("float32", "auto")
+    }
+
+
+def _model(
+    checkpoint: Path, compiled: dict[str, ServedModel], runner: str, dtype: str
+) -> ServedModel:
+    if runner == "packed-compiled":
+        return compiled[dtype]
+    return _gpu_model(checkpoint, dtype=dtype, **_RUNNERS[runner])
+
+
+@pytest.mark.parametrize("runner", list(_RUNNERS))
 @pytest.mark.parametrize(("dtype", "tolerance"), [("float32", 1e-4), ("auto", 2e-2)])
-def test_cuda_scores_match_the_model_card(checkpoint: Path, dtype: str, tolerance: float) -> None:
-    model = load_single_device_model(
-        load_options(make_settings(checkpoint, device="cuda", dtype=dtype))
-    )
+def test_cuda_scores_match_the_model_card(
+    checkpoint: Path,
+    compiled_models: dict[str, ServedModel],
+    runner: str,
+    dtype: str,
+    tolerance: float,
+) -> None:
+    """Each pair alone and all of them in one pass, with their shared prefix in the pass (the
+    packed runner) or computed first and read (the padded one)."""
+    model = _model(checkpoint, compiled_models, runner, dtype)
     assert model.description.device.startswith("cuda")
     if dtype == "auto":
         assert model.description.dtype in ("bfloat16", "float16")
-    ours = probabilities(logits(model, model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCS)))
-    reference = ModelCardReranker(checkpoint, 8192).score_alone(None, QUERY, DOCS)
-    assert max(abs(a - b) for a, b in zip(ours, reference, strict=True)) <= tolerance
+    docs = [*DOCS[:3], "word " * 300]  # within the compiled runner's 1 024 tokens
+    reference = ModelCardReranker(checkpoint, 8192).score_alone(None, QUERY, docs)
+    sequences = model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, docs)
+    alone = probabilities([logits(model, [sequence])[0] for sequence in sequences])
+    prefix = (new_prefix_id(), shared_prefix(sequences))
+    together = probabilities(prefixed_logits(model.runner, sequences, [prefix] * len(docs)))
+    model.runner.release([prefix[0]])
+    for ours in (alone, together):
+        assert max(abs(a - b) for a, b in zip(ours, reference, strict=True)) <= tolerance
+
+
+def test_the_compiled_runner_replays_its_small_buckets_from_cuda_graphs(
+    compiled_models: dict[str, ServedModel],
+) -> None:
+    """Every bucket up to 2 048 tokens was captured at load, and a replay scores a pair as the
+    same runner's eager pass past the buckets does."""
+    from reranker_service.engine.runner.packed import PackedRunner
+
+    runner = compiled_models["float32"].runner
+    assert isinstance(runner, PackedRunner)
+    assert runner.graphed_buckets == (128, 256, 512, 1024, 2048)
+    model = compiled_models["float32"]
+    sequences = model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCS[:3])
+    replayed = logits(model, sequences)
+    eager = PackedRunner(
+        runner._decoder,
+        runner._score_direction,
+        runner._pad_token_id,
+        runner.description,
+        PackedOptions(buckets=(4096,)),
+    )
+    eager_logits = run_pass(eager, sequences)
+    assert max(abs(a - b) for a, b in zip(replayed, eager_logits, strict=True)) <= 1e-4
 
 
 def test_poller_reads_the_real_driver_and_torch_memory(checkpoint: Path) -> None:
@@ -45,7 +126,7 @@ def test_poller_reads_the_real_driver_and_torch_memory(checkpoint: Path) -> None
     from reranker_service.observability.metrics import ServiceMetrics
     from tests.exposition import Exposition
 
-    model = load_single_device_model(load_options(make_settings(checkpoint, device="cuda")))
+    model = _gpu_model(checkpoint)
     metrics = ServiceMetrics()
     poller = GpuPoller(
         metrics,
@@ -70,12 +151,15 @@ def test_host_batches_are_page_locked() -> None:
     assert lengths.is_pinned()
 
 
-async def test_overlapping_passes_keep_every_score_exact(checkpoint: Path) -> None:
+@pytest.mark.parametrize("runner", list(_RUNNERS))
+async def test_overlapping_passes_keep_every_score_exact(
+    checkpoint: Path, compiled_models: dict[str, ServedModel], runner: str
+) -> None:
     """Many requests at once through the engine on the GPU: the worker launches pass k + 1
-    before it takes pass k's scores, and prefixes computed in one pass are read by the next."""
-    model = load_single_device_model(
-        load_options(make_settings(checkpoint, device="cuda", dtype="float32"))
-    )
+    before it takes pass k's scores; the padded runner's prefixes computed in one pass are
+    read by the next, the packed runner's graph buffers are refilled while a pass's scores
+    are still on their way to the host."""
+    model = _model(checkpoint, compiled_models, runner, "float32")
     engine = RerankEngine(model, EngineConfig(2048, 100_000, 1000, 2))
     assert engine.overlapping_passes
     await engine.start()
@@ -108,7 +192,7 @@ def test_served_gpus_are_found_in_nvml_by_uuid(checkpoint: Path) -> None:
         }
     finally:
         nvml.nvmlShutdown()
-    model = load_single_device_model(load_options(make_settings(checkpoint, device="cuda:0")))
+    model = _gpu_model(checkpoint, device="cuda:0")
     uuid = model.description.device_uuid
     assert uuid in nvml_uuids
     metrics = ServiceMetrics()
@@ -136,9 +220,7 @@ async def test_out_of_memory_splits_a_real_pass_and_the_halves_fit(checkpoint: P
     from reranker_service.engine.scheduler.batcher import Batcher
     from reranker_service.engine.scheduler.pass_cost import PassCostModel
 
-    model = load_single_device_model(
-        load_options(make_settings(checkpoint, device="cuda:0", dtype="float32"))
-    )
+    model = _gpu_model(checkpoint, device="cuda:0", dtype="float32")
     device = torch.device("cuda", 0)
     sequences = model.encoder.encode(
         DEFAULT_INSTRUCTION, QUERY, [f"document {n} " + "word " * 1500 for n in range(32)]
@@ -207,9 +289,8 @@ async def test_every_gpu_serves_in_one_engine(checkpoint: Path) -> None:
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs")
-    replicas = load_model(
-        load_options(make_settings(checkpoint, device="cuda:all", dtype="float32"))
-    )
+    settings = make_settings(checkpoint, device="cuda:all", dtype="float32", compile="false")
+    replicas = load_model(load_options(settings))
     assert [runner.description.device for runner in replicas.runners] == [
         f"cuda:{index}" for index in range(torch.cuda.device_count())
     ]
@@ -242,8 +323,7 @@ def test_the_auto_dtype_is_the_served_gpus(checkpoint: Path) -> None:
     """Served on the last GPU, ``auto`` asks that GPU whether it computes bf16."""
     last = torch.cuda.device_count() - 1
     # make_settings pins float32 for the CPU tests: ask for auto, the GPU's default.
-    settings = make_settings(checkpoint, device=f"cuda:{last}", dtype="auto")
-    model = load_single_device_model(load_options(settings))
+    model = _gpu_model(checkpoint, device=f"cuda:{last}", dtype="auto")
     native = torch.cuda.get_device_capability(last) >= (8, 0)
     assert model.description.dtype == ("bfloat16" if native else "float16")
     assert model.description.device == f"cuda:{last}"

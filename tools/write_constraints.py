@@ -1,5 +1,5 @@
 """Write ``constraints.txt``: an exact pin for every distribution the service and its tests
-need, read from the environment this runs in (after ``pip install torch==... -e '.[test]'``).
+need, read from the environment this runs in (after ``pip install torch==... -e '.[test,bench]'``).
 
     .venv/bin/python tools/write_constraints.py > constraints.txt
 
@@ -17,7 +17,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 
 PROJECT = "reranker-service"
-EXTRAS = ("test",)
+EXTRAS = ("test", "bench")
 UNPINNED = re.compile(r"^(torch|triton|nvidia-.*)$")
 """Followed for their own dependencies, but not pinned here."""
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -55,6 +56,7 @@ class StartupError(Exception):
 
 def load_options(settings: Settings) -> LoadOptions:
     from reranker_service.engine.loading import LoadOptions
+    from reranker_service.engine.runner.build import RunnerOptions
 
     return LoadOptions(
         model=settings.model,
@@ -62,6 +64,12 @@ def load_options(settings: Settings) -> LoadOptions:
         device=settings.device,
         dtype=settings.dtype,
         max_length=settings.max_length,
+        runner=RunnerOptions(
+            runner=settings.runner,
+            compile=settings.compile,
+            compile_cache=Path(settings.compile_cache),
+            max_batch_tokens=settings.max_batch_tokens,
+        ),
     )
 
 

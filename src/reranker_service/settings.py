@@ -17,6 +17,15 @@ _DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 DType = Literal["auto", "float32", "float16", "bfloat16", "int8"]
+Runner = Literal["auto", "padded", "packed"]
+Compile = Literal["auto", "true", "false"]
+
+
+def default_compile_cache() -> str:
+    """Beside the Hugging Face cache (``HF_HOME``)."""
+    from huggingface_hub import constants
+
+    return str(Path(constants.HF_HOME).parent / "reranker-compile")
 
 
 class Settings(BaseSettings):
@@ -39,6 +48,23 @@ class Settings(BaseSettings):
         description="auto (bf16 on a GPU; on a CPU bf16 where it is native and a start-up "
         "self-check agrees, else fp32), float32, float16, bfloat16, or int8 (CPU only: "
         "torchao's int8 weights and activations)",
+    )
+    runner: Runner = Field(
+        "auto",
+        description="how a forward pass is laid out: packed (the pairs of a pass in one "
+        "token stream, each prompt prefix once; the default on a GPU) or padded (a row per "
+        "pair; the default on the CPU, where it is measured faster)",
+    )
+    compile: Compile = Field(
+        "auto",
+        description="compiled forward over token-count buckets, CUDA graphs for the small "
+        "ones (packed runner): auto (on for CUDA, off on the CPU, where it is measured "
+        "slower), true or false",
+    )
+    compile_cache: str = Field(
+        default_factory=default_compile_cache,
+        description="persistent compile cache folder (mount it as a volume); default beside "
+        "the Hugging Face cache",
     )
     host: str = Field("0.0.0.0", description="listen address")
     port: int = Field(8000, ge=0, le=65535, description="listen port")

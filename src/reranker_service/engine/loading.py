@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,14 @@ from reranker_service.engine.precision import (
     timed_scores,
 )
 from reranker_service.engine.prompt import PromptEncoder
-from reranker_service.engine.runner.padded import PaddedRunner, first_line
+from reranker_service.engine.runner.build import (
+    RunnerOptions,
+    build_runner,
+    plan_runner,
+)
+from reranker_service.engine.runner.padded import PaddedRunner
 from reranker_service.engine.runner.protocol import ServedModel, run_pass
+from reranker_service.engine.runner.readout import first_line
 from reranker_service.engine.scoring import ModelDescription, ModelLoadError
 
 logger = structlog.get_logger(__name__)
@@ -46,6 +52,7 @@ class LoadOptions:
     device: str
     dtype: str
     max_length: int
+    runner: RunnerOptions = field(default_factory=RunnerOptions)
 
 
 def _single_token_id(tokenizer: Any, word: str) -> int:
@@ -108,6 +115,7 @@ def load_model(options: LoadOptions) -> ServedModel:
             device=described.device,
             device_uuid=described.device_uuid,
             dtype=described.dtype,
+            runner=type(runner).__name__.removesuffix("Runner").lower(),
             load_seconds=round(described.load_seconds, 3),
             **choice_fields,
         )
@@ -257,6 +265,7 @@ def _load(options: LoadOptions) -> tuple[ServedModel, CpuDtypeChoice | None]:
         decoder, direction = checkpoint.decoder(dtype)
         dtype_name = str(dtype).removeprefix("torch.")
     revision = str(getattr(config, "_commit_hash", None) or "local")
+    plan = plan_runner(options.runner, devices[0].type, dtype_name)
 
     runners = []
     for index, (device, name) in enumerate(zip(devices, worker_names(devices), strict=True)):
@@ -274,5 +283,14 @@ def _load(options: LoadOptions) -> tuple[ServedModel, CpuDtypeChoice | None]:
             load_seconds=time.perf_counter() - started,
             device_uuid=device_uuid(device),
         )
-        runners.append(PaddedRunner(backbone, direction.to(device), int(pad_token_id), description))
+        runners.append(
+            build_runner(
+                backbone,
+                direction.to(device),
+                int(pad_token_id),
+                description,
+                plan,
+                options.runner,
+            )
+        )
     return ServedModel(encoder, tuple(runners)), cpu_choice

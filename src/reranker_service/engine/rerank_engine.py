@@ -20,14 +20,15 @@ from reranker_service.engine.runner.protocol import ServedModel, run_pass
 from reranker_service.engine.scheduler.batcher import Batcher
 from reranker_service.engine.scheduler.jobs import BatchObserver, PassShare
 from reranker_service.engine.scheduler.pass_cost import PassCostModel, measure_pass_costs
-from reranker_service.engine.scoring import DeviceMemory, ModelDescription, probability
+from reranker_service.engine.scoring import (
+    DeviceMemory,
+    ModelDescription,
+    default_batch_tokens,
+    probability,
+)
 
 logger = structlog.get_logger(__name__)
 
-# Padded tokens per forward pass when the operator sets no budget: a GPU needs big batches to be
-# busy; a CPU gains little from them. Within it, the batch policy follows the pass cost measured
-# at start-up and kept current from the passes the worker times.
-_DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
 CALIBRATION_BUDGET_SECONDS = 6.0
 """Start-up time for measuring the pass cost. A slow device reaches only the small sizes in it
 (docs/benchmark.md says which): the curve's extrapolation lets the policy try larger passes, and
@@ -109,8 +110,8 @@ class EngineLimits:
 def choose_limits(config: EngineConfig, model: ModelDescription) -> EngineLimits:
     """The operator's limits, and the engine's choice where the operator set none: the one
     place the defaults live."""
-    max_batch_tokens = config.max_batch_tokens or max(
-        _DEFAULT_BATCH_TOKENS[model.device_type], model.max_length
+    max_batch_tokens = config.max_batch_tokens or default_batch_tokens(
+        model.device_type, model.max_length
     )
     max_queued_pairs = config.max_queued_pairs or max(
         _QUEUED_REQUESTS * config.largest_request_pairs, _MIN_QUEUED_PAIRS

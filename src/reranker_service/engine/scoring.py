@@ -20,6 +20,17 @@ def probability(logit: float) -> float:
     return odds / (1.0 + odds)
 
 
+_DEFAULT_BATCH_TOKENS = {"cuda": 32768, "cpu": 8192}
+"""Tokens per forward pass when the operator sets no budget: a GPU needs big batches to be
+busy; a CPU gains little from them. Within it, the batch policy follows the pass cost measured
+at start-up and kept current from the passes the worker times."""
+
+
+def default_batch_tokens(device_type: str, max_length: int) -> int:
+    """The pass budget of a device type where the operator set none: a whole pair fits."""
+    return max(_DEFAULT_BATCH_TOKENS[device_type], max_length)
+
+
 @dataclass(frozen=True)
 class ModelDescription:
     """What one worker serves. ``device`` is the worker's name, distinct per worker: ``cuda:1``,

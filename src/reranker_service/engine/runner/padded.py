@@ -13,7 +13,6 @@ import inspect
 import itertools
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -24,6 +23,13 @@ from reranker_service.engine.runner.protocol import (
     PassPair,
     PassShape,
     padded_pass_tokens,
+)
+from reranker_service.engine.runner.readout import (
+    HostScores,
+    bind_thread,
+    device_memory,
+    first_line,
+    to_host,
 )
 from reranker_service.engine.scoring import DeviceMemory, ModelDescription
 
@@ -45,20 +51,6 @@ def right_padded(
     return input_ids, lengths.pin_memory() if pin else lengths
 
 
-@dataclass
-class _PendingScores:
-    """A launched pass's scores, copied to host memory when ``ready`` is reached."""
-
-    scores: torch.Tensor
-    ready: torch.Event | None
-
-    def result(self) -> list[float]:
-        if self.ready is not None:
-            self.ready.synchronize()
-        scores: list[float] = self.scores.tolist()
-        return scores
-
-
 def _rows_of(
     blocks: Sequence[torch.Tensor], row_slots: torch.Tensor, width: int, *, one_for_all: bool
 ) -> torch.Tensor:
@@ -74,14 +66,11 @@ def _rows_of(
     return slots.index_select(0, row_slots)
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
 class PaddedRunner:
     """A Qwen3 decoder plus the yes-minus-no direction of its LM head, run on right-padded
-    rows: the ``ModelRunner`` of every device today."""
+    rows: the ``ModelRunner`` of the CPU."""
+
+    keeps_prefixes = True
 
     def __init__(
         self,
@@ -128,22 +117,12 @@ class PaddedRunner:
             self._prefixes.pop(prefix_id, None)
 
     def memory(self) -> DeviceMemory | None:
-        if self._device.type != "cuda":
-            return None
-        return DeviceMemory(
-            device=str(self._device),
-            allocated_bytes=torch.cuda.memory_allocated(self._device),
-            reserved_bytes=torch.cuda.memory_reserved(self._device),
-        )
+        return device_memory(self._device)
 
     def bind_thread(self) -> None:
-        """Make the calling thread's current GPU this runner's: kernels that take the current
-        device rather than their tensors' (and ``torch.cuda`` calls without a device) would
-        otherwise run on ``cuda:0``."""
-        if self._device.type == "cuda":
-            torch.cuda.set_device(self._device)
+        bind_thread(self._device)
 
-    def launch(self, batch: PassBatch) -> _PendingScores:
+    def launch(self, batch: PassBatch) -> HostScores:
         """Rows with a prefix run only their tokens after it, attending to its cached keys and
         values (computed first, in one pass, for the batch's new prefixes). On a GPU this
         returns once the pass is queued, and the host is free to prepare the next one; on the
@@ -169,7 +148,7 @@ class PaddedRunner:
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self._device, non_blocking=True)
 
-    def _score(self, sequences: Sequence[Sequence[int]]) -> _PendingScores:
+    def _score(self, sequences: Sequence[Sequence[int]]) -> HostScores:
         input_ids, lengths = right_padded(sequences, self._pad_token_id, pin=self._asynchronous)
         device_lengths = self._to_device(lengths)
         hidden = self._backbone(
@@ -192,23 +171,10 @@ class PaddedRunner:
         no_prefix = torch.zeros_like(device_lengths)
         return self._prefix_mask(no_prefix, 0, device_lengths, width)
 
-    def _scores_at(self, hidden: torch.Tensor, last_index: torch.Tensor) -> _PendingScores:
-        """Each row's score at its last real token, copied to the host as the pass's one
-        device-to-host transfer; on a GPU, without waiting for it."""
+    def _scores_at(self, hidden: torch.Tensor, last_index: torch.Tensor) -> HostScores:
+        """Each row's score at its last real token, on its way to the host."""
         rows = torch.arange(hidden.shape[0], device=self._device)
-        logits = hidden[rows, last_index].float() @ self._score_direction
-        # An overflowed pass (fp16 can) has an infinite or NaN logit, whose sigmoid would look
-        # like a score (1.0); it comes out as NaN, which the scheduler refuses to answer with.
-        scores = logits.masked_fill_(~torch.isfinite(logits), torch.nan)
-        if not self._asynchronous:
-            return _PendingScores(scores, None)
-        host = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)
-        host.copy_(scores, non_blocking=True)
-        ready = torch.Event(self._device)
-        # On this GPU's stream, named: a thread whose current device is another GPU (the
-        # start-up warm-up's) would otherwise record it on that GPU's.
-        ready.record(torch.cuda.current_stream(self._device))
-        return _PendingScores(host, ready)
+        return to_host(hidden[rows, last_index].float() @ self._score_direction, self._device)
 
     def _compute_prefixes(self, batch: PassBatch) -> dict[int, KeysValues]:
         """The keys and values of the batch's new prefixes, in one right-padded pass, by prefix
@@ -239,7 +205,7 @@ class PaddedRunner:
 
     def _score_after_prefixes(
         self, pairs: Sequence[PassPair], computed: dict[int, KeysValues]
-    ) -> _PendingScores:
+    ) -> HostScores:
         """Rows continue after their request's cached prefix: their own tokens are right-padded,
         take positions that follow the prefix, and attend to their own prefix (left-aligned in
         a shared key block, the rest masked) and causally to their own tokens."""

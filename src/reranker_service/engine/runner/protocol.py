@@ -62,12 +62,16 @@ class PassShape:
     longest: int
     """The most tokens one pair computes."""
     tokens: int
-    """Tokens the pairs compute together, unpadded."""
+    """Tokens the pairs compute together after their prefixes, unpadded."""
+    prefix_tokens: int = 0
+    """Tokens of the shared prefixes the pass computes: each new one for a runner that keeps
+    them, each of its requests' for one that does not."""
 
 
 def padded_pass_tokens(shape: PassShape) -> int:
-    """A right-padded pass's geometry: every row as long as the longest."""
-    return shape.pairs * shape.longest
+    """A right-padded pass's geometry: every row as long as the longest, and the new prefixes
+    in a pass of their own."""
+    return shape.pairs * shape.longest + shape.prefix_tokens
 
 
 class PendingScores(Protocol):
@@ -95,6 +99,14 @@ class ModelRunner(Protocol):
     @property
     def description(self) -> ModelDescription:
         """What the replica serves; ``description.device`` is the worker's name."""
+        ...
+
+    @property
+    def keeps_prefixes(self) -> bool:
+        """Whether a prefix computed in one pass is kept for later ones, until released (then
+        only the passes with its id in ``new_prefixes`` compute it), or computed again in every
+        pass that has pairs of it (then ``new_prefixes`` is unread and ``release`` does
+        nothing)."""
         ...
 
     @property

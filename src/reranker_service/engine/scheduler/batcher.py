@@ -92,6 +92,9 @@ class Batcher:
         self.max_queued_pairs = max_queued_pairs
         self.max_prefix_tokens = max_prefix_tokens
         self.observer = observer
+        self._prefixes_on_device = any(runner.keeps_prefixes for runner in runners)
+        """Whether a prefix costs device memory while its job waits: only then does
+        ``max_prefix_tokens`` bound them."""
         self._prefix_tokens_held = 0
         self._lock = threading.Lock()
         self._work_available = threading.Condition(self._lock)
@@ -164,15 +167,21 @@ class Batcher:
             queued = len(self._queue)
             if queued + len(sequences) > self.max_queued_pairs:
                 raise QueueFullError(len(sequences), queued, self.max_queued_pairs)
-            if prefix_length and (
-                self._prefix_tokens_held + prefix_length <= self.max_prefix_tokens
-            ):
+            if prefix_length and self._prefix_fits(prefix_length):
                 job.prefix_id, job.prefix_length = next(_prefix_ids), prefix_length
                 job.holds_prefix = True
                 self._prefix_tokens_held += prefix_length
             self._queue.add(job, sequences, now)
             self._work_available.notify()
         return job
+
+    def _prefix_fits(self, prefix_length: int) -> bool:
+        """Whether a new job may share its prefix: reuse is on (a budget above 0), and the
+        prefixes held on the runners stay within it."""
+        if not self.max_prefix_tokens:
+            return False
+        held = self._prefix_tokens_held + prefix_length
+        return not self._prefixes_on_device or held <= self.max_prefix_tokens
 
     async def run(self, sequences: Sequence[Sequence[int]], prefix_length: int = 0) -> JobResult:
         """``submit``, and wait for the job; a cancelled wait withdraws it."""
@@ -204,7 +213,10 @@ class Batcher:
 
     def _take_batch_locked(self, state: _WorkerState) -> list[QueuedPair]:
         batch = self._queue.take(
-            self.max_batch_tokens, state.pass_costs.seconds, state.runner.pass_tokens
+            self.max_batch_tokens,
+            state.pass_costs.seconds,
+            state.runner.pass_tokens,
+            prefixes_in_every_pass=not state.runner.keeps_prefixes,
         )
         now = time.perf_counter()
         for pair in batch:
@@ -263,7 +275,8 @@ class Batcher:
         except Exception as exc:
             flight.error = exc
         else:
-            state.held_prefixes.update(flight.new_prefixes)
+            if state.runner.keeps_prefixes:
+                state.held_prefixes.update(flight.new_prefixes)
         return flight
 
     def _finish_safely(self, state: _WorkerState, flight: Flight) -> None:

@@ -165,9 +165,9 @@ def _predicted_seconds(points: Sequence[tuple[float, float]], tokens: float) -> 
 def measure_pass_costs(
     runner: ModelRunner, token_ids: Sequence[int], max_batch_tokens: int, budget_seconds: float
 ) -> PassCostModel:
-    """Time passes of 16, 32, 64... tokens up to ``max_batch_tokens``, stopping before a size
-    whose predicted time would overrun ``budget_seconds``; blocking. The first pass, untimed,
-    is the model's warm-up."""
+    """Time passes of 16, 32, 64... tokens up to ``max_batch_tokens`` (each size the runner
+    costs differently, once), stopping before a size whose predicted time would overrun
+    ``budget_seconds``; blocking. The first pass, untimed, is the model's warm-up."""
     started = time.perf_counter()
 
     def timed(tokens: int, repeats: int) -> float:
@@ -185,14 +185,17 @@ def measure_pass_costs(
     points: list[tuple[float, float]] = []
     tokens = GRID_SMALLEST
     while tokens <= max(max_batch_tokens, GRID_SMALLEST):
+        pairs, width = grid_shape(tokens)
+        cost = runner.pass_tokens(PassShape(pairs, width, pairs * width))
+        if points and cost <= points[-1][0]:
+            tokens *= 2  # the same pass for a runner that pads to buckets: measured already
+            continue
         repeats = GRID_REPEATS
         if points:
-            predicted = _predicted_seconds(points, tokens)
+            predicted = _predicted_seconds(points, cost)
             repeats = GRID_REPEATS if predicted < SLOW_PASS_SECONDS else 1
             if time.perf_counter() - started + repeats * predicted > budget_seconds:
                 break
-        pairs, width = grid_shape(tokens)
-        cost = runner.pass_tokens(PassShape(pairs, width, pairs * width))
         points.append((float(cost), timed(tokens, repeats)))
         tokens *= 2
     return PassCostModel(points)

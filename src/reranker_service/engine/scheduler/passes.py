@@ -72,12 +72,12 @@ class Flight:
             parts[id(job)] = (count, count * job.prefix_length - computed)
             prefix_work += computed
         own = [pair.cost for pair in self.pairs]
-        shape = PassShape(pairs=len(own), longest=max(own), tokens=sum(own))
+        shape = PassShape(len(own), max(own), sum(own), prefix_work)
         return PassRecord(
             device=self.device,
             pairs=len(self.pairs),
             real_tokens=shape.tokens + prefix_work,
-            computed_tokens=pass_tokens(shape) + prefix_work,
+            computed_tokens=pass_tokens(shape),
             parts=parts,
             # A retried pair's wait was reported with its first pass.
             queue_wait_seconds=()

@@ -31,6 +31,20 @@ class _Costs(Sequence[int]):
         return self._pairs[index].cost
 
 
+class _Prefixes(Sequence[tuple[int, int] | None]):
+    """Read-only view of the queue's pairs' prefixes, ``(prefix id, tokens)``."""
+
+    def __init__(self, pairs: list[QueuedPair]) -> None:
+        self._pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __getitem__(self, index: int) -> tuple[int, int] | None:  # type: ignore[override]
+        job = self._pairs[index].job
+        return None if job.prefix_id is None else (job.prefix_id, job.prefix_length)
+
+
 class PairQueue:
     def __init__(self) -> None:
         self._by_length: list[QueuedPair] = []
@@ -71,13 +85,21 @@ class PairQueue:
         max_batch_tokens: int,
         pass_seconds: Callable[[int], float],
         pass_tokens: Callable[[PassShape], int],
+        *,
+        prefixes_in_every_pass: bool = False,
     ) -> list[QueuedPair]:
         """The next batch (see ``batch_policy``), out of the queue; the queue must not be
-        empty."""
+        empty. ``prefixes_in_every_pass``: the runner computes each request's prefix in every
+        pass with its pairs, which the policy then counts."""
         anchor = self._by_arrival[0]
         anchor_index = bisect.bisect_left(self._by_length, _sort_key(anchor), key=_sort_key)
         start, stop = select_window(
-            _Costs(self._by_length), anchor_index, max_batch_tokens, pass_seconds, pass_tokens
+            _Costs(self._by_length),
+            anchor_index,
+            max_batch_tokens,
+            pass_seconds,
+            pass_tokens,
+            _Prefixes(self._by_length) if prefixes_in_every_pass else None,
         )
         batch = self._by_length[start:stop]
         del self._by_length[start:stop]
