@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from reranker_service.app import create_app, load_options
 from reranker_service.engine.loading import load_single_device_model
@@ -249,3 +250,42 @@ def test_a_checkpoint_the_packed_decoder_cannot_compute_is_refused(
             PackedDecoder(backbone)
     finally:
         backbone.config.use_sliding_window = False
+
+
+class _ReplayedOnTheCpu:
+    """Stands in for ``torch.cuda.CUDAGraph``, which cannot exist without a GPU: ``replay()``
+    runs the captured pass again on the same static buffers, writing the same output tensor,
+    as a graph's replay does."""
+
+    def __init__(
+        self, runner: PackedRunner, stream: torch.Tensor, last_tokens: torch.Tensor
+    ) -> None:
+        self._run = lambda: runner._forward(stream, last_tokens)
+        self.output = self._run()
+
+    def replay(self) -> None:
+        self.output.copy_(self._run())
+
+
+def test_a_replayed_bucket_refills_its_buffers_and_reads_only_its_pairs(
+    packed_model: ServedModel, card: ModelCardReranker
+) -> None:
+    """The GPU's graph path on the CPU: each pass copies its stream and readout indices into
+    the bucket's static buffers, replays, and takes the first scores only."""
+    from reranker_service.engine.runner.packed import _GraphedBucket
+
+    runner = _runner(packed_model, PackedOptions((1024,)))
+    stream = torch.zeros((4, 1024), dtype=torch.long)
+    stream[2] = torch.arange(1024)
+    stream[3] = -1
+    last_tokens = torch.zeros(1024, dtype=torch.long)
+    with torch.inference_mode():
+        graph = _ReplayedOnTheCpu(runner, stream, last_tokens)
+    runner._graphs[1024] = _GraphedBucket(graph, stream, last_tokens, graph.output)
+    requests = _mixed(packed_model, card)
+    _assert_close(runner.launch(requests.batch()).result(), requests.expected)
+    # A smaller pass after a larger one: no score of the earlier pass leaks into it.
+    pair = requests.pairs[1]
+    assert runner.launch(PassBatch([pair])).result() == pytest.approx(
+        [requests.expected[1]], abs=TOLERANCE
+    )

@@ -10,6 +10,8 @@ boolean mask through SDPA (FlexAttention's eager form materialises every score).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 import traceback
@@ -81,9 +83,16 @@ def block_mask(segments: torch.Tensor, prefix_segments: torch.Tensor, *, compile
         return (key <= query) & (own | (key_segment == prefix_segments[query]))
 
     length = segments.shape[0]
-    return create_block_mask(
-        sees, None, None, length, length, device=segments.device, _compile=compiled
-    )
+    create = _compiled_create_block_mask() if compiled else create_block_mask
+    return create(sees, None, None, length, length, device=segments.device)
+
+
+@functools.cache
+def _compiled_create_block_mask() -> Any:
+    """``create_block_mask`` compiled: its tiles computed without materialising the mask."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask)
 
 
 @dataclass
@@ -121,11 +130,17 @@ class PackedRunner:
         self._device = score_direction.device
         self._on_gpu = self._device.type == "cuda"
         self._flex = options.flex if options.flex is not None else self._on_gpu or options.compiled
+        # FlexAttention is fused only when compiled: inside the compiled layer, or on a GPU
+        # without one, compiled alone (its eager form computes every score of the stream).
+        self._fused = self._flex and (options.compiled or self._on_gpu)
         self._attention: Attention = flex_attention if self._flex else dense_attention
         self._layer: LayerFunction = decoder_layer
-        if options.compiled:
+        if self._fused:
             _allow_recompiles(len(options.buckets))
+        if options.compiled:
             self._layer = torch.compile(decoder_layer, dynamic=False, fullgraph=True)
+        elif self._fused:
+            self._attention = torch.compile(flex_attention, dynamic=False, fullgraph=True)
         self._graphs: dict[int, _GraphedBucket] = {}
         self._graph_pool: Any = None
 
@@ -167,7 +182,8 @@ class PackedRunner:
         capture the graphed ones; blocking, before serving. Returns ``(tokens, seconds,
         graphed)`` per bucket and logs each."""
         ready = []
-        with torch.inference_mode():
+        on_device = torch.cuda.device(self._device) if self._on_gpu else contextlib.nullcontext()
+        with torch.inference_mode(), on_device:
             for tokens in sorted(self._options.buckets, reverse=True):
                 started = time.perf_counter()
                 stream = pack(PassBatch.of([[self._pad_token_id] * tokens]), tokens, 0)
@@ -211,32 +227,33 @@ class PackedRunner:
         host = torch.tensor(rows, dtype=torch.long)
         return host.pin_memory() if self._on_gpu else host
 
-    def _stream_tensors(self, stream: PackedStream) -> torch.Tensor:
-        host = self._host_tensor(
+    def _stream_host(self, stream: PackedStream) -> torch.Tensor:
+        """The stream as one ``[4, T]`` host tensor: one copy to the device per pass."""
+        return self._host_tensor(
             [stream.token_ids, stream.positions, stream.segments, stream.prefix_segments]
         )
-        return host.to(self._device, non_blocking=True)
+
+    def _stream_tensors(self, stream: PackedStream) -> torch.Tensor:
+        return self._stream_host(stream).to(self._device, non_blocking=True)
 
     def _readout(self, stream: PackedStream) -> torch.Tensor:
         host = self._host_tensor([stream.last_tokens])[0]
         return host.to(self._device, non_blocking=True)
 
-    def _mask(self, segments: torch.Tensor, prefix_segments: torch.Tensor) -> Any:
-        if self._flex:
-            return block_mask(segments, prefix_segments, compiled=self._options.compiled)
-        return dense_mask(segments, prefix_segments)
-
     def _forward(self, stream: torch.Tensor, last_tokens: torch.Tensor) -> torch.Tensor:
-        """Each read token's logit, fp32, from the ``[4, T]`` stream on the device."""
+        """Each read token's logit, fp32, from the ``[4, T]`` stream on the device. A stream
+        past the largest bucket (none within the budget is) runs uncompiled, rather than
+        compiling a shape in the middle of serving."""
         token_ids, positions, segments, prefix_segments = stream
-        compiled = self._options.compiled and bucket_for(stream.shape[1], self._options.buckets)
-        hidden = self._decoder.hidden_states(
-            token_ids,
-            positions,
-            self._mask(segments, prefix_segments),
-            self._attention,
-            self._layer if compiled else decoder_layer,
-        )
+        in_bucket = stream.shape[1] in self._options.buckets
+        if self._flex:
+            fused = self._fused and in_bucket
+            mask = block_mask(segments, prefix_segments, compiled=fused)
+            attention = self._attention if fused else flex_attention
+        else:
+            mask, attention = dense_mask(segments, prefix_segments), self._attention
+        layer = self._layer if in_bucket else decoder_layer
+        hidden = self._decoder.hidden_states(token_ids, positions, mask, attention, layer)
         read = self._decoder.final_hidden(hidden.index_select(0, last_tokens))
         logits: torch.Tensor = read.float() @ self._score_direction
         return logits
@@ -274,10 +291,7 @@ class PackedRunner:
     def _replay(self, graphed: _GraphedBucket, stream: PackedStream) -> HostScores:
         pairs = len(stream.last_tokens)
         last_tokens = stream.last_tokens + [0] * (graphed.last_tokens.shape[0] - pairs)
-        host = self._host_tensor(
-            [stream.token_ids, stream.positions, stream.segments, stream.prefix_segments]
-        )
-        graphed.stream.copy_(host, non_blocking=True)
+        graphed.stream.copy_(self._stream_host(stream), non_blocking=True)
         graphed.last_tokens.copy_(self._host_tensor([last_tokens])[0], non_blocking=True)
         graphed.graph.replay()
         # The copy to the host is queued behind the replay, before any later replay can
