@@ -53,12 +53,15 @@ def tied_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_settings(checkpoint: Path, **overrides: Any) -> Settings:
     """Settings serving ``checkpoint`` on the CPU in fp32 (the format the model card's scores
-    are matched exactly in), with ``overrides``."""
+    are matched exactly in), with ``overrides``. The score cache is off unless asked for: the
+    tests of the engine send the same pairs again and expect them scored again (the cache's
+    own tests, tests/test_score_cache.py, turn it on)."""
     values: dict[str, Any] = {
         "model": str(checkpoint),
         "device": "cpu",
         "dtype": "float32",
         "host": "127.0.0.1",
+        "cache_size": 0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -25,7 +25,7 @@ from tests.script_modules import ROOT, load_module
 from tests.service_process import start_service
 
 KUBERNETES = ROOT / "deploy/kubernetes"
-OVERLAYS = ("gpu", "cpu", "hpa")
+OVERLAYS = ("gpu", "cpu", "hpa", "cache")
 TARGET_VERSION = "1.32.0"
 """The Kubernetes release the manifests target (kubectl's own, here)."""
 CRDS = ROOT / "tests/data/kubernetes"
@@ -78,7 +78,12 @@ def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
 
 
 def _one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    [found] = [obj for obj in objects if obj["kind"] == kind]
+    """The service's object of ``kind``: the only one, or the one named ``reranker`` (the cache
+    overlay adds Redis's Deployment, Service and NetworkPolicy)."""
+    of_kind = [obj for obj in objects if obj["kind"] == kind]
+    if len(of_kind) > 1:
+        of_kind = [obj for obj in of_kind if obj["metadata"]["name"] == "reranker"]
+    [found] = of_kind
     return found
 
 
@@ -207,7 +212,7 @@ def test_the_pieces_are_wired_together(objects: list[dict[str, Any]]) -> None:
     pod_fields = {
         item["name"]: item["valueFrom"]["fieldRef"]["fieldPath"]
         for item in container["env"]
-        if "valueFrom" in item
+        if "fieldRef" in item.get("valueFrom", {})
     }
     for reference in re.findall(r"\$\((\w+)\)", env["OTEL_RESOURCE_ATTRIBUTES"]):
         assert reference in pod_fields, f"$({reference}) names no variable defined before it"
@@ -259,7 +264,7 @@ def test_the_pieces_are_wired_together(objects: list[dict[str, Any]]) -> None:
 
 
 def test_each_overlay_is_what_it_says() -> None:
-    gpu, cpu, hpa = (build(overlay) for overlay in OVERLAYS)
+    gpu, cpu, hpa, cache = (build(overlay) for overlay in OVERLAYS)
     assert _container(gpu)["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "nvidia.com/gpu" not in _container(cpu)["resources"].get("limits", {})
     assert _env(_container(cpu))["RERANKER_DEVICE"] == "cpu"
@@ -268,13 +273,36 @@ def test_each_overlay_is_what_it_says() -> None:
     assert _env(_container(cpu))["RERANKER_MODEL"] == init["command"][1]
     kinds = {
         overlay: {obj["kind"] for obj in objects}
-        for overlay, objects in zip(OVERLAYS, (gpu, cpu, hpa), strict=True)
+        for overlay, objects in zip(OVERLAYS, (gpu, cpu, hpa, cache), strict=True)
     }
     assert "ScaledObject" in kinds["gpu"]
     assert "HorizontalPodAutoscaler" not in kinds["gpu"]
     assert "ScaledObject" not in kinds["cpu"]
     assert "ScaledObject" not in kinds["hpa"]
     assert "HorizontalPodAutoscaler" in kinds["hpa"]
+    assert "RERANKER_CACHE_URL" not in _env(_container(gpu))
+
+
+def _named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [found] = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return found
+
+
+def test_the_cache_overlay_gives_the_replicas_one_redis_only_they_reach() -> None:
+    objects = build("cache")
+    [url] = [env for env in _container(objects)["env"] if env["name"] == "RERANKER_CACHE_URL"]
+    assert url["valueFrom"]["secretKeyRef"] == {"name": "reranker-cache", "key": "url"}
+    redis_labels = _named(objects, "Deployment", "reranker-redis")["spec"]["template"]["metadata"]
+    service = _named(objects, "Service", "reranker-redis")
+    assert service["spec"]["selector"].items() <= redis_labels["labels"].items()
+    policy = _named(objects, "NetworkPolicy", "reranker-redis")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= redis_labels["labels"].items()
+    [rule] = policy["spec"]["ingress"]
+    [peer] = rule["from"]
+    reranker = _named(objects, "Deployment", "reranker")["spec"]["template"]["metadata"]
+    assert peer["podSelector"]["matchLabels"].items() <= reranker["labels"].items()
+    # The reranker's own policy limits ingress only: its pods may reach Redis.
+    assert _named(objects, "NetworkPolicy", "reranker")["spec"]["policyTypes"] == ["Ingress"]
 
 
 def scaled_object_query() -> tuple[str, float]:

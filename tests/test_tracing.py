@@ -430,3 +430,21 @@ def test_span_store_waits_for_what_it_is_told() -> None:
     store = SpanStore()
     with pytest.raises(AssertionError, match="spans received"):
         store.wait_for(lambda spans: bool(spans), timeout_s=0.05)
+
+
+async def test_the_rerank_span_says_what_the_score_cache_did(
+    checkpoint: Path, scoring_model: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request answered from the cache: its span counts the hits, and it has no inference
+    stage (no pass ran for it)."""
+    with otlp_http_receiver() as (endpoint, store):
+        async with traced_client(
+            checkpoint, scoring_model, monkeypatch, endpoint, cache_size=1000
+        ) as http:
+            await http.post("/v1/rerank", json=BODY)
+            cached = await http.post("/v1/rerank", json=BODY, headers={"traceparent": SAMPLED})
+    assert cached.headers["x-reranker-cache"] == "hit"
+    spans = _by_name(store.spans, CALLER_TRACE)
+    assert spans["rerank"].attributes["cache.hits"] == 3
+    assert spans["rerank"].attributes["cache.misses"] == 0
+    assert "inference" not in spans

@@ -46,6 +46,7 @@ from reranker_service.settings import Settings
 
 if TYPE_CHECKING:
     from reranker_service.engine.loading import LoadOptions
+    from reranker_service.engine.score_cache import ScoreCache, ScoreStore
 
 logger = structlog.get_logger(__name__)
 
@@ -80,6 +81,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         largest_request_pairs=settings.request_pairs_limit,
         tokenizer_threads=settings.tokenizer_threads,
         prefix_reuse=settings.prefix_reuse,
+        priority_max_wait_seconds=settings.priority_max_wait_seconds,
     )
 
 
@@ -87,6 +89,48 @@ async def _load_model(settings: Settings) -> ServedModel:
     from reranker_service.engine.loading import load_model
 
     return await asyncio.to_thread(load_model, load_options(settings))
+
+
+def _score_cache(
+    settings: Settings, served: ServedModel, metrics: ServiceMetrics
+) -> ScoreCache | None:
+    """The stores the settings ask for, nearest first, keyed to the served model; None when
+    both are off."""
+    from reranker_service.engine.score_cache import (
+        CacheEvents,
+        MemoryStore,
+        RedisStore,
+        ScoreCache,
+        cache_identity,
+    )
+
+    events = CacheEvents(
+        on_error=lambda backend: metrics.cache_errors.labels(backend=backend).inc(),
+        on_evictions=metrics.cache_evictions.inc,
+    )
+    stores: list[ScoreStore] = []
+    if settings.cache_size:
+        memory = MemoryStore(settings.cache_size, settings.cache_ttl_seconds, events)
+        metrics.watch_cache_entries(lambda: memory.entries)
+        stores.append(memory)
+    if settings.cache_url:
+        password = settings.cache_password
+        stores.append(
+            RedisStore(
+                settings.cache_url,
+                password=password.get_secret_value() if password is not None else None,
+                ttl_seconds=settings.cache_ttl_seconds,
+                timeout_seconds=settings.cache_timeout_ms / 1000,
+                events=events,
+            )
+        )
+    if not stores:
+        return None
+    described = served.description
+    identity = cache_identity(
+        described.model, described.revision, described.dtype, described.max_length
+    )
+    return ScoreCache(identity, stores)
 
 
 def _observe_batches(observers: list[BatchObserver]) -> BatchObserver | None:
@@ -171,7 +215,13 @@ def create_app(
         served = model if model is not None else await _load_model(settings)
         metrics.set_workers([runner.description for runner in served.runners])
         await resources.enter_async_context(_metrics_server(settings, metrics))
-        engine = RerankEngine(served, engine_config(settings), observer=_observe_batches(observers))
+        score_cache = _score_cache(settings, served, metrics)
+        engine = RerankEngine(
+            served,
+            engine_config(settings),
+            observer=_observe_batches(observers),
+            score_cache=score_cache,
+        )
         resources.push_async_callback(engine.stop)
         gpu_poller = GpuPoller(
             metrics,

@@ -28,6 +28,24 @@ def default_compile_cache() -> str:
     return str(Path(constants.HF_HOME).parent / "reranker-compile")
 
 
+def _secret_from_file(data: Any, file_field: str, value_field: str) -> Any:
+    """``data`` with ``value_field`` read from the file ``file_field`` names, if it names one."""
+    if not isinstance(data, dict) or data.get(file_field) is None:
+        return data
+    if data.get(value_field) is not None:
+        raise ValueError(f"set {value_field} or {file_field}, not both")
+    path = Path(str(data[file_field]))
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{file_field} {str(path)!r} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{file_field} {str(path)!r} is not UTF-8 text") from None
+    if not secret:
+        raise ValueError(f"{file_field} {str(path)!r} is empty")
+    return {**data, value_field: secret}
+
+
 class Settings(BaseSettings):
     """Validated once at startup; a bad value stops the process with a clear message."""
 
@@ -132,6 +150,29 @@ class Settings(BaseSettings):
         1.0, ge=0.0, le=1.0, description="share of successful requests whose completion is logged"
     )
     gpu_poll_seconds: float = Field(5.0, gt=0, description="NVML poll interval")
+    cache_size: int = Field(
+        100_000, ge=0, description="in-process pair-score cache, in entries; 0 turns it off"
+    )
+    cache_ttl_seconds: float = Field(
+        3600.0, gt=0, description="how long a cached score is kept (in process and in Redis)"
+    )
+    cache_url: str | None = Field(
+        None,
+        description="redis://… or rediss://…: share the score cache across replicas "
+        "(fail-open: Redis down or slow means scoring as if nothing were cached)",
+    )
+    cache_timeout_ms: float = Field(20.0, gt=0, description="Redis timeout per lookup or write")
+    cache_password: SecretStr | None = Field(
+        None, description="Redis password, if the URL has none"
+    )
+    cache_password_file: str | None = Field(
+        None, description="file holding the Redis password (Docker or Kubernetes secrets)"
+    )
+    priority_max_wait_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="aging bound: a pair waiting longer goes first whatever its priority",
+    )
 
     @field_validator("device")
     @classmethod
@@ -157,22 +198,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _read_api_key_file(cls, data: Any) -> Any:
-        """The key file is read here, once; afterwards only ``api_key`` exists for the app."""
-        if not isinstance(data, dict) or data.get("api_key_file") is None:
-            return data
-        if data.get("api_key") is not None:
-            raise ValueError("set api_key or api_key_file, not both")
-        path = Path(str(data["api_key_file"]))
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"api_key_file {str(path)!r} cannot be read: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"api_key_file {str(path)!r} is not UTF-8 text") from None
-        if not key:
-            raise ValueError(f"api_key_file {str(path)!r} is empty")
-        return {**data, "api_key": key}
+    def _read_secret_files(cls, data: Any) -> Any:
+        """Secret files are read here, once; afterwards only ``api_key`` and
+        ``cache_password`` exist for the app."""
+        data = _secret_from_file(data, "api_key_file", "api_key")
+        return _secret_from_file(data, "cache_password_file", "cache_password")
+
+    @field_validator("cache_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("a redis://, rediss:// or unix:// URL")
+        return value
 
     @property
     def request_pairs_limit(self) -> int:

@@ -6,10 +6,11 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from reranker_service.api.errors import ApiError, unavailable
 from reranker_service.api.lifecycle import Lifecycle
+from reranker_service.api.protocol import PRIORITY_RANGE
 from reranker_service.api.telemetry import RerankRecord, record_of
 from reranker_service.engine.rerank_engine import RerankEngine
 from reranker_service.settings import Settings
@@ -73,9 +74,31 @@ class RerankContext:
     record: RerankRecord
     """The record the telemetry middleware reads; a throwaway one when telemetry is off."""
     request_id: str
+    header_priority: int | None = None
+    """``X-Reranker-Priority``, for clients that cannot add a field; the body's wins."""
+    cache_lookup: bool = True
+    """False when the request says ``Cache-Control: no-cache``: its scores are computed (and
+    still stored)."""
+
+    def priority(self, requested: int | None) -> int:
+        """The request's priority: its body's, else its header's, else 0."""
+        if requested is not None:
+            return requested
+        return self.header_priority if self.header_priority is not None else 0
 
 
-async def get_rerank_context(request: Request) -> RerankContext:
+async def get_rerank_context(
+    request: Request,
+    priority: Annotated[
+        int | None,
+        Header(
+            alias="X-Reranker-Priority",
+            ge=PRIORITY_RANGE[0],
+            le=PRIORITY_RANGE[1],
+            description="Scheduling priority, -10 to 10, lower first; the body's `priority` wins.",
+        ),
+    ] = None,
+) -> RerankContext:
     app_state = request.app.state
     return RerankContext(
         engine=await get_engine(app_state.lifecycle),
@@ -83,7 +106,13 @@ async def get_rerank_context(request: Request) -> RerankContext:
         options=app_state.rerank_options,
         record=record_of(request.scope) or RerankRecord(),
         request_id=str(request.state.request_id),
+        header_priority=priority,
+        cache_lookup=not _says_no_cache(request.headers.get("cache-control", "")),
     )
+
+
+def _says_no_cache(cache_control: str) -> bool:
+    return any(directive.strip().lower() == "no-cache" for directive in cache_control.split(","))
 
 
 RerankContextDep = Annotated[RerankContext, Depends(get_rerank_context)]

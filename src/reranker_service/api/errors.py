@@ -128,7 +128,9 @@ def _is_union_tag(part: str) -> bool:
 
 def _field_path(location: tuple[Any, ...]) -> str:
     """The field as a client spells it (``documents[1].text``), without pydantic's names of
-    union members."""
+    union members; a header's error names the header."""
+    if len(location) == 2 and location[0] == "header":
+        return str(location[1])
     path = ""
     for part in location:
         if isinstance(part, int):

@@ -44,6 +44,16 @@ _MAX_TOKENS_PER_DOC = Field(
     "(Cohere v2). Absent: the model card's truncation at RERANKER_MAX_LENGTH.",
     examples=[512],
 )
+PRIORITY_RANGE = (-10, 10)
+_PRIORITY = Field(
+    None,
+    ge=PRIORITY_RANGE[0],
+    le=PRIORITY_RANGE[1],
+    description="Scheduling priority, -10 to 10, lower first (as vLLM's); 0 when absent, or "
+    "the X-Reranker-Priority header's. A pair waiting longer than "
+    "RERANKER_PRIORITY_MAX_WAIT_SECONDS goes first whatever its priority.",
+    examples=[-5],
+)
 _RAW_SCORES = Field(
     False,
     description="Scores are logit(yes) - logit(no) instead of P(yes), its sigmoid; ordering "
@@ -78,6 +88,7 @@ class RerankRequest(BaseModel):
         examples=[4],
     )
     raw_scores: bool = _RAW_SCORES
+    priority: int | None = _PRIORITY
     texts: SkipJsonSchema[Any] = Field(None, exclude=True)
     """TEI's field: sent together with ``documents``, the request is ambiguous."""
 
@@ -107,6 +118,7 @@ class TeiRerankRequest(BaseModel):
     query: str = Field(min_length=1, description="The query.", examples=["What is Deep Learning?"])
     texts: list[str] = Field(description="Documents to rank.", examples=[["Deep Learning is ..."]])
     raw_scores: bool = _RAW_SCORES
+    priority: int | None = _PRIORITY
     return_text: bool = Field(False, description="Echo each text in its result.", examples=[True])
     truncate: bool | None = Field(
         None,
@@ -187,6 +199,7 @@ class ScoreRequest(BaseModel):
     )
     max_tokens_per_doc: int | None = _MAX_TOKENS_PER_DOC
     raw_scores: bool = _RAW_SCORES
+    priority: int | None = _PRIORITY
 
     @field_validator("text_2", mode="before")
     @classmethod
@@ -319,6 +332,13 @@ class ServedDevice(BaseModel):
     uuid: str | None = Field(description="the GPU's UUID, as NVML and nvidia-smi give it")
 
 
+class CacheInfo(BaseModel):
+    backend: str = Field(description="`memory`, `redis`, `memory+redis`, or `off`")
+    size: int = Field(description="in-process entries at most (0: no in-process cache)")
+    ttl_seconds: float
+    redis: bool = Field(description="whether replicas share scores through Redis")
+
+
 class InfoResponse(BaseModel):
     model: str
     revision: str
@@ -336,4 +356,5 @@ class InfoResponse(BaseModel):
     max_request_bytes: int
     default_instruction: str
     auth_required: bool
+    cache: CacheInfo = Field(description="the pair-score cache")
     version: str

@@ -25,6 +25,8 @@ ATTR_MODEL = "reranker.model"
 ATTR_DOCUMENTS = "reranker.documents"
 ATTR_PAIRS = "reranker.pairs"
 ATTR_TOKENS = "reranker.tokens"
+ATTR_CACHE_HITS = "cache.hits"
+ATTR_CACHE_MISSES = "cache.misses"
 ATTR_TOP_N = "reranker.top_n"
 ATTR_QUERY = "reranker.query"
 ATTR_PASSES = "reranker.passes"
@@ -96,6 +98,9 @@ class RequestSpans:
         if outcome is not None:
             attributes[ATTR_PAIRS] = len(outcome.pair_tokens)
             attributes[ATTR_TOKENS] = outcome.total_tokens
+            if outcome.cache_lookup_seconds is not None:
+                attributes[ATTR_CACHE_HITS] = outcome.cache_hits
+                attributes[ATTR_CACHE_MISSES] = outcome.cache_misses
         span.set_attributes(attributes)
         if error is not None:
             span.set_attribute(ATTR_ERROR_TYPE, error)

@@ -103,6 +103,7 @@ async def _run_engine(
     *,
     truncation: Truncation,
     raw_scores: bool,
+    priority: int | None,
 ) -> RerankOutcome:
     """The engine's outcome for the request, within its deadline; the engine's errors become
     API errors."""
@@ -115,6 +116,8 @@ async def _run_engine(
                 documents,
                 truncation=truncation,
                 raw_scores=raw_scores,
+                priority=context.priority(priority),
+                cache_lookup=context.cache_lookup,
             ),
             options.timeout_seconds,
         )
@@ -249,6 +252,7 @@ async def rerank(body: RerankRequest, context: RerankContext, api_version: str) 
         body.document_texts(),
         truncation=truncation,
         raw_scores=body.raw_scores,
+        priority=body.priority,
     )
     _note_outcome(record, outcome)
     return build_response(
@@ -271,7 +275,13 @@ async def tei_rerank(body: TeiRerankRequest, context: RerankContext) -> list[Tei
         refuse_over_length=body.truncate is False,
     )
     outcome = await _run_engine(
-        context, None, body.query, body.texts, truncation=truncation, raw_scores=body.raw_scores
+        context,
+        None,
+        body.query,
+        body.texts,
+        truncation=truncation,
+        raw_scores=body.raw_scores,
+        priority=body.priority,
     )
     _note_outcome(record, outcome)
     return [
@@ -310,6 +320,7 @@ async def score_pairs(body: ScoreRequest, context: RerankContext) -> ScoreRespon
             max_windows=context.options.max_chunks_per_doc,
         ),
         raw_scores=body.raw_scores,
+        priority=body.priority,
     )
     _note_outcome(record, outcome)
     tokens = outcome.total_tokens

@@ -23,6 +23,7 @@ from reranker_service.api.deps import (
 from reranker_service.api.errors import mark_tei
 from reranker_service.api.protocol import (
     AnyRerankRequest,
+    CacheInfo,
     ErrorResponse,
     HealthResponse,
     InfoResponse,
@@ -194,6 +195,17 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
         max_request_bytes=settings.max_request_bytes,
         default_instruction=settings.default_instruction,
         auth_required=settings.api_key is not None,
+        cache=CacheInfo(
+            backend="+".join(
+                name
+                for name, on in (("memory", settings.cache_size), ("redis", settings.cache_url))
+                if on
+            )
+            or "off",
+            size=settings.cache_size,
+            ttl_seconds=settings.cache_ttl_seconds,
+            redis=settings.cache_url is not None,
+        ),
         version=__version__,
     )
 

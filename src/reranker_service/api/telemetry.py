@@ -114,6 +114,7 @@ EXPOSED_HEADERS = [
     "X-Queue-Time",
     "X-Inference-Time",
     "X-Compute-Tokens",
+    "X-Reranker-Cache",
     "Server-Timing",
 ]
 """What a browser client may read across origins: the request id and the timing headers."""
@@ -140,6 +141,7 @@ def _timing_headers(outcome: RerankOutcome | None, total_seconds: float) -> dict
         server_timing.append(f"{name};dur={headers[header]}")
     if outcome is not None:
         headers["x-compute-tokens"] = str(outcome.total_tokens)
+        headers["x-reranker-cache"] = outcome.cache_result
         server_timing.append(f"engine;dur={outcome.engine_seconds * 1000:.3f}")
     headers["server-timing"] = ", ".join(server_timing)
     return headers
@@ -252,6 +254,10 @@ class RerankTelemetryMiddleware:
         self, record: RerankRecord, status: int, seconds: float, trace_id: str | None
     ) -> None:
         outcome = record.outcome
+        if outcome is not None and outcome.cache_lookup_seconds is not None:
+            self._metrics.record_cache_lookup(
+                outcome.cache_hits, outcome.cache_misses, outcome.cache_lookup_seconds
+            )
         self._metrics.record_success(
             latency_seconds=seconds,
             documents=record.doc_count or 0,

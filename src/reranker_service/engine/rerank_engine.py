@@ -20,6 +20,7 @@ from reranker_service.engine.runner.protocol import ServedModel, run_pass
 from reranker_service.engine.scheduler.batcher import Batcher
 from reranker_service.engine.scheduler.jobs import BatchObserver, PassShare
 from reranker_service.engine.scheduler.pass_cost import PassCostModel, measure_pass_costs
+from reranker_service.engine.score_cache import ScoreCache
 from reranker_service.engine.scoring import (
     DeviceMemory,
     ModelDescription,
@@ -56,6 +57,8 @@ class EngineConfig:
     prefix_reuse: bool = True
     """Compute each request's shared prompt prefix once. Its keys and values are held while the
     request has pairs waiting, for at most ``max_batch_tokens`` prefix tokens at a time."""
+    priority_max_wait_seconds: float = 10.0
+    """The aging bound: a pair waiting longer goes first whatever its priority."""
     pass_costs: tuple[tuple[float, float], ...] | None = None
     """``(tokens, seconds)`` of forward passes to start the batch policy from, instead of
     measuring them at start-up; given another engine's ``pass_costs``, two engines start
@@ -94,10 +97,23 @@ class RerankOutcome:
     loop: the three phases plus the hand-offs between threads."""
     passes: tuple[PassShare, ...]
     """The forward passes that carried the request's pairs."""
+    cache_hits: int = 0
+    """Pairs whose scores came from the score cache."""
+    cache_misses: int = 0
+    """Pairs looked up in the score cache and not found (computed, then stored)."""
+    cache_lookup_seconds: float | None = None
+    """Time the lookup took; None when there was none (no cache, or ``no-cache``)."""
 
     @property
     def total_tokens(self) -> int:
         return sum(self.pair_tokens)
+
+    @property
+    def cache_result(self) -> str:
+        """``hit`` (every pair cached), ``partial`` or ``miss``."""
+        if self.cache_hits and not self.cache_misses:
+            return "hit"
+        return "partial" if self.cache_hits else "miss"
 
 
 @dataclass(frozen=True)
@@ -125,9 +141,11 @@ class RerankEngine:
         model: ServedModel,
         config: EngineConfig,
         observer: BatchObserver | None = None,
+        score_cache: ScoreCache | None = None,
     ) -> None:
         """Serve ``model``: replicas of one checkpoint on one kind of device, each runner a
-        worker of the one batcher."""
+        worker of the one batcher. ``score_cache`` is looked up after tokenizing, and only the
+        pairs it misses are queued."""
         descriptions = [runner.description for runner in model.runners]
         if len({description.device_type for description in descriptions}) != 1:
             raise ValueError("the replicas must all be on GPUs or all on the CPU")
@@ -139,11 +157,14 @@ class RerankEngine:
             max_batch_tokens=self.limits.max_batch_tokens,
             max_queued_pairs=self.limits.max_queued_pairs,
             max_prefix_tokens=self.limits.max_batch_tokens if config.prefix_reuse else 0,
+            priority_max_wait_seconds=config.priority_max_wait_seconds,
         )
         self.prefix_reuse = config.prefix_reuse
         self._largest_request_pairs = config.largest_request_pairs
         self._pinned_pass_costs = config.pass_costs
         self._observer = observer  # attached after the warm-up, which is not client traffic
+        self._score_cache = score_cache
+        self._cache: ScoreCache | None = None  # likewise
         self._tokenizer_pool = ThreadPoolExecutor(
             max_workers=config.tokenizer_threads, thread_name_prefix="reranker-tokenize"
         )
@@ -204,6 +225,7 @@ class RerankEngine:
         self._batcher.set_pass_costs(measured)
         costs = self._batcher.pass_costs
         self._batcher.observer = self._observer
+        self._cache = self._score_cache
         finished = time.perf_counter()
         logger.info(
             "batch_policy_calibrated",
@@ -219,6 +241,8 @@ class RerankEngine:
 
     async def stop(self) -> None:
         await self._batcher.stop()
+        if self._score_cache is not None:
+            await self._score_cache.close()
         await asyncio.to_thread(self._tokenizer_pool.shutdown, wait=True)
 
     def _pairs_and_prefix(
@@ -227,10 +251,12 @@ class RerankEngine:
         queries: Sequence[str],
         documents: Sequence[str],
         truncation: Truncation,
-    ) -> tuple[list[list[list[int]]], int]:
+        cache: ScoreCache | None,
+    ) -> tuple[list[list[list[int]]], int, list[bytes]]:
         """Each document's pairs' token ids (``queries[i]`` goes with ``documents[i]``; one
-        query may serve all) and, with reuse on, the length of the prefix worth sharing among
-        all the pairs (see ``shared_prefix``); blocking, so it runs on the tokenizer pool."""
+        query may serve all), with reuse on the length of the prefix worth sharing among all
+        the pairs (see ``shared_prefix``), and each pair's key in ``cache``; blocking (hashing
+        thousands of long pairs takes milliseconds too), so it runs on the tokenizer pool."""
         if len(queries) == 1:
             windows = self._encoder.encode_windows(instruction, queries[0], documents, truncation)
         else:
@@ -241,7 +267,8 @@ class RerankEngine:
         pairs = [pair for document_pairs in windows for pair in document_pairs]
         if len(pairs) > self._largest_request_pairs:
             raise TooManyPairsError(len(pairs), self._largest_request_pairs)
-        return windows, shared_prefix(pairs) if self.prefix_reuse else 0
+        keys = cache.keys(pairs) if cache is not None else []
+        return windows, shared_prefix(pairs) if self.prefix_reuse else 0, keys
 
     async def rerank(
         self,
@@ -251,35 +278,66 @@ class RerankEngine:
         *,
         truncation: Truncation = _MODEL_CARD_TRUNCATION,
         raw_scores: bool = False,
+        priority: int = 0,
+        cache_lookup: bool = True,
     ) -> RerankOutcome:
         """Score ``documents`` against ``query`` (or each against its own entry of a list of
-        queries). Raises ``PairTooLongError`` and ``TooManyPairsError`` before anything is
-        queued."""
+        queries); lower ``priority`` first. Pairs the score cache has are not queued (without
+        ``cache_lookup`` none are looked up; the fresh scores are stored either way). Raises
+        ``PairTooLongError`` and ``TooManyPairsError`` before anything is queued."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         queries = [query] if isinstance(query, str) else list(query)
-        windows, prefix_length = await loop.run_in_executor(
+        cache = self._cache
+        windows, prefix_length, keys = await loop.run_in_executor(
             self._tokenizer_pool,
             self._pairs_and_prefix,
             instruction,
             queries,
             documents,
             truncation,
+            cache,
         )
         tokenized = time.perf_counter()
         pairs = [pair for document_pairs in windows for pair in document_pairs]
-        result = await self._batcher.run(pairs, prefix_length)
-        logits = iter(result.scores)
+        found: list[float | None] = [None] * len(pairs)
+        lookup_seconds = None
+        if cache is not None and cache_lookup:
+            found = await cache.get_many(keys)
+            lookup_seconds = time.perf_counter() - tokenized
+        missing = [index for index, score in enumerate(found) if score is None]
+        computed: dict[int, float] = {}
+        queued_at, queue_seconds, inference_seconds = time.perf_counter(), 0.0, 0.0
+        passes: tuple[PassShare, ...] = ()
+        if missing:
+            if len(missing) < len(pairs):
+                pairs_left = [pairs[index] for index in missing]
+                prefix_length = shared_prefix(pairs_left) if self.prefix_reuse else 0
+            else:
+                pairs_left = pairs
+            result = await self._batcher.run(pairs_left, prefix_length, priority)
+            computed = dict(zip(missing, result.scores, strict=True))
+            if cache is not None:
+                await cache.put_many([(keys[index], score) for index, score in computed.items()])
+            queued_at, queue_seconds = result.submitted_at, result.queue_seconds
+            inference_seconds, passes = result.inference_seconds, result.passes
+        logits = iter(
+            [computed[index] if score is None else score for index, score in enumerate(found)]
+        )
         best = [max(itertools.islice(logits, len(document_pairs))) for document_pairs in windows]
+        hits = len(pairs) - len(missing) if lookup_seconds is not None else 0
         return RerankOutcome(
             scores=best if raw_scores else [probability(logit) for logit in best],
             pair_tokens=[len(ids) for ids in pairs],
             windows=[len(document_pairs) for document_pairs in windows],
             started_at=started,
             tokenize_seconds=tokenized - started,
-            queued_at=result.submitted_at,
-            queue_seconds=result.queue_seconds,
-            inference_seconds=result.inference_seconds,
+            queued_at=queued_at,
+            queue_seconds=queue_seconds,
+            inference_seconds=inference_seconds,
             engine_seconds=time.perf_counter() - started,
-            passes=result.passes,
+            passes=passes,
+            cache_hits=hits,
+            cache_misses=len(missing) if lookup_seconds is not None else 0,
+            cache_lookup_seconds=lookup_seconds,
         )

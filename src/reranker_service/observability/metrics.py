@@ -24,6 +24,15 @@ if TYPE_CHECKING:
     from reranker_service.engine.scoring import ModelDescription
 
 REQUEST_STATUSES: Final = ("success", "fail")
+PRIORITY_CLASSES: Final = ("high", "normal", "low")
+CACHE_BACKENDS: Final = ("memory", "redis")
+CACHE_LOOKUP_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+"""``reranker_queue_wait_seconds``'s ``priority``: below 0, 0, above 0."""
+
+
+def priority_class(priority: int) -> str:
+    return "high" if priority < 0 else "low" if priority > 0 else "normal"
+
 
 CLIENT_ERROR_TYPES: Final = ("validation", "payload_too_large", "unauthorized")
 """Rejected before any work: not counted in ``reranker_requests_total``."""
@@ -114,7 +123,9 @@ class ServiceMetrics:
         )
         self.queue_wait = Histogram(
             "reranker_queue_wait_seconds",
-            "Time a pair waits in the batching queue before its forward pass starts",
+            "Time a pair waits in the batching queue before its forward pass starts, by its "
+            "request's priority class (high < 0, normal 0, low > 0)",
+            ["priority"],
             buckets=QUEUE_WAIT_BUCKETS,
             registry=registry,
         )
@@ -139,6 +150,33 @@ class ServiceMetrics:
             "all), by the worker's device",
             ["device"],
             buckets=BATCH_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.cache_lookups = Counter(
+            "reranker_cache_lookups",
+            "Pairs looked up in the score cache, by result",
+            ["result"],
+            registry=registry,
+        )
+        self.cache_errors = Counter(
+            "reranker_cache_errors",
+            "Score-cache operations that failed (scored as misses: the cache fails open), by "
+            "backend",
+            ["backend"],
+            registry=registry,
+        )
+        self.cache_entries = Gauge(
+            "reranker_cache_entries", "Scores held in the in-process cache", registry=registry
+        )
+        self.cache_evictions = Counter(
+            "reranker_cache_evictions",
+            "Scores the in-process cache dropped for room (not expiry)",
+            registry=registry,
+        )
+        self.cache_lookup_seconds = Histogram(
+            "reranker_cache_lookup_seconds",
+            "Time a request's score-cache lookup took (all its pairs, every store)",
+            buckets=CACHE_LOOKUP_BUCKETS,
             registry=registry,
         )
         self.document_windows = Histogram(
@@ -224,6 +262,12 @@ class ServiceMetrics:
         self._gpu_info_labels: dict[str, tuple[str, str, str, str]] = {}
         for status in REQUEST_STATUSES:
             self.requests.labels(status=status)
+        for priority in PRIORITY_CLASSES:
+            self.queue_wait.labels(priority=priority)
+        for result in ("hit", "miss"):
+            self.cache_lookups.labels(result=result)
+        for backend in CACHE_BACKENDS:
+            self.cache_errors.labels(backend=backend)
         for error_type in ERROR_TYPES:
             self.request_errors.labels(type=error_type)
 
@@ -235,8 +279,9 @@ class ServiceMetrics:
         self.batch_tokens.labels(device=report.device).observe(report.padded_tokens)
         self.prefix_tokens_reused.inc(report.reused_tokens)
         self.inference.labels(device=report.device).observe(report.inference_seconds)
-        for wait in report.queue_wait_seconds:
-            self.queue_wait.observe(wait)
+        priorities = report.queue_wait_priorities or (0,) * len(report.queue_wait_seconds)
+        for wait, priority in zip(report.queue_wait_seconds, priorities, strict=True):
+            self.queue_wait.labels(priority=priority_class(priority)).observe(wait)
 
     def watch_queue(self, read_queued_pairs: Callable[[], int], max_queued_pairs: int) -> None:
         """Depth is read at scrape time, so the gauge is never stale."""
@@ -285,6 +330,15 @@ class ServiceMetrics:
             self.top1_score.observe(top1_score)
         if score_stddev is not None:
             self.score_stddev.observe(score_stddev)
+
+    def record_cache_lookup(self, hits: int, misses: int, seconds: float) -> None:
+        """One request's lookup: its pairs found and not, and what it took."""
+        self.cache_lookups.labels(result="hit").inc(hits)
+        self.cache_lookups.labels(result="miss").inc(misses)
+        self.cache_lookup_seconds.observe(seconds)
+
+    def watch_cache_entries(self, read_entries: Callable[[], int]) -> None:
+        self.cache_entries.set_function(read_entries)
 
     def record_error(self, error_type: str) -> None:
         """Count a non-2xx outcome; ``error_type`` must be one of ``ERROR_TYPES``."""

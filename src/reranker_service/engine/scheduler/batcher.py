@@ -72,12 +72,14 @@ class Batcher:
         pass_costs: PassCostModel | None = None,
         max_prefix_tokens: int = 0,
         observer: BatchObserver | None = None,
+        priority_max_wait_seconds: float = math.inf,
     ) -> None:
         """One worker per runner, named by its ``description.device``. Each starts from
         ``pass_costs``, which predicts a pass's time for the batch policy (none: the runner's
         pass tokens are the only cost), and learns from its own passes. ``max_prefix_tokens``
         bounds the shared prefixes held for the jobs in the queue (the runners keep their keys
-        and values in device memory); a job past it is scored without its prefix."""
+        and values in device memory); a job past it is scored without its prefix. A pair
+        waiting longer than ``priority_max_wait_seconds`` goes first whatever its priority."""
         if not runners:
             raise ValueError("a batcher needs at least one runner")
         names = [runner.description.device for runner in runners]
@@ -98,7 +100,7 @@ class Batcher:
         self._prefix_tokens_held = 0
         self._lock = threading.Lock()
         self._work_available = threading.Condition(self._lock)
-        self._queue = PairQueue()
+        self._queue = PairQueue(priority_max_wait_seconds)
         self._accepting = True
         self._started = False
 
@@ -152,11 +154,14 @@ class Batcher:
         """Tokens of the shared prefixes the queued jobs hold."""
         return self._prefix_tokens_held
 
-    def submit(self, sequences: Sequence[Sequence[int]], prefix_length: int = 0) -> ScoringJob:
+    def submit(
+        self, sequences: Sequence[Sequence[int]], prefix_length: int = 0, priority: int = 0
+    ) -> ScoringJob:
         """Queue a request's pairs, whose first ``prefix_length`` tokens are the same in all;
         call from the event loop that will await the job. The prefix is computed once per
-        worker while the prefix budget has room, else every pair computes it."""
-        job = ScoringJob(asyncio.get_running_loop(), len(sequences))
+        worker while the prefix budget has room, else every pair computes it. Lower
+        ``priority`` goes first, within the queue's aging bound."""
+        job = ScoringJob(asyncio.get_running_loop(), len(sequences), priority)
         if not sequences:
             job._resolve()
             return job
@@ -183,9 +188,11 @@ class Batcher:
         held = self._prefix_tokens_held + prefix_length
         return not self._prefixes_on_device or held <= self.max_prefix_tokens
 
-    async def run(self, sequences: Sequence[Sequence[int]], prefix_length: int = 0) -> JobResult:
+    async def run(
+        self, sequences: Sequence[Sequence[int]], prefix_length: int = 0, priority: int = 0
+    ) -> JobResult:
         """``submit``, and wait for the job; a cancelled wait withdraws it."""
-        job = self.submit(sequences, prefix_length)
+        job = self.submit(sequences, prefix_length, priority)
         try:
             return await job.future
         except asyncio.CancelledError:

@@ -59,6 +59,8 @@ class BatchReport:
     failed: bool
     device: str
     """The worker that ran the pass."""
+    queue_wait_priorities: tuple[int, ...] = ()
+    """The priority of each pair whose wait is in ``queue_wait_seconds``, in its order."""
 
 
 BatchObserver = Callable[[BatchReport], None]
@@ -98,8 +100,10 @@ class ScoringJob:
     """One request's pairs. Scores are written by the worker threads only, under the
     scheduler's lock; the future is resolved on the owning event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, priority: int = 0) -> None:
         self._loop = loop
+        self.priority = priority
+        """Lower goes first (-10 to 10); see ``PairQueue``."""
         self.future: asyncio.Future[JobResult] = loop.create_future()
         self.scores: list[float] = [0.0] * size
         self.remaining = size

@@ -83,6 +83,7 @@ class Flight:
             queue_wait_seconds=()
             if self.retry
             else tuple(self.launched_at - pair.enqueued_at for pair in self.pairs),
+            queue_wait_priorities=() if self.retry else tuple(p.job.priority for p in self.pairs),
             started_at=started_at,
             seconds=seconds,
             failed=failed,
@@ -98,6 +99,7 @@ class PassRecord:
     parts: dict[int, tuple[int, int]]
     """By ``id(job)``: the request's pairs in the pass, and the prefix tokens they reused."""
     queue_wait_seconds: tuple[float, ...]
+    queue_wait_priorities: tuple[int, ...]
     started_at: float
     """When the pass's time began to count: its launch, or the end of the worker's pass before
     it, whichever was later (overlapping passes are each billed the device time after the one
@@ -116,6 +118,7 @@ class PassRecord:
             padded_tokens=self.computed_tokens,
             reused_tokens=self.reused_tokens,
             queue_wait_seconds=self.queue_wait_seconds,
+            queue_wait_priorities=self.queue_wait_priorities,
             inference_seconds=self.seconds,
             failed=self.failed,
             device=self.device,

@@ -1,10 +1,15 @@
 """The queue of waiting pairs, kept in two orders: by the tokens each computes, from which a
-batch is a contiguous window, and by arrival, whose head is the batch's anchor. Not
-thread-safe: the scheduler calls it under its lock."""
+batch is a contiguous window, and by arrival within each priority, whose heads are the
+candidates for the batch's anchor. The anchor is the first pair by (priority, arrival), lower
+priorities first, unless a pair has waited longer than the aging bound: then the oldest such
+pair, whatever its priority, so nothing starves. A batch holds pairs of its anchor's priority
+or higher only. Not thread-safe: the scheduler calls it under its lock."""
 
 from __future__ import annotations
 
 import bisect
+import math
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -16,6 +21,10 @@ from reranker_service.engine.scheduler.passes import QueuedPair
 
 def _sort_key(pair: QueuedPair) -> tuple[int, int]:
     return pair.cost, pair.order
+
+
+def _arrival(pair: QueuedPair) -> int:
+    return pair.order
 
 
 class _Costs(Sequence[int]):
@@ -46,9 +55,13 @@ class _Prefixes(Sequence[tuple[int, int] | None]):
 
 
 class PairQueue:
-    def __init__(self) -> None:
+    def __init__(self, max_wait_seconds: float = math.inf) -> None:
+        """``max_wait_seconds``: the aging bound past which a pair goes first whatever its
+        priority."""
+        self.max_wait_seconds = max_wait_seconds
         self._by_length: list[QueuedPair] = []
-        self._by_arrival: deque[QueuedPair] = deque()
+        self._by_arrival: dict[int, deque[QueuedPair]] = {}
+        """Per priority, its pairs in arrival order."""
         self._next_order = 0
 
     def __len__(self) -> int:
@@ -67,7 +80,7 @@ class PairQueue:
             )
             self._next_order += 1
             bisect.insort(self._by_length, pair, key=_sort_key)
-            self._by_arrival.append(pair)
+            self._by_arrival.setdefault(job.priority, deque()).append(pair)
 
     def remove(self, job: ScoringJob) -> None:
         """Drop the job's waiting pairs."""
@@ -91,24 +104,45 @@ class PairQueue:
         """The next batch (see ``batch_policy``), out of the queue; the queue must not be
         empty. ``prefixes_in_every_pass``: the runner computes each request's prefix in every
         pass with its pairs, which the policy then counts."""
-        anchor = self._by_arrival[0]
-        anchor_index = bisect.bisect_left(self._by_length, _sort_key(anchor), key=_sort_key)
+        anchor = self._anchor(time.perf_counter())
+        # The pass takes pairs of the anchor's priority or a higher one (a lower value): a
+        # high-priority request's pass is not made longer by low-priority neighbours.
+        worst = anchor.job.priority
+        mixed = max(self._by_arrival) > worst
+        eligible = [p for p in self._by_length if p.job.priority <= worst] if mixed else None
+        candidates = eligible if eligible is not None else self._by_length
+        anchor_index = bisect.bisect_left(candidates, _sort_key(anchor), key=_sort_key)
         start, stop = select_window(
-            _Costs(self._by_length),
+            _Costs(candidates),
             anchor_index,
             max_batch_tokens,
             pass_seconds,
             pass_tokens,
-            _Prefixes(self._by_length) if prefixes_in_every_pass else None,
+            _Prefixes(candidates) if prefixes_in_every_pass else None,
         )
-        batch = self._by_length[start:stop]
-        del self._by_length[start:stop]
+        batch = candidates[start:stop]
         for pair in batch:
             pair.taken = True
+        if eligible is None:
+            del self._by_length[start:stop]
+        else:
+            self._by_length = [pair for pair in self._by_length if not pair.taken]
         self._forget_taken_heads()
         return batch
 
+    def _anchor(self, now: float) -> QueuedPair:
+        """The oldest pair past the aging bound, else the first by (priority, arrival)."""
+        heads = [waiting[0] for waiting in self._by_arrival.values()]
+        oldest = min(heads, key=_arrival)
+        if now - oldest.enqueued_at > self.max_wait_seconds:
+            return oldest
+        return min(heads, key=lambda pair: (pair.job.priority, pair.order))
+
     def _forget_taken_heads(self) -> None:
-        """Keep the arrival order's head a waiting pair, and release finished pairs' memory."""
-        while self._by_arrival and self._by_arrival[0].taken:
-            self._by_arrival.popleft()
+        """Keep each priority's head a waiting pair, and release finished pairs' memory."""
+        for priority in list(self._by_arrival):
+            waiting = self._by_arrival[priority]
+            while waiting and waiting[0].taken:
+                waiting.popleft()
+            if not waiting:
+                del self._by_arrival[priority]
