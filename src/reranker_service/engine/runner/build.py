@@ -44,10 +44,6 @@ class RunnerPlan:
     packed: bool
     compiled: bool
 
-    @property
-    def name(self) -> str:
-        return "packed" if self.packed else "padded"
-
 
 def plan_runner(options: RunnerOptions, device_type: str, dtype_name: str) -> RunnerPlan:
     """``auto``: packed and compiled on a GPU; padded and eager on the CPU. Compiling needs the
