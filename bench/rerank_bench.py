@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -372,8 +373,13 @@ async def _main(args: argparse.Namespace, checkpoint: str, scratch: Path) -> lis
     if "card" in args.contenders:
         contenders["card"] = ModelCardBaseline(checkpoint, args.device, args.dtype, args.max_length)
     if "crossencoder" in args.contenders:
-        seq_cls = build_seq_cls_checkpoint(checkpoint, str(scratch / "seq-cls"))
-        contenders["crossencoder"] = CrossEncoderLoop(seq_cls, args.device, args.max_length)
+        if importlib.util.find_spec("sentence_transformers") is None:
+            # A GPU box without the bench extras still measures everything else.
+            print("  crossencoder skipped: sentence-transformers is not installed (the bench "
+                  "extras: pip install -e '.[bench]')", flush=True)  # fmt: skip
+        else:
+            seq_cls = build_seq_cls_checkpoint(checkpoint, str(scratch / "seq-cls"))
+            contenders["crossencoder"] = CrossEncoderLoop(seq_cls, args.device, args.max_length)
     engines: list[EngineInProcess] = []
     service = None
     runner = RunnerOptions(runner=args.runner, compile=args.compile)
@@ -532,7 +538,10 @@ def main() -> None:
     if STARTUP_SECONDS:
         print(f"- service start-up to ready (s): {STARTUP_SECONDS}")
     if args.plot:
-        plot_throughput(cells, args.plot, f"{args.model} on {machine}")
+        if importlib.util.find_spec("matplotlib") is None:
+            print("- no plot: matplotlib is not installed (the bench extras)")
+        else:
+            plot_throughput(cells, args.plot, f"{args.model} on {machine}")
     if args.json:
         result = {
             "model": args.model,
