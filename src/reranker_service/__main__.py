@@ -22,6 +22,7 @@ from reranker_service.api.lifecycle import Lifecycle
 from reranker_service.api.routes import PROBE_PATHS, RERANK_PATHS
 from reranker_service.app import create_app, load_options
 from reranker_service.cli import SettingsError, load_settings
+from reranker_service.http_protocol import header_deadline_protocol
 from reranker_service.observability.logging import configure_logging
 from reranker_service.observability.tracing import (
     TracingConfig,
@@ -128,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_config=None,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         server_header=False,
+        # Idle and slow clients are bounded: connections at most, idle keep-alive, and a
+        # deadline on request headers (uvicorn has none of its own).
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        http=header_deadline_protocol(settings.header_timeout_seconds),
     )
     server = DrainingServer(config, app.state.lifecycle, settings.shutdown_grace_seconds)
     server.run()

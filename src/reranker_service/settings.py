@@ -85,6 +85,21 @@ class Settings(BaseSettings):
         "the Hugging Face cache",
     )
     host: str = Field("0.0.0.0", description="listen address")
+    limit_concurrency: int = Field(
+        1000,
+        ge=1,
+        description="open connections (and requests in flight) at most; past it, new requests "
+        "get 503. Keep it under the process's open-file limit",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="a connection whose request headers have not all arrived after this long "
+        "is closed (slow or idle clients cannot hold connections)",
+    )
+    keep_alive_seconds: int = Field(
+        5, ge=1, description="an idle keep-alive connection is closed after this long"
+    )
     port: int = Field(8000, ge=0, le=65535, description="listen port")
     max_length: int = Field(
         8192, ge=64, le=131072, description="tokens per (query, document) pair, prompt included"
