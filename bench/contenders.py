@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,6 +38,13 @@ class Passes:
     pairs: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
+
+    def add(self, lengths: Sequence[int]) -> None:
+        """One right-padded pass of pairs of these token lengths."""
+        self.count += 1
+        self.pairs += len(lengths)
+        self.real_tokens += sum(lengths)
+        self.padded_tokens += len(lengths) * max(lengths)
 
 
 class Contender(Protocol):
@@ -98,7 +106,32 @@ class _MemoryMeter:
         return int(torch.cuda.max_memory_allocated(self._device))
 
 
-class ModelCardBaseline:
+class _OneRequestAtATime:
+    """A contender that scores one request at a time on a thread, counting its own passes."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._lock = threading.Lock()  # one model, one request at a time
+        self._passes = Passes()
+        self._memory = _MemoryMeter(device, os.getpid())
+
+    def _score(self, request: Request) -> int:
+        raise NotImplementedError
+
+    async def rerank(self, request: Request) -> int:
+        return await asyncio.to_thread(self._score, request)
+
+    def start_cell(self) -> None:
+        self._passes = Passes()
+        self._memory.reset()
+
+    async def passes(self) -> Passes:
+        return self._passes
+
+    def peak_memory_bytes(self) -> int | None:
+        return self._memory.peak()
+
+
+class ModelCardBaseline(_OneRequestAtATime):
     """What the seed tutorial's app does: the model card's code, one request at a time, each
     request one batch padded to its longest pair, the full LM head over every position."""
 
@@ -118,9 +151,7 @@ class ModelCardBaseline:
         self._yes = self._tokenizer.convert_tokens_to_ids("yes")
         self._no = self._tokenizer.convert_tokens_to_ids("no")
         self._max_length = max_length
-        self._lock = threading.Lock()  # one model, one request at a time
-        self._passes = Passes()
-        self._memory = _MemoryMeter(self._device, os.getpid())
+        super().__init__(self._device)
 
     def _score(self, request: Request) -> int:
         pairs = [
@@ -140,25 +171,9 @@ class ModelCardBaseline:
             logits = self._model(**batch.to(self._device)).logits[:, -1, :]
             pair = torch.stack([logits[:, self._no], logits[:, self._yes]], dim=1)
             torch.nn.functional.log_softmax(pair.float(), dim=1)[:, 1].exp().tolist()
-        real = sum(len(row) for row in ids)
-        self._passes.count += 1
-        self._passes.pairs += len(ids)
-        self._passes.real_tokens += real
-        self._passes.padded_tokens += len(ids) * max(len(row) for row in ids)
-        return real
-
-    async def rerank(self, request: Request) -> int:
-        return await asyncio.to_thread(self._score, request)
-
-    def start_cell(self) -> None:
-        self._passes = Passes()
-        self._memory.reset()
-
-    async def passes(self) -> Passes:
-        return self._passes
-
-    def peak_memory_bytes(self) -> int | None:
-        return self._memory.peak()
+        lengths = [len(row) for row in ids]
+        self._passes.add(lengths)
+        return sum(lengths)
 
 
 class EngineInProcess:
@@ -301,10 +316,7 @@ class BestFixedBudget:
         started = time.perf_counter()
         for batch in batches:
             run_pass(self._model.runner, batch)
-            passes.count += 1
-            passes.pairs += len(batch)
-            passes.real_tokens += sum(len(pair) for pair in batch)
-            passes.padded_tokens += len(batch) * len(batch[-1])
+            passes.add([len(pair) for pair in batch])
             if time.perf_counter() - started >= seconds:
                 break
         return BudgetRun(budget, time.perf_counter() - started, passes, mean_pair_tokens)
@@ -501,7 +513,7 @@ def build_seq_cls_checkpoint(checkpoint: str, directory: str) -> str:
     return directory
 
 
-class CrossEncoderLoop:
+class CrossEncoderLoop(_OneRequestAtATime):
     """The plain peer: sentence-transformers' ``CrossEncoder`` on the seq-cls form of the same
     weights, each request's pairs with the Qwen3 prompt as text, in batches of 32 (bf16 on a
     GPU, fp32 on the CPU), one request at a time."""
@@ -521,9 +533,7 @@ class CrossEncoderLoop:
             device=str(self._device),
             model_kwargs={"dtype": dtype},
         )
-        self._lock = threading.Lock()
-        self._passes = Passes()
-        self._memory = _MemoryMeter(self._device, os.getpid())
+        super().__init__(self._device)
         self._tokenizer = self._model.tokenizer
         self._lengths: dict[int, list[int]] = {}
 
@@ -563,22 +573,5 @@ class CrossEncoderLoop:
             self._scores(request)
             lengths = self._pair_lengths(request, self.text_pairs(request))
         for start in range(0, len(lengths), self.BATCH):
-            batch = lengths[start : start + self.BATCH]
-            self._passes.count += 1
-            self._passes.pairs += len(batch)
-            self._passes.real_tokens += sum(batch)
-            self._passes.padded_tokens += len(batch) * max(batch)
+            self._passes.add(lengths[start : start + self.BATCH])
         return sum(lengths)
-
-    async def rerank(self, request: Request) -> int:
-        return await asyncio.to_thread(self._score, request)
-
-    def start_cell(self) -> None:
-        self._passes = Passes()
-        self._memory.reset()
-
-    async def passes(self) -> Passes:
-        return self._passes
-
-    def peak_memory_bytes(self) -> int | None:
-        return self._memory.peak()
