@@ -337,10 +337,10 @@ def _checkpoint(choice: str, scratch: Path) -> str:
 
 
 async def _start_service(
-    args: argparse.Namespace, checkpoint: str, scratch: Path
+    args: argparse.Namespace, checkpoint: str, scratch: Path, startup: dict[str, float]
 ) -> ServiceOverHttp:
     """The service, started twice on one fresh compile cache: cold, then warm. Each start's
-    seconds to ready are printed; the warm one serves the cells."""
+    seconds to ready are printed and put in ``startup``; the warm one serves the cells."""
     cache = str(scratch / "compile-cache")
     for start in ("cold", "warm"):
         service = ServiceOverHttp(
@@ -356,16 +356,15 @@ async def _start_service(
         print(
             f"  service start-up to ready, {start} compile cache: {service.startup_seconds:.1f} s"
         )
-        STARTUP_SECONDS[start] = round(service.startup_seconds, 1)
+        startup[start] = round(service.startup_seconds, 1)
         if start == "cold":
             await service.stop()
     return service
 
 
-STARTUP_SECONDS: dict[str, float] = {}
-
-
-async def _main(args: argparse.Namespace, checkpoint: str, scratch: Path) -> list[Cell]:
+async def _main(
+    args: argparse.Namespace, checkpoint: str, scratch: Path, startup: dict[str, float]
+) -> list[Cell]:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     config = AutoConfig.from_pretrained(checkpoint)
     peak_flops = _peak_flops(args.device, args.peak_tflops)
@@ -419,7 +418,7 @@ async def _main(args: argparse.Namespace, checkpoint: str, scratch: Path) -> lis
             engines.append(engine)
             contenders[key] = engine
     if "service" in args.contenders:
-        service = await _start_service(args, checkpoint, scratch)
+        service = await _start_service(args, checkpoint, scratch, startup)
         contenders["service"] = service
     reference = None
     if "reference" in args.contenders:
@@ -517,6 +516,7 @@ def main() -> None:
         args.dtype = "float32" if args.device.startswith("cpu") else "auto"
 
     torch.set_num_threads(os.cpu_count() or 1)
+    startup: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = _checkpoint(args.model, Path(scratch))
         machine = (
@@ -525,7 +525,7 @@ def main() -> None:
             else f"{platform.machine()} CPU, {os.cpu_count()} cores"
         )
         print(f"model: {args.model}; device: {args.device} ({machine}); {args.seconds} s per cell")
-        cells = asyncio.run(_main(args, checkpoint, Path(scratch)))
+        cells = asyncio.run(_main(args, checkpoint, Path(scratch), startup))
     print()
     print(_table(cells))
     ratios = _ratios(cells)
@@ -535,8 +535,8 @@ def main() -> None:
     targets = _targets(ratios)
     print()
     print("\n".join(targets))
-    if STARTUP_SECONDS:
-        print(f"- service start-up to ready (s): {STARTUP_SECONDS}")
+    if startup:
+        print(f"- service start-up to ready (s): {startup}")
     if args.plot:
         if importlib.util.find_spec("matplotlib") is None:
             print("- no plot: matplotlib is not installed (the bench extras)")
@@ -550,7 +550,7 @@ def main() -> None:
             "cells": [asdict(c) for c in cells],
             "ratios": ratios,
             "targets": targets,
-            "startup_seconds": STARTUP_SECONDS,
+            "startup_seconds": startup,
         }
         args.json.write_text(json.dumps(result, indent=2))
 
