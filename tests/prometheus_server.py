@@ -88,6 +88,32 @@ class PrometheusServer:
 
 
 @contextlib.contextmanager
+def serving(command: list[str], http: httpx.Client, name: str) -> Iterator[None]:
+    """Run a Prometheus-family server (Prometheus, Alertmanager) until the block ends; the
+    block starts once its ``/-/ready`` answers 200, and fails at once, with the server's
+    stderr, if it exits first."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if http.get("/-/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"{name} did not become ready"
+            time.sleep(0.1)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        http.close()
+
+
+@contextlib.contextmanager
 def run_prometheus(
     workdir: Path,
     target: str | Sequence[str],
@@ -97,9 +123,6 @@ def run_prometheus(
     """Scrape ``target`` (host:port, or several) every second as job ``reranker``, with these
     rules and feature flags (``--enable-feature``)."""
     targets = [target] if isinstance(target, str) else list(target)
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus not found: install Debian's 'prometheus' package (see README)")
     config = {
         "global": {
             "scrape_interval": f"{SCRAPE_SECONDS}s",
@@ -110,34 +133,28 @@ def run_prometheus(
     }
     config_path = workdir / "prometheus.yml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config_path}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-            *(f"--enable-feature={feature}" for feature in features),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    server = PrometheusServer(f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            try:
-                if server.http.get("/-/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "Prometheus did not become ready"
-            time.sleep(0.1)
+    with start_prometheus(workdir, config_path, features=features) as server:
         yield server
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        server.http.close()
+
+
+@contextlib.contextmanager
+def start_prometheus(
+    workdir: Path, config_path: Path, port: int | None = None, features: Sequence[str] = ()
+) -> Iterator[PrometheusServer]:
+    """Prometheus with this configuration file, its data in ``workdir``, listening on
+    127.0.0.1 (``port``, or a free one) until the block ends."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus not found: install Debian's 'prometheus' package (see README)")
+    port = port if port is not None else free_port()
+    command = [
+        binary,
+        f"--config.file={config_path}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+        *(f"--enable-feature={feature}" for feature in features),
+    ]
+    server = PrometheusServer(f"http://127.0.0.1:{port}")
+    with serving(command, server.http, "Prometheus"):
+        yield server

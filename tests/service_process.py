@@ -77,13 +77,15 @@ def start_service(
     *args: str,
     env: dict[str, str] | None = None,
     launcher: Sequence[str] = (),
+    module: str = "reranker_service",
 ) -> ServiceProcess:
     """The service on the test checkpoint, CPU in fp32, an ephemeral 127.0.0.1 port, debug
     logs; ``args`` come after and may override. ``launcher`` is put before the command: a
-    wrapper that execs it (same process)."""
+    wrapper that execs it (same process). ``module`` is the one ``python -m`` runs: the
+    service's own, or a test's entry point that wraps it."""
     base = (
         *("--model", str(checkpoint), "--host", "127.0.0.1", "--port", "0"),
         *("--device", "cpu", "--dtype", "float32"),
     )
-    command = [*launcher, sys.executable, "-m", "reranker_service", *base, "--log-level", "debug"]
+    command = [*launcher, sys.executable, "-m", module, *base, "--log-level", "debug"]
     return ServiceProcess([*command, *args], env=env)

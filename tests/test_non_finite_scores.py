@@ -14,9 +14,6 @@ from reranker_service.app import load_options
 from reranker_service.engine.loading import load_single_device_model
 from reranker_service.engine.runner.padded import PaddedRunner
 from reranker_service.engine.runner.protocol import (
-    PassBatch,
-    PendingScores,
-    ReadyScores,
     ServedModel,
 )
 from reranker_service.engine.scheduler.batcher import Batcher
@@ -25,36 +22,12 @@ from reranker_service.engine.scheduler.pass_cost import PassCostModel
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import (
     AppFactory,
-    RunnerWrapper,
     asgi_client,
     logits,
     make_settings,
-    sequences_of,
 )
 from tests.exposition import scrape
-
-POISON = "overflowing"
-
-
-class OverflowsOnAWord(RunnerWrapper):
-    """The real model, except that a pair whose document has ``POISON`` overflows: its score
-    comes out NaN, as the model reports an fp16 pass whose logit is not finite."""
-
-    def __init__(self, model: ServedModel) -> None:
-        super().__init__(model)
-        poisoned, clean = model.encoder.encode(DEFAULT_INSTRUCTION, "q", [POISON, "fine"])
-        self.poison = next(token for token in poisoned if token not in clean)
-        self.batch_sizes: list[int] = []
-
-    def launch(self, batch: PassBatch) -> PendingScores:
-        self.batch_sizes.append(len(batch.pairs))
-        scores = super().launch(batch).result()
-        return ReadyScores(
-            [
-                math.nan if self.poison in sequence else score
-                for sequence, score in zip(sequences_of(batch), scores, strict=True)
-            ]
-        )
+from tests.faulty_runners import OVERFLOW_WORD, OverflowsOnAWord
 
 
 async def test_only_the_request_with_the_non_finite_pair_fails(
@@ -68,7 +41,8 @@ async def test_only_the_request_with_the_non_finite_pair_fails(
         pass_costs=PassCostModel([(64, 0.002), (128, 0.0025), (1024, 0.01)]),
     )
     encode = scoring_model.encoder.encode
-    poisoned = batcher.submit(encode(DEFAULT_INSTRUCTION, "q", ["fine", POISON, "also fine"]))
+    documents = ["fine", OVERFLOW_WORD, "also fine"]
+    poisoned = batcher.submit(encode(DEFAULT_INSTRUCTION, "q", documents))
     clean = batcher.submit(encode(DEFAULT_INSTRUCTION, "q", ["fine", "also fine"]))
     with capture_logs() as logs:
         batcher.start()
@@ -88,7 +62,7 @@ async def test_a_non_finite_score_is_a_500_internal_and_counted(
 ) -> None:
     app = app_factory(model=OverflowsOnAWord(scoring_model))
     async with asgi_client(app) as http:
-        failed = await http.post("/rerank", json={"query": "q", "documents": ["a", POISON]})
+        failed = await http.post("/rerank", json={"query": "q", "documents": ["a", OVERFLOW_WORD]})
         answered = await http.post("/rerank", json={"query": "q", "documents": ["a", "b"]})
         exposition = await scrape(http)
     assert failed.status_code == 500
