@@ -77,10 +77,10 @@ class AlertmanagerServer:
         self.url = url
         self.http = httpx.Client(base_url=url, timeout=10)
 
-    def alerts(self, **filters: str) -> list[dict[str, Any]]:
+    def alerts(self) -> list[dict[str, Any]]:
         """``GET /api/v2/alerts``: the alerts it holds, each with its ``status`` (``state``:
         active, suppressed or unprocessed; ``inhibitedBy``: the fingerprints muting it)."""
-        response = self.http.get("/api/v2/alerts", params=filters)
+        response = self.http.get("/api/v2/alerts")
         response.raise_for_status()
         alerts: list[dict[str, Any]] = response.json()
         return alerts

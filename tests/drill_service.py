@@ -17,12 +17,13 @@ SLOW_PASS_SECONDS = 0.1
 """What a pass holding the slow word takes on top of its own time."""
 
 
+_load_model = loading.load_model
+
+
 def _load_with_faults(options: loading.LoadOptions) -> ServedModel:
     served = _load_model(options)
     return OverflowsOnAWord(SlowOnAWord(served, SLOW_PASS_SECONDS).served).served
 
-
-_load_model = loading.load_model
 
 if __name__ == "__main__":
     loading.load_model = _load_with_faults  # read by the entry point when it loads the model

@@ -15,8 +15,8 @@ The faults, each while the other instance serves a steady trickle of requests:
 1. down: instance A is killed. ``RerankerDown`` fires for A alone, and inhibits A's other
    alerts (shown with a stand-in alert posted to Alertmanager for A and for B: A's is muted,
    B's is sent). A is started again.
-2. errors: A answers a burst of requests that fail inside the engine (a non-finite score). The
-   availability burn-rate pair fires; the trickle and a run of good requests then bring the
+2. errors: A gets a request a second that fails inside the engine (a non-finite score) until
+   the availability burn-rate pair fires; the trickle and a run of good requests then bring the
    error ratio back down.
 3. saturation: B's small queue is held over half full by clients whose passes are slow.
    ``RerankerQueueSaturated`` fires for B alone; the clients stop.
