@@ -30,6 +30,14 @@ COPY src ./src
 RUN pip install --constraint constraints.txt .
 
 FROM ${PYTHON_IMAGE} AS runtime
+# torch.compile needs a C compiler when it runs, not only when the image is built: inductor
+# compiles its CPU kernels and Triton its GPU kernels' launchers with it, against the Python
+# headers (which python:*-slim keeps). Without one a compiled start dies ("No working C++
+# compiler found" on the CPU, "Failed to find C compiler" on a GPU). gcc, g++ and the C library's
+# headers, nothing recommended beside them: about 200 MB (docs/deployment.md).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 reranker \
     && useradd --system --uid 10001 --gid reranker --create-home --home-dir /home/reranker reranker \
     && mkdir -p /cache /compile-cache /models \

@@ -353,10 +353,18 @@ async def _start_service(
             compile_cache=cache,
         )
         await service.start()
+        compiled = service.compiled_seconds
         print(
             f"  service start-up to ready, {start} compile cache: {service.startup_seconds:.1f} s"
+            + (
+                f"; compiled runner serving after {compiled:.1f} s ({service.compile_states})"
+                if compiled is not None
+                else ""
+            )
         )
         startup[start] = round(service.startup_seconds, 1)
+        if compiled is not None:
+            startup[f"{start}, compiled"] = round(compiled, 1)
         if start == "cold":
             await service.stop()
     return service
@@ -495,7 +503,7 @@ def main() -> None:
         help="RERANKER_RUNNER of the engine and service contenders",
     )  # fmt: skip
     parser.add_argument(
-        "--compile", default="auto", choices=["auto", "true", "false"],
+        "--compile", default="auto", choices=["auto", "background", "true", "false"],
         help="RERANKER_COMPILE of the engine and service contenders",
     )  # fmt: skip
     parser.add_argument("--plot", type=Path, help="write pairs/s against concurrency here (PNG)")

@@ -27,6 +27,7 @@ from reranker_service.engine.runner.protocol import (
     PassPair,
     PassShape,
     PendingScores,
+    RunnerKind,
     ServedModel,
     run_pass,
 )
@@ -190,6 +191,10 @@ class RunnerWrapper:
     @property
     def description(self) -> ModelDescription:
         return self._runner.description
+
+    @property
+    def kind(self) -> RunnerKind:
+        return self._runner.kind
 
     @property
     def keeps_prefixes(self) -> bool:

@@ -1,9 +1,10 @@
 """Build the Dockerfile with podman and run the image's filesystem as a container would, on a
 machine where no container engine can start containers.
 
-- The base: Debian bookworm with python3, python3-venv and ca-certificates, bootstrapped by
-  ``mmdebstrap`` from the machine's apt sources and imported into podman. It stands in for
-  ``python:3.11-slim-bookworm`` (same Debian, same Python minor), which cannot be pulled here.
+- The base: Debian bookworm with python3, python3-venv, Python's headers and ca-certificates,
+  bootstrapped by ``mmdebstrap`` from the machine's apt sources and imported into podman. It
+  stands in for ``python:3.11-slim-bookworm`` (same Debian, same Python minor, headers as the
+  slim image keeps them), which cannot be pulled here.
 - The build: ``podman build --isolation chroot`` (no daemon, no user namespaces), the host's
   network and CA bundle for pip, and the machine's local CPU torch wheel through the
   Dockerfile's ``WHEELS_DIR`` argument.
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_TAG = "localhost/reranker-test-base:bookworm"
-"""The bootstrapped stand-in for python:3.11-slim-bookworm."""
+BASE_TAG = "localhost/reranker-test-base:bookworm-headers"
+"""The bootstrapped stand-in for python:3.11-slim-bookworm (its Python headers included)."""
 IMAGE_TAG = "localhost/reranker-service:test"
 CPU_WHEELS = Path("/opt/wheels")
 """Where this machine keeps its local CPU torch wheel."""
@@ -41,8 +42,8 @@ TOOLS = ("podman", "mmdebstrap", "unshare", "nsenter")
 # driver does), put the container's writable places on it, then become the entry point as PID 1.
 _ENTER_ROOTFS = """
 set -eu
-root=$1 volume=$2 user=$3 workdir=$4
-shift 4
+root=$1 volume=$2 compile_cache=$3 user=$4 workdir=$5
+shift 5
 mount --make-rprivate /
 mount --bind "$root" "$root"
 mount -o remount,bind,ro "$root"
@@ -50,6 +51,7 @@ mount -t proc proc "$root/proc"
 mount --rbind /dev "$root/dev"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmp "$root/tmp"
 mount --bind "$volume" "$root/cache"
+mount --bind "$compile_cache" "$root/compile-cache"
 exec chroot --userspec="$user" "$root" /usr/bin/env -i -C "$workdir" "$@"
 """
 
@@ -89,7 +91,7 @@ def bootstrap_base(scratch: Path, tag: str = BASE_TAG) -> None:
     _run(
         [
             *("mmdebstrap", "--quiet", "--variant=apt"),
-            "--include=python3,python3-venv,ca-certificates",
+            "--include=python3,python3-venv,libpython3.11-dev,ca-certificates",
             # python:*-slim images answer to `python`; the Dockerfile calls it so.
             '--customize-hook=ln -sf python3 "$1/usr/bin/python"',
             *("bookworm", str(tarball)),
@@ -184,14 +186,21 @@ def in_container(
     config: ImageConfig,
     env: Mapping[str, str],
     argv: Sequence[str],
+    compile_cache: Path | None = None,
 ) -> list[str]:
-    """The command line that runs ``argv`` in the image's filesystem as its container would."""
+    """The command line that runs ``argv`` in the image's filesystem as its container would,
+    ``volume`` at ``/cache`` and ``compile_cache`` (default: a folder in ``volume``) at
+    ``/compile-cache``."""
     uid, gid = numeric_user(rootfs, config.user)
     environment = [f"{key}={value}" for key, value in {**config.env, **env}.items()]
+    if compile_cache is None:
+        compile_cache = volume / ".compile-cache"
+        compile_cache.mkdir(exist_ok=True)
+        os.chown(compile_cache, uid, gid)
     return [
         *("unshare", "--mount", "--pid", "--fork", "--kill-child"),
         *("sh", "-c", _ENTER_ROOTFS, "sh"),
-        *(str(rootfs), str(volume), f"{uid}:{gid}", config.workdir),
+        *(str(rootfs), str(volume), str(compile_cache), f"{uid}:{gid}", config.workdir),
         *environment,
         *argv,
     ]

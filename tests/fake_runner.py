@@ -17,6 +17,7 @@ from reranker_service.engine.runner.protocol import (
     PassBatch,
     PassShape,
     ReadyScores,
+    RunnerKind,
     padded_pass_tokens,
 )
 from reranker_service.engine.scoring import DeviceMemory, ModelDescription
@@ -89,6 +90,10 @@ class FakeRunner:
     @property
     def description(self) -> ModelDescription:
         return self._description
+
+    @property
+    def kind(self) -> RunnerKind:
+        return RunnerKind("fake")
 
     @property
     def overlaps_passes(self) -> bool:

@@ -23,6 +23,9 @@ class ServiceProcess:
     def __init__(self, command: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.lines: Queue[dict[str, Any]] = Queue()
         self.raw_lines: list[str] = []
+        self.stderr_lines: list[str] = []
+        """What it wrote to stderr (read as it comes, so that a chatty child never blocks on
+        a full pipe)."""
         self.proc = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -32,6 +35,13 @@ class ServiceProcess:
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -51,10 +61,11 @@ class ServiceProcess:
             if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
                 return record
 
-    def base_url(self) -> str:
-        """Read lines up to uvicorn's 'running on' line; the port was chosen by the OS."""
+    def base_url(self, line_timeout: float = LINE_TIMEOUT_S) -> str:
+        """Read lines up to uvicorn's 'running on' line; the port was chosen by the OS. A start
+        that compiles before it listens is silent for longer than ``LINE_TIMEOUT_S``."""
         while True:
-            record = self.lines.get(timeout=LINE_TIMEOUT_S)
+            record = self.lines.get(timeout=line_timeout)
             match = re.search(r"running on (http://127\.0\.0\.1:\d+)", record.get("event", ""))
             if match:
                 return match.group(1)

@@ -54,11 +54,21 @@ _RUNNERS: dict[str, dict[str, object]] = {
 }
 
 
+def _compiled(model: ServedModel) -> ServedModel:
+    """The model's compiled packed runner, prepared (every bucket compiled, the small ones
+    captured) as the engine's foreground upgrade does, serving alone."""
+    upgrade = model.upgrade_of(0)
+    assert upgrade is not None
+    runner = upgrade.build()
+    runner.prepare()  # type: ignore[attr-defined]
+    return ServedModel(model.encoder, (runner,))
+
+
 @pytest.fixture(scope="module")
 def compiled_models(checkpoint: Path) -> dict[str, ServedModel]:
     """The packed runner compiled, fp32 and bf16, each loaded (and compiled) once."""
     return {
-        dtype: _gpu_model(checkpoint, dtype=dtype, **_RUNNERS["packed-compiled"])
+        dtype: _compiled(_gpu_model(checkpoint, dtype=dtype, **_RUNNERS["packed-compiled"]))
         for dtype in ("float32", "auto")
     }
 
@@ -107,6 +117,10 @@ def test_the_compiled_runner_replays_its_small_buckets_from_cuda_graphs(
     runner = compiled_models["float32"].runner
     assert isinstance(runner, PackedRunner)
     assert runner.graphed_buckets == (128, 256, 512, 1024, 2048)
+    assert runner.kind.cuda_graphs
+    buffers = runner.staging.buffers(128)
+    assert len(buffers) == 2  # two per bucket, used in turn
+    assert all(buffer.is_pinned() for buffer in buffers)
     model = compiled_models["float32"]
     sequences = model.encoder.encode(DEFAULT_INSTRUCTION, QUERY, DOCS[:3])
     replayed = logits(model, sequences)
@@ -327,3 +341,47 @@ def test_the_auto_dtype_is_the_served_gpus(checkpoint: Path) -> None:
     native = torch.cuda.get_device_capability(last) >= (8, 0)
     assert model.description.dtype == ("bfloat16" if native else "float16")
     assert model.description.device == f"cuda:{last}"
+
+
+async def test_a_background_replica_swaps_in_its_compiled_runner_with_graphs(
+    checkpoint: Path,
+) -> None:
+    """``RERANKER_COMPILE=background`` on the GPU: ready on the padded runner, then the
+    compiled packed runner, its small buckets captured on the worker's own thread between
+    passes, self-checked and swapped in; the scores stay the model card's throughout."""
+    model = _gpu_model(checkpoint, dtype="float32", runner="auto", compile="background",
+                       **_SMALL_BUCKETS)  # fmt: skip
+    engine = RerankEngine(model, EngineConfig(2048, 100_000, 1000, 2))
+    await engine.start()
+    try:
+        before = await engine.rerank(DEFAULT_INSTRUCTION, QUERY, DOCS[:3])
+        assert await asyncio.to_thread(engine.wait_for_compiled_runners, 600)
+        (status,) = engine.runner_statuses()
+        assert status.compile.state == "compiled", status
+        assert status.runner.name == "packed"
+        assert status.runner.cuda_graphs
+        after = await engine.rerank(DEFAULT_INSTRUCTION, QUERY, DOCS[:3])
+    finally:
+        await engine.stop()
+    reference = ModelCardReranker(checkpoint, 8192).score_alone(None, QUERY, DOCS[:3])
+    for outcome in (before, after):
+        assert max(abs(a - b) for a, b in zip(outcome.scores, reference, strict=True)) <= 1e-4
+
+
+def test_each_gpu_captures_on_a_stream_of_its_own(checkpoint: Path) -> None:
+    """Compiled runners on two GPUs in one process: each captures its graphs (on a side stream
+    of its own device; one shared default stream made on the first GPU fails the second)."""
+    from reranker_service.engine.loading import load_model
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    settings = make_settings(checkpoint, device="cuda:0,cuda:1", dtype="float32",
+                             compile="true", **_SMALL_BUCKETS)  # fmt: skip
+    replicas = load_model(load_options(settings))
+    for index, upgrade in enumerate(replicas.upgrades):
+        assert upgrade is not None
+        runner = upgrade.build()
+        torch.cuda.set_device(index)
+        runner.prepare()  # type: ignore[attr-defined]
+        assert runner.kind.cuda_graphs
+        assert torch.cuda.current_stream(index) == torch.cuda.default_stream(index)

@@ -281,6 +281,23 @@ def test_each_overlay_is_what_it_says() -> None:
     assert "ScaledObject" not in kinds["hpa"]
     assert "HorizontalPodAutoscaler" in kinds["hpa"]
     assert "RERANKER_CACHE_URL" not in _env(_container(gpu))
+    # A GPU pod is ready on the padded runner and compiles in the background, into a claim
+    # that outlives it; the CPU overlay compiles nothing (auto) and keeps the base's emptyDir.
+    assert _env(_container(gpu))["RERANKER_COMPILE"] == "background"
+    [claim] = [obj for obj in gpu if obj["kind"] == "PersistentVolumeClaim"]
+    volumes = {
+        volume["name"]: volume
+        for volume in _one(gpu, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    }
+    assert volumes["compile-cache"] == {
+        "name": "compile-cache",
+        "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
+    }
+    [mount] = [m for m in _container(gpu)["volumeMounts"] if m["name"] == "compile-cache"]
+    assert mount["mountPath"] == _env(_container(gpu)).get(
+        "RERANKER_COMPILE_CACHE", "/compile-cache"
+    )
+    assert not [obj for obj in cpu if obj["kind"] == "PersistentVolumeClaim"]
 
 
 def _named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

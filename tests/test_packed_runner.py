@@ -169,7 +169,7 @@ def test_the_compiled_runner_matches_the_model_card(
     at start-up as on a GPU; about 15 s a bucket on two cores."""
     compiled = _runner(packed_model, PackedOptions((128, 256), compiled=True))
     prepared = compiled.prepare()
-    assert [tokens for tokens, _, _ in prepared] == [128, 256]
+    assert [tokens for tokens, _ in prepared.bucket_seconds] == [128, 256]
     requests = _mixed(packed_model, card)
     _assert_close(compiled.launch(requests.batch()).result(), requests.expected)
     pair = requests.pairs[0]
@@ -215,12 +215,15 @@ def _by_index(response: httpx.Response) -> list[float]:
 @pytest.mark.parametrize(
     ("runner_setting", "compile_setting", "device", "expected"),
     [
-        ("auto", "auto", "cpu", RunnerPlan(packed=False, compiled=False)),
-        ("auto", "auto", "cuda", RunnerPlan(packed=True, compiled=True)),
-        ("auto", "false", "cuda", RunnerPlan(packed=True, compiled=False)),
-        ("auto", "true", "cpu", RunnerPlan(packed=True, compiled=True)),
-        ("packed", "auto", "cpu", RunnerPlan(packed=True, compiled=False)),
-        ("padded", "auto", "cuda", RunnerPlan(packed=False, compiled=False)),
+        ("auto", "auto", "cpu", RunnerPlan("padded", "never")),
+        ("auto", "auto", "cuda", RunnerPlan("padded", "background")),
+        ("auto", "background", "cpu", RunnerPlan("padded", "background")),
+        ("packed", "auto", "cuda", RunnerPlan("padded", "background")),
+        ("auto", "false", "cuda", RunnerPlan("padded", "never")),
+        ("packed", "false", "cuda", RunnerPlan("packed", "never")),
+        ("auto", "true", "cpu", RunnerPlan("padded", "foreground")),
+        ("packed", "auto", "cpu", RunnerPlan("packed", "never")),
+        ("padded", "auto", "cuda", RunnerPlan("padded", "never")),
     ],
 )
 def test_the_runner_each_device_gets(
@@ -231,11 +234,14 @@ def test_the_runner_each_device_gets(
 
 
 def test_int8_and_compile_ask_for_what_the_padded_runner_cannot() -> None:
-    assert plan_runner(RunnerOptions(), "cpu", "int8") == RunnerPlan(False, False)
+    assert plan_runner(RunnerOptions(), "cpu", "int8") == RunnerPlan("padded", "never")
     with pytest.raises(ModelLoadError, match="padded runner only"):
         plan_runner(RunnerOptions(runner="packed"), "cpu", "int8")
-    with pytest.raises(ModelLoadError, match="compiles the packed runner"):
-        plan_runner(RunnerOptions(runner="padded", compile="true"), "cpu", "float32")
+    with pytest.raises(ModelLoadError, match="padded runner only"):
+        plan_runner(RunnerOptions(compile="background"), "cpu", "int8")
+    for compile_setting in ("true", "background"):
+        with pytest.raises(ModelLoadError, match="compiles the packed runner"):
+            plan_runner(RunnerOptions(runner="padded", compile=compile_setting), "cpu", "float32")
 
 
 def test_a_checkpoint_the_packed_decoder_cannot_compute_is_refused(
@@ -257,10 +263,9 @@ class _ReplayedOnTheCpu:
     runs the captured pass again on the same static buffers, writing the same output tensor,
     as a graph's replay does."""
 
-    def __init__(
-        self, runner: PackedRunner, stream: torch.Tensor, last_tokens: torch.Tensor
-    ) -> None:
-        self._run = lambda: runner._forward(stream, last_tokens)
+    def __init__(self, runner: PackedRunner, inputs: torch.Tensor) -> None:
+        tokens = inputs.shape[1]
+        self._run = lambda: runner._forward(inputs, tokens)
         self.output = self._run()
 
     def replay(self) -> None:
@@ -272,16 +277,16 @@ def test_a_replayed_bucket_refills_its_buffers_and_reads_only_its_pairs(
 ) -> None:
     """The GPU's graph path on the CPU: each pass copies its stream and readout indices into
     the bucket's static buffers, replays, and takes the first scores only."""
+    from reranker_service.engine.runner.graphs import CapturedPass
     from reranker_service.engine.runner.packed import _GraphedBucket
 
     runner = _runner(packed_model, PackedOptions((1024,)))
-    stream = torch.zeros((4, 1024), dtype=torch.long)
-    stream[2] = torch.arange(1024)
-    stream[3] = -1
-    last_tokens = torch.zeros(1024, dtype=torch.long)
+    inputs = torch.zeros((5, 1024), dtype=torch.long)
+    inputs[2] = torch.arange(1024)
+    inputs[3] = -1
     with torch.inference_mode():
-        graph = _ReplayedOnTheCpu(runner, stream, last_tokens)
-    runner._graphs[1024] = _GraphedBucket(graph, stream, last_tokens, graph.output)
+        graph = _ReplayedOnTheCpu(runner, inputs)
+    runner._graphs[1024] = _GraphedBucket(CapturedPass(graph, graph.output), inputs)
     requests = _mixed(packed_model, card)
     _assert_close(runner.launch(requests.batch()).result(), requests.expected)
     # A smaller pass after a larger one: no score of the earlier pass leaks into it.

@@ -57,7 +57,7 @@ def test_each_prefix_is_in_the_stream_once_followed_by_its_pairs() -> None:
 def test_a_pairs_positions_continue_after_its_prefix() -> None:
     stream = _stream()
     assert stream.positions[:12] == [0, 1, 2, 3, 4, 3, 0, 1, 2, 0, 1, 2]
-    assert stream.positions[12:] == [0, 1, 2, 3]
+    assert stream.positions[12:] == [0, 0, 0, 0]
 
 
 def test_scores_are_read_at_each_pairs_last_token_in_batch_order() -> None:
@@ -77,7 +77,7 @@ def test_a_pair_sees_its_prefix_and_its_own_earlier_tokens_only() -> None:
     assert seen_by[8] == [6, 7, 8]  # the pair without a prefix sees itself only
     assert seen_by[11] == [9, 10, 11]  # B: its prefix, then itself
     assert seen_by[2] == [0, 1, 2]  # a prefix is causal in itself
-    assert seen_by[13] == [12, 13]  # padding sees padding only
+    assert [seen_by[q] for q in range(12, 16)] == [[12], [13], [14], [15]]  # padding: itself
     assert all(k < 12 for q in range(12) for k in seen_by[q])  # no real token sees padding
     assert stream.prefix_segments[0] == NO_PREFIX
 
@@ -134,7 +134,7 @@ def test_flex_attention_through_the_block_mask_equals_dense_attention(batch: Pas
     queries = torch.randn(1, 4, length, 16, generator=generator)
     keys, values = (torch.randn(1, 2, length, 16, generator=generator) for _ in range(2))
     dense = dense_attention(queries, keys, values, dense_mask(segments, prefix_segments), 0.25)
-    blocks = block_mask(segments, prefix_segments, compiled=False)
+    blocks = block_mask(segments, prefix_segments)
     flex = flex_attention(queries, keys, values, blocks, 0.25)
     assert torch.allclose(flex, dense, atol=1e-5)
 
@@ -144,3 +144,20 @@ def test_every_key_a_query_sees_comes_before_it_in_the_stream() -> None:
     for query, key in itertools.product(range(stream.length), repeat=2):
         if stream.sees(query, key):
             assert key <= query
+
+
+def _computed_tiles(stream: PackedStream) -> int:
+    """128 x 128 tiles of attention FlexAttention computes for the stream: those its block mask
+    lists, partly or fully seen."""
+    blocks = block_mask(*_tensors(stream))
+    return int(blocks.kv_num_blocks.sum()) + int(blocks.full_kv_num_blocks.sum())
+
+
+def test_padding_costs_a_tile_per_128_tokens_not_a_causal_block() -> None:
+    """One 200-token pair in the 8 192-token bucket: 64 query tiles, each computing its own
+    diagonal tile and, for the two holding the pair, the pair's tiles before it. With all the
+    padding in one causal segment (before) it was 2 018 tiles: 31 times the attention."""
+    stream = pack(PassBatch([PassPair(list(range(1, 201)))]), 8192, PAD)
+    assert _computed_tiles(stream) == 65
+    alone = pack(PassBatch([PassPair(list(range(1, 201)))]), 256, PAD)
+    assert _computed_tiles(alone) == 3

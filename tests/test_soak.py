@@ -5,6 +5,7 @@ the service's own counters add up to what was sent."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from reranker_service.engine.scoring import probability
 from reranker_service.settings import DEFAULT_INSTRUCTION
 from tests.conftest import logits
 from tests.exposition import Exposition
-from tests.service_process import start_service
+from tests.service_process import ServiceProcess, start_service
 
 pytestmark = pytest.mark.slow  # starts real server processes
 
@@ -87,6 +88,25 @@ async def _send_all(base_url: str, requests: list[SoakRequest]) -> list[httpx.Re
     return [response for response in responses if response is not None]
 
 
+def _level(line: str) -> str | None:
+    try:
+        return str(json.loads(line).get("level"))
+    except ValueError:
+        return None
+
+
+def _what_the_service_said(service: ServiceProcess) -> str:
+    """Whether the service still runs, and its last words, for a request the transport lost."""
+    warnings = [line for line in service.raw_lines if _level(line) != "info"]
+    return "\n".join(
+        [
+            f"a request lost its connection; the service's exit code: {service.proc.poll()}",
+            *warnings[-20:],
+            *service.stderr_lines[-20:],
+        ]
+    )
+
+
 def test_soak(checkpoint: Path, scoring_model: ServedModel) -> None:
     warm_up, soak = _requests(WARM_UP_REQUESTS, seed=1), _requests(REQUESTS, seed=2)
     service = start_service(checkpoint, "--log-level", "info")
@@ -94,7 +114,10 @@ def test_soak(checkpoint: Path, scoring_model: ServedModel) -> None:
         base_url = service.base_url()
         asyncio.run(_send_all(base_url, warm_up))
         rss_start = _rss_bytes(service.proc.pid)
-        responses = asyncio.run(_send_all(base_url, soak))
+        try:
+            responses = asyncio.run(_send_all(base_url, soak))
+        except httpx.TransportError as exc:
+            raise AssertionError(_what_the_service_said(service)) from exc
         rss_end = _rss_bytes(service.proc.pid)
         exposition = Exposition(httpx.get(f"{base_url}/metrics", timeout=30).text)
         service.proc.send_signal(signal.SIGTERM)

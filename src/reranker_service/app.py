@@ -221,7 +221,10 @@ def create_app(
             engine_config(settings),
             observer=_observe_batches(observers),
             score_cache=score_cache,
+            runner_observer=metrics.set_runner,
         )
+        for status in engine.runner_statuses():
+            metrics.set_runner(status)
         resources.push_async_callback(engine.stop)
         gpu_poller = GpuPoller(
             metrics,

@@ -18,7 +18,7 @@ _DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 LogLevel = Literal["debug", "info", "warning", "error"]
 DType = Literal["auto", "float32", "float16", "bfloat16", "int8"]
 Runner = Literal["auto", "padded", "packed"]
-Compile = Literal["auto", "true", "false"]
+Compile = Literal["auto", "background", "true", "false"]
 
 
 def default_compile_cache() -> str:
@@ -75,9 +75,11 @@ class Settings(BaseSettings):
     )
     compile: Compile = Field(
         "auto",
-        description="compiled forward over token-count buckets, CUDA graphs for the small "
-        "ones (packed runner): auto (on for CUDA, off on the CPU, where it is measured "
-        "slower), true or false",
+        description="the packed runner compiled over token-count buckets, CUDA graphs for "
+        "the small ones: background (ready at once on the padded runner, the compiled one "
+        "swapped in after a self-check; any failure keeps the padded one), true (ready only "
+        "once compiled; a failure stops start-up), false (nothing compiled), auto (background "
+        "on a GPU; false on the CPU, where it is measured slower)",
     )
     compile_cache: str = Field(
         default_factory=default_compile_cache,

@@ -73,6 +73,7 @@ _TEI_ERROR_TYPES = {
     "draining": "unhealthy",
     "oom": "backend",
     "internal": "backend",
+    "device_failed": "backend",
 }
 """Our error types in TEI's words (its ``ErrorType``); the rest are its ``validation``."""
 

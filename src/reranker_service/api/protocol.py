@@ -320,16 +320,42 @@ class ErrorResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "failed"]
+    failed_devices: dict[str, str] | None = Field(
+        None,
+        description="devices that failed for good (a sticky CUDA error), and why: the process "
+        "must be restarted",
+    )
 
 
 class ReadyResponse(BaseModel):
-    status: Literal["ready", "loading", "draining"]
+    status: Literal["ready", "loading", "draining", "failed"]
+
+
+class RunnerInfo(BaseModel):
+    name: str = Field(description="the runner serving now: `padded` or `packed`")
+    compiled: bool
+    cuda_graphs: bool = Field(description="whether its small passes replay CUDA graphs")
+    compile_state: Literal["off", "compiling", "compiled", "fallback"] = Field(
+        description="off: nothing to compile; compiling: in the background, the eager runner "
+        "serves meanwhile; compiled: the compiled runner serves; fallback: it failed, the "
+        "eager runner serves on"
+    )
+    compile_seconds: float | None = Field(
+        None, description="from the start of compiling to serving, or to the failure"
+    )
+    compile_stage: str | None = Field(
+        None,
+        description="where compiling is (compiling) or where it failed (fallback): build, "
+        "compile, capture, self_check, pass_costs, swap",
+    )
+    compile_error: str | None = Field(None, description="why it fell back: the error's first line")
 
 
 class ServedDevice(BaseModel):
     name: str = Field(description="the worker's device: cuda:N, cpu, or cpu:N with several")
     uuid: str | None = Field(description="the GPU's UUID, as NVML and nvidia-smi give it")
+    runner: RunnerInfo | None = Field(None, description="what serves on it now")
 
 
 class CacheInfo(BaseModel):

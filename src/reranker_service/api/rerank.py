@@ -13,6 +13,7 @@ import structlog
 from reranker_service.api.deps import RerankContext, RerankOptions
 from reranker_service.api.errors import (
     RETRY_AFTER_BUSY_SECONDS,
+    RETRY_AFTER_UNAVAILABLE_SECONDS,
     ApiError,
     retry_after,
     unavailable,
@@ -36,6 +37,7 @@ from reranker_service.api.protocol import (
 from reranker_service.api.telemetry import RerankRecord
 from reranker_service.engine.prompt import PairTooLongError, Truncation
 from reranker_service.engine.rerank_engine import RerankOutcome, TooManyPairsError
+from reranker_service.engine.runner.protocol import DeviceLostError
 from reranker_service.engine.scheduler.jobs import (
     EngineStoppedError,
     NonFiniteScoresError,
@@ -162,6 +164,14 @@ async def _run_engine(
         ) from None
     except EngineStoppedError:
         raise unavailable("draining") from None
+    except DeviceLostError as exc:
+        # Logged by the engine (device_lost); /health fails, so the replica gets restarted.
+        raise ApiError(
+            503,
+            "device_failed",
+            f"the device failed and this replica must be restarted ({exc})",
+            headers=retry_after(RETRY_AFTER_UNAVAILABLE_SECONDS),
+        ) from None
     except NonFiniteScoresError as exc:
         # Logged by the engine with its pass (non_finite_scores); the client gets no number.
         raise ApiError(

@@ -30,6 +30,7 @@ from reranker_service.api.protocol import (
     ReadyResponse,
     RerankRequest,
     RerankResponse,
+    RunnerInfo,
     ScoreRequest,
     ScoreResponse,
     ServedDevice,
@@ -56,7 +57,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         415: "The body is not sent as JSON",
         422: "Invalid field",
         429: "Overloaded; retry after the Retry-After header",
-        503: "Loading, shutting down, or one document too large for device memory (oom)",
+        503: "Loading, shutting down, one document too large for device memory (oom), or "
+        "the device failed for good (device_failed: the replica must be restarted)",
         504: "Not scored within RERANKER_REQUEST_TIMEOUT_SECONDS; its queued pairs were dropped",
     }.items()
 }
@@ -156,31 +158,58 @@ rerank_router.add_api_route(
 )
 
 
-@ops_router.get("/health", response_model=HealthResponse, summary="Liveness")
-async def health() -> HealthResponse:
-    return HealthResponse(status="ok")
+@ops_router.get(
+    "/health",
+    response_model=HealthResponse,
+    responses={503: {"model": HealthResponse, "description": "A device failed for good"}},
+    summary="Liveness: 200 while the process serves; 503 once a device has failed for good",
+)
+async def health(lifecycle: LifecycleDep) -> JSONResponse:
+    lost = lifecycle.engine.lost_devices if lifecycle.engine is not None else {}
+    if lost:
+        # A sticky device error fails every later pass on it: only a restart serves again.
+        body = HealthResponse(status="failed", failed_devices=lost)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @ops_router.get(
     "/ready",
     response_model=ReadyResponse,
-    responses={503: {"model": ReadyResponse, "description": "Loading or draining"}},
+    responses={503: {"model": ReadyResponse, "description": "Loading, draining, or failed"}},
     summary="Readiness: 200 once the model is loaded and warm",
 )
 async def ready(lifecycle: LifecycleDep) -> JSONResponse:
-    status_code = 200 if lifecycle.phase == "ready" else 503
-    return JSONResponse({"status": lifecycle.phase}, status_code=status_code)
+    phase = lifecycle.phase
+    if phase == "ready" and lifecycle.engine is not None and lifecycle.engine.lost_devices:
+        return JSONResponse({"status": "failed"}, status_code=503)
+    status_code = 200 if phase == "ready" else 503
+    return JSONResponse({"status": phase}, status_code=status_code)
 
 
 @ops_router.get("/info", response_model=InfoResponse, summary="What is served, with its limits")
 async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
     model = engine.description
+    runners = {
+        status.device: RunnerInfo(
+            name=status.runner.name,
+            compiled=status.runner.compiled,
+            cuda_graphs=status.runner.cuda_graphs,
+            compile_state=status.compile.state,
+            compile_seconds=status.compile.seconds,
+            compile_stage=status.compile.stage,
+            compile_error=status.compile.reason,
+        )
+        for status in engine.runner_statuses()
+    }
     return InfoResponse(
         model=model.model,
         revision=model.revision,
         device=",".join(served.device for served in engine.descriptions),
         devices=[
-            ServedDevice(name=served.device, uuid=served.device_uuid)
+            ServedDevice(
+                name=served.device, uuid=served.device_uuid, runner=runners.get(served.device)
+            )
             for served in engine.descriptions
         ],
         dtype=model.dtype,

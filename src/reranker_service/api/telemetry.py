@@ -41,6 +41,7 @@ _METRIC_ERROR_TYPE = {
     "timeout": "timeout",
     "oom": "oom",
     "internal": "internal",
+    "device_failed": "internal",
     "not_ready": "unavailable",
     "draining": "unavailable",
     "client_disconnected": "client_disconnected",

@@ -34,10 +34,17 @@ from reranker_service.engine.runner.build import (
     RunnerOptions,
     build_runner,
     plan_runner,
+    prepare_compiler,
 )
 from reranker_service.engine.runner.padded import PaddedRunner
-from reranker_service.engine.runner.protocol import ServedModel, run_pass
+from reranker_service.engine.runner.protocol import (
+    ModelRunner,
+    RunnerUpgrade,
+    ServedModel,
+    run_pass,
+)
 from reranker_service.engine.runner.readout import first_line
+from reranker_service.engine.runner.self_check import probe_requests
 from reranker_service.engine.scoring import ModelDescription, ModelLoadError
 
 logger = structlog.get_logger(__name__)
@@ -106,8 +113,12 @@ def load_model(options: LoadOptions) -> ServedModel:
         if cpu_choice.check is not None:
             prefix = "int8" if cpu_choice.dtype == "int8" else "bf16"
             choice_fields.update(cpu_choice.check.fields(prefix))
-    for runner in model.runners:
+    for index, runner in enumerate(model.runners):
         described = runner.description
+        upgrade = model.upgrade_of(index)
+        compiles = "never" if upgrade is None else "background"
+        if upgrade is not None and upgrade.foreground:
+            compiles = "foreground"
         logger.info(
             "model_loaded",
             model=described.model,
@@ -115,7 +126,8 @@ def load_model(options: LoadOptions) -> ServedModel:
             device=described.device,
             device_uuid=described.device_uuid,
             dtype=described.dtype,
-            runner=type(runner).__name__.removesuffix("Runner").lower(),
+            runner=runner.kind.name,
+            compile=compiles,
             load_seconds=round(described.load_seconds, 3),
             **choice_fields,
         )
@@ -266,8 +278,13 @@ def _load(options: LoadOptions) -> tuple[ServedModel, CpuDtypeChoice | None]:
         dtype_name = str(dtype).removeprefix("torch.")
     revision = str(getattr(config, "_commit_hash", None) or "local")
     plan = plan_runner(options.runner, devices[0].type, dtype_name)
+    probe = []
+    if plan.compile != "never":
+        prepare_compiler(options.runner)
+        probe = probe_requests(encoder.encode, options.max_length)
 
-    runners = []
+    runners: list[ModelRunner] = []
+    upgrades: list[RunnerUpgrade | None] = []
     for index, (device, name) in enumerate(zip(devices, worker_names(devices), strict=True)):
         # CPU workers share the one set of weights (a pass only reads them); each GPU gets its
         # own copy, and the last takes the loaded weights themselves.
@@ -283,14 +300,15 @@ def _load(options: LoadOptions) -> tuple[ServedModel, CpuDtypeChoice | None]:
             load_seconds=time.perf_counter() - started,
             device_uuid=device_uuid(device),
         )
-        runners.append(
-            build_runner(
-                backbone,
-                direction.to(device),
-                int(pad_token_id),
-                description,
-                plan,
-                options.runner,
-            )
+        runner, upgrade = build_runner(
+            backbone,
+            direction.to(device),
+            int(pad_token_id),
+            description,
+            plan,
+            options.runner,
+            probe,
         )
-    return ServedModel(encoder, tuple(runners)), cpu_choice
+        runners.append(runner)
+        upgrades.append(upgrade)
+    return ServedModel(encoder, tuple(runners), tuple(upgrades)), cpu_choice

@@ -27,6 +27,7 @@ from reranker_service.engine.scoring import (
     default_batch_tokens,
     probability,
 )
+from reranker_service.engine.upgrade import RunnerObserver, RunnerStatus, RunnerUpgrader
 
 logger = structlog.get_logger(__name__)
 
@@ -142,15 +143,17 @@ class RerankEngine:
         config: EngineConfig,
         observer: BatchObserver | None = None,
         score_cache: ScoreCache | None = None,
+        runner_observer: RunnerObserver | None = None,
     ) -> None:
         """Serve ``model``: replicas of one checkpoint on one kind of device, each runner a
-        worker of the one batcher. ``score_cache`` is looked up after tokenizing, and only the
-        pairs it misses are queued."""
+        worker of the one batcher, and each replaced by its compiled runner where the model
+        has one (before ready, or in the background: see ``upgrade``). ``score_cache`` is
+        looked up after tokenizing, and only the pairs it misses are queued.
+        ``runner_observer`` hears of every change of a worker's runner."""
         descriptions = [runner.description for runner in model.runners]
         if len({description.device_type for description in descriptions}) != 1:
             raise ValueError("the replicas must all be on GPUs or all on the CPU")
         self.limits = choose_limits(config, model.description)
-        self._model = model
         self._encoder = model.encoder
         self._batcher = Batcher(
             model.runners,
@@ -158,6 +161,18 @@ class RerankEngine:
             max_queued_pairs=self.limits.max_queued_pairs,
             max_prefix_tokens=self.limits.max_batch_tokens if config.prefix_reuse else 0,
             priority_max_wait_seconds=config.priority_max_wait_seconds,
+        )
+        self._upgrader = RunnerUpgrader(
+            self._batcher,
+            [
+                (runner.description.device, upgrade)
+                for index, runner in enumerate(model.runners)
+                if (upgrade := model.upgrade_of(index)) is not None
+            ],
+            pass_cost_token_ids=self._encoder.prefix_ids,
+            max_batch_tokens=self.limits.max_batch_tokens,
+            pinned_pass_costs=config.pass_costs,
+            observer=runner_observer,
         )
         self.prefix_reuse = config.prefix_reuse
         self._largest_request_pairs = config.largest_request_pairs
@@ -178,8 +193,22 @@ class RerankEngine:
 
     def device_memory(self) -> list[DeviceMemory]:
         """torch's allocator on each served GPU; empty on the CPU."""
-        readings = (runner.memory() for runner in self._model.runners)
+        readings = (runner.memory() for runner in self._batcher.runners)
         return [reading for reading in readings if reading is not None]
+
+    def runner_statuses(self) -> list[RunnerStatus]:
+        """Each worker's runner now, and where its compiled runner stands."""
+        return self._upgrader.statuses()
+
+    @property
+    def lost_devices(self) -> dict[str, str]:
+        """Workers whose device failed for good (a sticky device error), and why."""
+        return self._batcher.lost_devices
+
+    def wait_for_compiled_runners(self, timeout: float | None = None) -> bool:
+        """Wait (bounded) until the background compile has ended, swapped in or fallen back;
+        whether it has. For tools and tests: serving never waits for it."""
+        return self._upgrader.wait(timeout)
 
     @property
     def overlapping_passes(self) -> bool:
@@ -193,19 +222,24 @@ class RerankEngine:
         return self._batcher.pass_costs
 
     async def start(self) -> None:
-        """Measure the pass cost on the model (which also warms it up) unless it is pinned,
-        start the worker, then send one request through the whole path so the first client
-        pays no setup; log both and what they took."""
+        """Bring in the compiled runners if the replica waits for them (``RERANKER_COMPILE=
+        true``); measure the pass cost on the model (which also warms it up) unless it is
+        pinned or was measured with them; start the workers, then send one request through the
+        whole path so the first client pays no setup; log both and what they took. Compiled
+        runners meant for the background start compiling last."""
         started = time.perf_counter()
-        if self._pinned_pass_costs is not None:
-            measured: Sequence[tuple[float, float]] = self._pinned_pass_costs
+        if self._upgrader.foreground:
+            await asyncio.to_thread(self._upgrader.run_foreground)
+            measured: Sequence[tuple[float, float]] = self._batcher.pass_costs.points
+        elif self._pinned_pass_costs is not None:
+            measured = self._pinned_pass_costs
         else:
             # Once for the device type: the replicas are alike, and each worker corrects its
             # copy of the curve from its own passes.
             measured = (
                 await asyncio.to_thread(
                     measure_pass_costs,
-                    self._model.runner,
+                    self._batcher.runners[0],
                     self._encoder.prefix_ids,
                     self.limits.max_batch_tokens,
                     CALIBRATION_BUDGET_SECONDS,
@@ -214,9 +248,9 @@ class RerankEngine:
         self._batcher.set_pass_costs(measured)
         measured_at = time.perf_counter()
         # The measurement ran the first replica; every other runs a pass before any client.
-        if len(self._model.runners) > 1:
+        if len(self._batcher.runners) > 1:
             warm_up_ids = self._encoder.encode("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
-            for runner in self._model.runners[1:]:
+            for runner in self._batcher.runners[1:]:
                 await asyncio.to_thread(run_pass, runner, warm_up_ids)
         self._batcher.start()
         await self.rerank("warm-up", "warm-up query", _WARM_UP_DOCUMENTS)
@@ -238,8 +272,11 @@ class RerankEngine:
             overlapping_passes=self.overlapping_passes,
             workers=self._batcher.worker_names,
         )
+        if self._upgrader.planned and not self._upgrader.foreground:
+            self._upgrader.start_background()
 
     async def stop(self) -> None:
+        await asyncio.to_thread(self._upgrader.stop)
         await self._batcher.stop()
         if self._score_cache is not None:
             await self._score_cache.close()

@@ -6,12 +6,14 @@ here, so that ``rate()`` and ratios see a zero before the first event instead of
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Enum,
     Gauge,
     Histogram,
     PlatformCollector,
@@ -22,12 +24,16 @@ from prometheus_client.gc_collector import GCCollector
 if TYPE_CHECKING:
     from reranker_service.engine.scheduler.jobs import BatchReport
     from reranker_service.engine.scoring import ModelDescription
+    from reranker_service.engine.upgrade import RunnerStatus
 
 REQUEST_STATUSES: Final = ("success", "fail")
 PRIORITY_CLASSES: Final = ("high", "normal", "low")
+"""``reranker_queue_wait_seconds``'s ``priority``: below 0, 0, above 0."""
 CACHE_BACKENDS: Final = ("memory", "redis")
 CACHE_LOOKUP_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
-"""``reranker_queue_wait_seconds``'s ``priority``: below 0, 0, above 0."""
+COMPILE_STATES: Final = ("off", "compiling", "compiled", "fallback")
+"""``reranker_runner_compile_state``: nothing to compile; compiling in the background (the
+eager runner serves); the compiled runner serves; it failed and the eager runner serves on."""
 
 
 def priority_class(priority: int) -> str:
@@ -259,7 +265,32 @@ class ServiceMetrics:
             registry=registry,
         )
 
+        self.runner_info = Gauge(
+            "reranker_runner_info",
+            "The runner serving now on each worker: padded or packed, compiled, replaying CUDA "
+            "graphs (changes when a background compile swaps in, or falls back); always 1",
+            ["device", "runner", "compiled", "cuda_graphs"],
+            registry=registry,
+        )
+        self.runner_compile_state = Enum(
+            "reranker_runner_compile_state",
+            "Where each worker's compiled runner stands: off, compiling (the eager runner "
+            "serves), compiled (it serves), fallback (it failed; the eager runner serves on)",
+            ["device"],
+            states=list(COMPILE_STATES),
+            registry=registry,
+        )
+        self.runner_compile_seconds = Gauge(
+            "reranker_runner_compile_seconds",
+            "Seconds each worker's compiled runner took from the start of compiling to serving "
+            "(or to its failure); 0 until then",
+            ["device"],
+            registry=registry,
+        )
+
         self._gpu_info_labels: dict[str, tuple[str, str, str, str]] = {}
+        self._runner_info_labels: dict[str, tuple[str, str, str, str]] = {}
+        self._runner_info_lock = threading.Lock()
         for status in REQUEST_STATUSES:
             self.requests.labels(status=status)
         for priority in PRIORITY_CLASSES:
@@ -282,6 +313,25 @@ class ServiceMetrics:
         priorities = report.queue_wait_priorities or (0,) * len(report.queue_wait_seconds)
         for wait, priority in zip(report.queue_wait_seconds, priorities, strict=True):
             self.queue_wait.labels(priority=priority_class(priority)).observe(wait)
+
+    def set_runner(self, status: RunnerStatus) -> None:
+        """A worker's runner and compile state now (from any thread)."""
+        runner = status.runner
+        labels = (
+            status.device,
+            runner.name,
+            str(runner.compiled).lower(),
+            str(runner.cuda_graphs).lower(),
+        )
+        with self._runner_info_lock:
+            previous = self._runner_info_labels.get(status.device)
+            if previous not in (None, labels):
+                self.runner_info.remove(*previous)
+            self._runner_info_labels[status.device] = labels
+            self.runner_info.labels(*labels).set(1)
+        self.runner_compile_state.labels(device=status.device).state(status.compile.state)
+        seconds = status.compile.seconds
+        self.runner_compile_seconds.labels(device=status.device).set(seconds or 0.0)
 
     def watch_queue(self, read_queued_pairs: Callable[[], int], max_queued_pairs: int) -> None:
         """Depth is read at scrape time, so the gauge is never stale."""

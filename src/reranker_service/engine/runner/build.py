@@ -1,22 +1,40 @@
-"""Which runner a replica gets, and getting it ready: the packed runner on a GPU, compiled over
-token-count buckets with CUDA graphs for the small ones; the padded runner on the CPU, where
-the benchmark measures it faster (docs/benchmark.md)."""
+"""Which runner a replica gets, and how its compiled runner comes.
+
+- ``RERANKER_COMPILE=background`` (``auto`` on a GPU): the replica is ready at once on the
+  padded runner, which needs no compiler; the packed runner is compiled (and its small buckets
+  captured as CUDA graphs) in the background, proven by a self-check and swapped in between two
+  passes. Any failure leaves the padded runner serving.
+- ``true``: the same compiled runner, before the replica is ready; a failure stops start-up.
+- ``false`` (``auto`` on the CPU, where the benchmark measures the padded runner faster):
+  nothing is compiled; the padded runner serves, or the packed one eagerly when asked for.
+"""
 
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import structlog
 import torch
 
+from reranker_service.engine.runner.compiler import (
+    compile_support,
+    configure_compiler,
+    usable_cpus,
+)
 from reranker_service.engine.runner.packed import PackedOptions, PackedRunner
 from reranker_service.engine.runner.packing import token_buckets
 from reranker_service.engine.runner.padded import PaddedRunner
-from reranker_service.engine.runner.protocol import ModelRunner
+from reranker_service.engine.runner.protocol import ModelRunner, PassBatch
 from reranker_service.engine.runner.qwen3_decoder import PackedDecoder, UnpackableModelError
+from reranker_service.engine.runner.self_check import (
+    ProbeRequest,
+    probe_passes,
+    score_bound,
+)
 from reranker_service.engine.scoring import ModelDescription, ModelLoadError, default_batch_tokens
 
 logger = structlog.get_logger(__name__)
@@ -25,13 +43,15 @@ GRAPH_TOKENS = 4096
 """Buckets up to this size replay from CUDA graphs: below it a pass is bound by kernel launches
 (an eager pass of 16 tokens and one of 4 096 both take ~37 ms on an H200)."""
 
+CompileWhen = Literal["never", "background", "foreground"]
+
 
 @dataclass(frozen=True)
 class RunnerOptions:
     runner: str = "auto"
     """``auto``, ``padded`` or ``packed``."""
     compile: str = "auto"
-    """``auto``, ``true`` or ``false``."""
+    """``auto``, ``background``, ``true`` or ``false``."""
     compile_cache: Path | None = None
     max_batch_tokens: int | None = None
     """The operator's pass budget; the largest bucket holds it (or the device's default)."""
@@ -41,38 +61,98 @@ class RunnerOptions:
 class RunnerPlan:
     """What a replica on one device type gets."""
 
-    packed: bool
-    compiled: bool
+    serving: Literal["padded", "packed"]
+    """The runner it becomes ready on."""
+    compile: CompileWhen
+    """When the compiled packed runner takes over: never, after ready, or before it."""
 
 
 def plan_runner(options: RunnerOptions, device_type: str, dtype_name: str) -> RunnerPlan:
-    """``auto``: packed and compiled on a GPU; padded and eager on the CPU. Compiling needs the
-    packed runner, so asking for it on the CPU packs too."""
-    compiled = options.compile == "true" or (options.compile == "auto" and device_type == "cuda")
-    if options.runner == "padded" and options.compile == "true":
+    """``auto`` compiles in the background on a GPU and not at all on the CPU. Compiling
+    makes the packed runner, which int8 and ``RERANKER_RUNNER=padded`` rule out."""
+    mode = options.compile
+    if mode == "auto":
+        mode = "background" if device_type == "cuda" else "false"
+        if options.runner == "padded" or dtype_name == "int8":
+            mode = "false"
+    compiles = mode in ("true", "background")
+    if compiles and options.runner == "padded":
         raise ModelLoadError(
-            "RERANKER_COMPILE=true compiles the packed runner; RERANKER_RUNNER=padded has none"
+            f"RERANKER_COMPILE={mode} compiles the packed runner; RERANKER_RUNNER=padded has none"
         )
-    packed = options.runner == "packed" or (
-        options.runner == "auto" and (device_type == "cuda" or compiled)
+    if dtype_name == "int8" and (compiles or options.runner == "packed"):
+        raise ModelLoadError(
+            "RERANKER_DTYPE=int8 runs on the padded runner only (RERANKER_RUNNER=padded, "
+            "RERANKER_COMPILE=false)"
+        )
+    if mode == "true":
+        return RunnerPlan(serving="padded", compile="foreground")
+    if mode == "background":
+        return RunnerPlan(serving="padded", compile="background")
+    return RunnerPlan(serving="packed" if options.runner == "packed" else "padded", compile="never")
+
+
+@dataclass(frozen=True)
+class PackedRunnerUpgrade:
+    """The compiled packed runner of one replica, as ``RunnerUpgrade``: built on the
+    replica's weights (shared, not copied) when the engine asks."""
+
+    decoder: PackedDecoder = field(repr=False)
+    backbone: torch.nn.Module = field(repr=False)
+    score_direction: torch.Tensor = field(repr=False)
+    pad_token_id: int
+    description: ModelDescription
+    options: PackedOptions
+    foreground: bool
+    probe: Sequence[PassBatch] = field(default=(), repr=False)
+    score_bound: float = 1e-4
+
+    def build(self) -> PackedRunner:
+        support = compile_support(self.description.device_type)
+        if not support.available:
+            raise ModelLoadError(f"this torch ({torch.__version__}) lacks {support.missing}")
+        return PackedRunner(
+            self.decoder,
+            self.score_direction,
+            self.pad_token_id,
+            self.description,
+            self.options,
+        )
+
+    def reference(self) -> PaddedRunner:
+        return PaddedRunner(
+            self.backbone, self.score_direction, self.pad_token_id, self.description
+        )
+
+
+def packed_options(
+    description: ModelDescription, options: RunnerOptions, *, compiled: bool
+) -> PackedOptions:
+    """Buckets up to the pass budget (a whole pair at least); graphs up to ``GRAPH_TOKENS``
+    on a GPU, compiled."""
+    largest = options.max_batch_tokens or default_batch_tokens(
+        description.device_type, description.max_length
     )
-    if dtype_name == "int8" and packed:
-        if options.runner == "packed" or options.compile == "true":
-            raise ModelLoadError(
-                "RERANKER_DTYPE=int8 runs on the padded runner only (RERANKER_RUNNER=padded, "
-                "RERANKER_COMPILE=false)"
-            )
-        packed = compiled = False
-    return RunnerPlan(packed=packed, compiled=compiled and packed)
+    largest = max(largest, description.max_length)
+    graphed = description.device_type == "cuda" and compiled
+    return PackedOptions(
+        buckets=token_buckets(largest),
+        compiled=compiled,
+        graph_tokens=GRAPH_TOKENS if graphed else 0,
+    )
 
 
-def use_compile_cache(folder: Path) -> None:
-    """Point inductor's and Triton's caches into ``folder``, so that a restart (or a new pod on
-    the same volume) reuses what an earlier start compiled. Both read their folder from the
-    environment when they compile; a folder the operator set for either is kept."""
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "inductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(folder / "triton"))
+def prepare_compiler(options: RunnerOptions) -> None:
+    """Once per process, before anything compiles: the compile cache folder, and inductor's
+    compile workers bounded by the CPUs the container may use (it would start one per CPU it
+    sees), unless the operator set them."""
+    threads = int(os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", 0)) or usable_cpus()
+    configure_compiler(options.compile_cache, threads)
+    logger.info(
+        "compiler_configured",
+        compile_cache=str(options.compile_cache) if options.compile_cache else None,
+        compile_threads=threads,
+    )
 
 
 def build_runner(
@@ -82,45 +162,40 @@ def build_runner(
     description: ModelDescription,
     plan: RunnerPlan,
     options: RunnerOptions,
-) -> ModelRunner:
-    """The replica's runner, ready to serve: a compiled one has compiled (and captured) every
-    bucket, each logged with its seconds."""
-    if not plan.packed:
-        return PaddedRunner(backbone, score_direction, pad_token_id, description)
+    probe: Sequence[ProbeRequest] = (),
+) -> tuple[ModelRunner, PackedRunnerUpgrade | None]:
+    """The runner a replica is ready on, and the compiled runner to take over from it (None
+    where nothing is compiled, or the packed decoder cannot compute the checkpoint)."""
+    padded = PaddedRunner(backbone, score_direction, pad_token_id, description)
+    wants_packed = plan.serving == "packed" or plan.compile != "never"
+    if not wants_packed:
+        return padded, None
     try:
         decoder = PackedDecoder(backbone)
     except UnpackableModelError as exc:
-        if options.runner == "packed":
+        if options.runner == "packed" or plan.compile == "foreground":
             raise ModelLoadError(f"the packed runner cannot serve this checkpoint: {exc}") from exc
         logger.warning("packed_runner_unavailable", reason=str(exc), device=description.device)
-        return PaddedRunner(backbone, score_direction, pad_token_id, description)
-    largest = options.max_batch_tokens or default_batch_tokens(
-        description.device_type, description.max_length
-    )
-    largest = max(largest, description.max_length)
-    on_gpu = description.device_type == "cuda"
-    runner = PackedRunner(
-        decoder,
-        score_direction,
-        pad_token_id,
-        description,
-        PackedOptions(
-            buckets=token_buckets(largest),
-            compiled=plan.compiled,
-            graph_tokens=GRAPH_TOKENS if on_gpu and plan.compiled else 0,
-        ),
-    )
-    if plan.compiled:
-        if options.compile_cache is not None:
-            use_compile_cache(options.compile_cache)
-        started = time.perf_counter()
-        buckets = runner.prepare()
-        logger.info(
-            "runner_compiled",
-            device=description.device,
-            seconds=round(time.perf_counter() - started, 3),
-            buckets=[tokens for tokens, _, _ in buckets],
-            cuda_graph_buckets=list(runner.graphed_buckets),
-            compile_cache=str(options.compile_cache) if options.compile_cache else None,
+        return padded, None
+    if plan.compile == "never":
+        eager = PackedRunner(
+            decoder,
+            score_direction,
+            pad_token_id,
+            description,
+            packed_options(description, options, compiled=False),
         )
-    return runner
+        return eager, None
+    compiled_options = packed_options(description, options, compiled=True)
+    upgrade = PackedRunnerUpgrade(
+        decoder=decoder,
+        backbone=backbone,
+        score_direction=score_direction,
+        pad_token_id=pad_token_id,
+        description=description,
+        options=compiled_options,
+        foreground=plan.compile == "foreground",
+        probe=probe_passes(probe, compiled_options.buckets) if probe else (),
+        score_bound=score_bound(description.dtype),
+    )
+    return padded, upgrade

@@ -1,10 +1,12 @@
 """The packed layout of a pass, as plain lists: every pair of the pass in one token stream, each
 request's shared prefix once, padded up to a token-count bucket.
 
-A token belongs to one *segment*: a request's shared prefix, a pair's own tokens, or the padding
-at the end. A token sees the tokens before it in its own segment and, where its segment is a
-pair with a prefix, every token of that prefix (which comes earlier in the stream). Nothing sees
-the padding, and the padding sees only itself, so that no row of attention is empty. Positions
+A token belongs to one *segment*: a request's shared prefix, a pair's own tokens, or one padding
+token at the end (each its own). A token sees the tokens before it in its own segment and, where
+its segment is a pair with a prefix, every token of that prefix (which comes earlier in the
+stream). Nothing sees the padding, and a padding token sees only itself, so that no row of
+attention is empty and the padding adds one tile per 128 tokens to the attention, not a causal
+block over all of it (a third of a large bucket can be padding). Positions
 restart at 0 in each prefix and each pair without one, and continue after its prefix in a pair
 with one: each pair computes exactly what it would alone.
 """
@@ -117,5 +119,9 @@ def pack(batch: PassBatch, length: int, pad_token_id: int) -> PackedStream:
     real = len(token_ids)
     if real > length:
         raise ValueError(f"a stream of {real} tokens does not fit in {length}")
-    append([pad_token_id] * (length - real), 0, segment, NO_PREFIX)
+    padding = length - real
+    token_ids.extend([pad_token_id] * padding)
+    positions.extend([0] * padding)
+    segments.extend(range(segment, segment + padding))
+    prefix_segments.extend([NO_PREFIX] * padding)
     return PackedStream(token_ids, positions, segments, prefix_segments, last_tokens, real)

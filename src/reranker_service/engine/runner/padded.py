@@ -22,6 +22,7 @@ from reranker_service.engine.runner.protocol import (
     PassBatch,
     PassPair,
     PassShape,
+    RunnerKind,
     padded_pass_tokens,
 )
 from reranker_service.engine.runner.readout import (
@@ -29,6 +30,7 @@ from reranker_service.engine.runner.readout import (
     bind_thread,
     device_memory,
     first_line,
+    raise_device_loss,
     to_host,
 )
 from reranker_service.engine.scoring import DeviceMemory, ModelDescription
@@ -101,6 +103,10 @@ class PaddedRunner:
         return self._description
 
     @property
+    def kind(self) -> RunnerKind:
+        return RunnerKind("padded")
+
+    @property
     def overlaps_passes(self) -> bool:
         return self._asynchronous
 
@@ -141,6 +147,9 @@ class PaddedRunner:
             # the error go with this block, before the cache is freed and a retry may come.
             message = first_line(exc)
             traceback.clear_frames(exc.__traceback__)
+        except Exception as exc:
+            raise_device_loss(exc, self._device)
+            raise
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
         raise BatchTooLargeError(message)

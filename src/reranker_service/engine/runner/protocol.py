@@ -10,7 +10,7 @@ metrics count in its units.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,23 @@ from reranker_service.engine.scoring import DeviceMemory, ModelDescription
 
 class BatchTooLargeError(Exception):
     """The runner ran out of device memory on this pass; a smaller one may fit."""
+
+
+class DeviceLostError(Exception):
+    """The runner's device failed in a way no later pass recovers from (a sticky CUDA error:
+    an illegal memory access, a device-side assert, an ECC error): only a new process serves
+    on it again. The message names the device and the error's first line."""
+
+
+@dataclass(frozen=True)
+class RunnerKind:
+    """What a runner is, as ``/info`` and ``reranker_runner_info`` show it."""
+
+    name: str
+    """``padded`` or ``packed``."""
+    compiled: bool = False
+    cuda_graphs: bool = False
+    """Whether some of its passes replay CUDA graphs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +119,11 @@ class ModelRunner(Protocol):
         ...
 
     @property
+    def kind(self) -> RunnerKind:
+        """What it is: its name, whether it is compiled, whether it replays graphs."""
+        ...
+
+    @property
     def keeps_prefixes(self) -> bool:
         """Whether a prefix computed in one pass is kept for later ones, until released (then
         only the passes with its id in ``new_prefixes`` compute it), or computed again in every
@@ -122,7 +144,8 @@ class ModelRunner(Protocol):
         whole sequence, however its prefix was computed. Passes run in launch order: a prefix
         computed by one is readable by the next. Either the whole pass is queued, its new
         prefixes kept, or it raises and keeps none of them; out of device memory it raises
-        ``BatchTooLargeError``."""
+        ``BatchTooLargeError``, and on a device that serves nothing more (there, or from the
+        scores' ``result``) ``DeviceLostError``."""
         ...
 
     def pass_tokens(self, shape: PassShape) -> int:
@@ -144,6 +167,76 @@ class ModelRunner(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class CompileSummary:
+    """What compiling a runner's buckets took."""
+
+    bucket_seconds: tuple[tuple[int, float], ...]
+    """``(tokens, seconds)`` per bucket compiled, smallest first."""
+    cache_hits: int
+    """Graphs the compiler found in its cache (the compile-cache folder, or memory)."""
+    cache_misses: int
+    """Graphs it compiled."""
+
+    @property
+    def seconds(self) -> float:
+        return sum(seconds for _, seconds in self.bucket_seconds)
+
+
+class CompilableRunner(ModelRunner, Protocol):
+    """A runner that is compiled, and captures CUDA graphs, before it serves."""
+
+    @property
+    def buckets_to_capture(self) -> tuple[int, ...]:
+        """Pass sizes replayed from CUDA graphs once captured (none on the CPU)."""
+        ...
+
+    def compile_buckets(self, should_stop: Callable[[], bool]) -> CompileSummary:
+        """Compile every bucket (from any thread), stopping early when ``should_stop`` says
+        so."""
+        ...
+
+    def capture(self, tokens: int) -> float:
+        """Capture the bucket's pass as a graph, from the thread that will serve the runner,
+        with none of its passes in flight; the seconds it took."""
+        ...
+
+    def close(self) -> None:
+        """Let go of its graphs and device memory: it will not serve."""
+        ...
+
+
+class RunnerUpgrade(Protocol):
+    """How one worker's compiled runner is made and proven, to take over from the eager one it
+    became ready on."""
+
+    @property
+    def foreground(self) -> bool:
+        """Whether the replica waits for it before it is ready (``RERANKER_COMPILE=true``: a
+        failure stops start-up) rather than serving meanwhile (``background``: a failure keeps
+        the eager runner)."""
+        ...
+
+    @property
+    def probe(self) -> Sequence[PassBatch]:
+        """The self-check's passes."""
+        ...
+
+    @property
+    def score_bound(self) -> float:
+        """How far from the eager runner's a compiled runner's score may be."""
+        ...
+
+    def build(self) -> CompilableRunner:
+        """The compiled runner, not compiled yet."""
+        ...
+
+    def reference(self) -> ModelRunner:
+        """An eager runner on the same weights that holds nothing: the self-check's reference,
+        usable from a thread other than the serving one."""
+        ...
+
+
 def run_pass(runner: ModelRunner, sequences: Iterable[Sequence[int]]) -> list[float]:
     """The raw scores of ``sequences`` in one pass without shared prefixes, waited for: for
     start-up measurements, warm-ups and reference scores, never beside a serving worker."""
@@ -152,14 +245,22 @@ def run_pass(runner: ModelRunner, sequences: Iterable[Sequence[int]]) -> list[fl
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A loaded checkpoint: its prompt encoder, and one runner per worker."""
+    """A loaded checkpoint: its prompt encoder, one runner per worker, and for each worker the
+    compiled runner that is to take over from it, if any."""
 
     encoder: PromptEncoder
     runners: tuple[ModelRunner, ...]
+    upgrades: tuple[RunnerUpgrade | None, ...] = ()
+    """Aligned with ``runners``; empty: none."""
 
     def __post_init__(self) -> None:
         if not self.runners:
             raise ValueError("a served model needs at least one runner")
+        if self.upgrades and len(self.upgrades) != len(self.runners):
+            raise ValueError("one upgrade (or None) per runner")
+
+    def upgrade_of(self, index: int) -> RunnerUpgrade | None:
+        return self.upgrades[index] if self.upgrades else None
 
     @property
     def runner(self) -> ModelRunner:

@@ -1,12 +1,15 @@
 """What every runner does once its logits exist: refuse non-numbers, copy the scores to the
-host without waiting for the device, and report the device's memory."""
+host without waiting for the device, tell a lost device from a failed pass, and report the
+device's memory."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from reranker_service.engine.runner.protocol import DeviceLostError
 from reranker_service.engine.scoring import DeviceMemory
 
 
@@ -16,12 +19,39 @@ class HostScores:
 
     scores: torch.Tensor
     ready: torch.Event | None
+    device: torch.device | None = None
 
     def result(self) -> list[float]:
         if self.ready is not None:
-            self.ready.synchronize()
+            try:
+                self.ready.synchronize()
+            except Exception as exc:
+                if self.device is not None:
+                    raise_device_loss(exc, self.device)
+                raise
         scores: list[float] = self.scores.tolist()
         return scores
+
+
+def _synchronize(device: torch.device) -> None:
+    torch.cuda.synchronize(device)
+
+
+def raise_device_loss(
+    error: BaseException,
+    device: torch.device,
+    synchronize: Callable[[torch.device], None] = _synchronize,
+) -> None:
+    """Raise ``DeviceLostError`` if ``error``, raised by a pass on ``device``, left the GPU
+    unusable: a sticky CUDA error (an illegal memory access, a device-side assert) fails every
+    later call into the device, so one more (``synchronize``) tells it from an error of this
+    pass alone. Returns for any other error, and always on the CPU."""
+    if device.type != "cuda" or isinstance(error, torch.OutOfMemoryError):
+        return
+    try:
+        synchronize(device)
+    except Exception as again:
+        raise DeviceLostError(f"{device}: {first_line(error)}") from again
 
 
 def to_host(logits: torch.Tensor, device: torch.device) -> HostScores:
@@ -38,7 +68,7 @@ def to_host(logits: torch.Tensor, device: torch.device) -> HostScores:
     # On this GPU's stream, named: a thread whose current device is another GPU (the start-up
     # warm-up's) would otherwise record it on that GPU's.
     ready.record(torch.cuda.current_stream(device))
-    return HostScores(host, ready)
+    return HostScores(host, ready, device)
 
 
 def device_memory(device: torch.device) -> DeviceMemory | None:

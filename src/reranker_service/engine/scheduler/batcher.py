@@ -14,16 +14,22 @@ while the host picks and describes a batch.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import structlog
 
-from reranker_service.engine.runner.protocol import BatchTooLargeError, ModelRunner
+from reranker_service.engine.runner.protocol import (
+    BatchTooLargeError,
+    DeviceLostError,
+    ModelRunner,
+)
 from reranker_service.engine.scheduler.jobs import (
     BatchObserver,
     BatchReport,
@@ -39,6 +45,8 @@ from reranker_service.engine.scheduler.passes import Flight, QueuedPair, distinc
 from reranker_service.engine.scheduler.queue import PairQueue
 
 logger = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 _prefix_ids = itertools.count()
 """Prefix ids, unique in the process: a runner that two schedulers share (tests serve one
@@ -60,6 +68,15 @@ class _WorkerState:
     releases: list[int] = field(default_factory=list)
     """Prefix ids let go since the worker last took work, under the scheduler's lock: handed to
     the runner from the worker's own thread."""
+    calls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = field(
+        default_factory=list
+    )
+    """Work for the worker's thread between two passes (a graph capture, a runner swap), under
+    the scheduler's lock."""
+    serving: bool = True
+    """False once its thread has ended, or its device is lost."""
+    lost: str | None = None
+    """Why its device serves no more (a sticky device error), once it does not."""
 
 
 class Batcher:
@@ -127,6 +144,65 @@ class Batcher:
         for state in self._workers:
             state.pass_costs = PassCostModel(points)
 
+    @property
+    def lost_devices(self) -> dict[str, str]:
+        """Workers whose device failed for good, and why: only a new process serves on them."""
+        return {state.name: state.lost for state in self._workers if state.lost is not None}
+
+    def runner_of(self, name: str) -> ModelRunner:
+        """The runner the worker serves on now."""
+        return self._worker(name).runner
+
+    @property
+    def runners(self) -> list[ModelRunner]:
+        """Each worker's runner now, in worker order."""
+        return [state.runner for state in self._workers]
+
+    def _worker(self, name: str) -> _WorkerState:
+        for state in self._workers:
+            if state.name == name:
+                return state
+        raise KeyError(f"no worker {name!r}")
+
+    def run_on_worker(self, name: str, call: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run ``call`` on the worker's own thread, between two of its passes, with none in
+        flight; its result (or error) in the future. Before the workers start, or after the
+        worker has ended, it runs on the calling thread, or fails with ``EngineStoppedError``."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        state = self._worker(name)
+        with self._lock:
+            if self._started and state.serving:
+                state.calls.append((call, future))
+                self._work_available.notify_all()
+                return future
+        if self._started:
+            future.set_exception(EngineStoppedError(f"worker {name} serves no more"))
+        else:
+            _run_into(call, future)
+        return future
+
+    def install_runner(
+        self, name: str, runner: ModelRunner, pass_costs: Sequence[tuple[float, float]]
+    ) -> concurrent.futures.Future[None]:
+        """Make ``runner`` the worker's, with its pass-cost curve, at a pass boundary: the
+        passes after it run on the new runner. The old one's prefixes are dropped with it (the
+        queued jobs' pairs compute theirs again where the new runner needs them)."""
+        state = self._worker(name)
+
+        def swap() -> None:
+            # What the old runner holds is let go with it, not kept alive by it.
+            state.runner.release(sorted(state.held_prefixes))
+            state.held_prefixes.clear()
+            state.runner = runner
+            state.pass_costs = PassCostModel(pass_costs)
+            runner.bind_thread()
+            with self._lock:
+                self._prefixes_on_device = any(
+                    worker.runner.keeps_prefixes for worker in self._workers
+                )
+
+        return self.run_on_worker(name, swap)
+
     def start(self) -> None:
         if self._started:
             raise RuntimeError("batcher already started")
@@ -168,6 +244,9 @@ class Batcher:
         now = time.perf_counter()
         with self._lock:
             if not self._accepting:
+                lost = self.lost_devices
+                if lost:
+                    raise DeviceLostError("; ".join(lost.values()))
                 raise EngineStoppedError("the engine is shutting down")
             queued = len(self._queue)
             if queued + len(sequences) > self.max_queued_pairs:
@@ -234,34 +313,67 @@ class Batcher:
         return batch
 
     def _serve(self, state: _WorkerState) -> None:
-        """One worker's loop, on its own thread, until the queue is drained after ``stop``."""
+        """One worker's loop, on its own thread, until the queue is drained after ``stop``,
+        or its device is lost."""
         state.runner.bind_thread()
         in_flight: Flight | None = None
-        while True:
-            with self._lock:
-                while (
-                    not self._queue and self._accepting and in_flight is None and not state.releases
-                ):
-                    self._work_available.wait()
-                batch = self._take_batch_locked(state) if self._queue else None
-                released, state.releases = state.releases, []
-            if released:
-                # Apart from any pass: a launch that raises would take them with it.
-                state.held_prefixes.difference_update(released)
-                state.runner.release(released)
-            if batch is None and in_flight is None:
+        try:
+            while state.lost is None:
+                with self._lock:
+                    while (
+                        not self._queue
+                        and self._accepting
+                        and in_flight is None
+                        and not state.releases
+                        and not state.calls
+                    ):
+                        self._work_available.wait()
+                    calls, state.calls = state.calls, []
+                    batch = self._take_batch_locked(state) if self._queue and not calls else None
+                    released, state.releases = state.releases, []
                 if released:
+                    # Apart from any pass: a launch that raises would take them with it.
+                    state.held_prefixes.difference_update(released)
+                    state.runner.release(released)
+                if calls:
+                    if in_flight is not None:
+                        self._finish_safely(state, in_flight)
+                        in_flight = None
+                    for call, future in calls:
+                        _run_into(call, future)
                     continue
-                return
-            launched = self._launch(state, batch) if batch is not None else None
-            # The worker may now sleep for long; it must not keep the last requests alive.
-            del batch
-            if in_flight is not None:
-                self._finish_safely(state, in_flight)
-            in_flight = launched
-            if in_flight is not None and not state.runner.overlaps_passes:
-                self._finish_safely(state, in_flight)
-                in_flight = None
+                if batch is None and in_flight is None:
+                    if released:
+                        continue
+                    return
+                launched = self._launch(state, batch) if batch is not None else None
+                # The worker may now sleep for long; it must not keep the last requests alive.
+                del batch
+                if in_flight is not None:
+                    self._finish_safely(state, in_flight)
+                in_flight = launched
+                if in_flight is not None and (
+                    not state.runner.overlaps_passes or state.lost is not None
+                ):
+                    self._finish_safely(state, in_flight)
+                    in_flight = None
+        finally:
+            self._worker_ended(state)
+
+    def _worker_ended(self, state: _WorkerState) -> None:
+        """The worker takes no more work: calls waiting for it fail, and when no worker is left
+        serving after its device was lost, nothing queued can be served either."""
+        with self._lock:
+            state.serving = False
+            calls, state.calls = state.calls, []
+            stranded: list[ScoringJob] = []
+            if state.lost is not None and not any(w.serving for w in self._workers):
+                self._accepting = False
+                stranded = self._queue.jobs()
+        for _, future in calls:
+            future.set_exception(EngineStoppedError(f"worker {state.name} serves no more"))
+        if stranded:
+            self._fail_jobs(stranded, DeviceLostError(state.lost or state.name))
 
     def _launch(
         self, state: _WorkerState, batch: list[QueuedPair], *, retry: bool = False
@@ -276,6 +388,7 @@ class Batcher:
             time.perf_counter(),
             retry,
             distinct_jobs(batch),
+            state.runner.kind,
         )
         try:
             flight.pending = state.runner.launch(flight.batch())
@@ -326,6 +439,12 @@ class Batcher:
             # halves run.
             flight.error = error = None
             self._split_after_oom(state, batch, record.computed_tokens)
+            return
+        if isinstance(error, DeviceLostError):
+            if state.lost is None:
+                state.lost = str(error)
+                logger.error("device_lost", device=state.name, error=str(error))
+            self._fail_jobs(flight.jobs, error)
             return
         if error is not None:
             self._fail_jobs(flight.jobs, error)
@@ -391,3 +510,12 @@ class Batcher:
                 if not job.closed:
                     self._withdraw_locked(job)
                     job.fail_threadsafe(error)
+
+
+def _run_into(call: Callable[[], T], future: concurrent.futures.Future[T]) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        future.set_result(call())
+    except BaseException as exc:
+        future.set_exception(exc)

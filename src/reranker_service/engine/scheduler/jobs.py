@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from reranker_service.engine.runner.protocol import RunnerKind
+
 
 class QueueFullError(Exception):
     """Accepting the request would put more pairs in the queue than allowed."""
@@ -61,6 +63,8 @@ class BatchReport:
     """The worker that ran the pass."""
     queue_wait_priorities: tuple[int, ...] = ()
     """The priority of each pair whose wait is in ``queue_wait_seconds``, in its order."""
+    runner: RunnerKind | None = None
+    """The runner that ran it (it changes when a compiled runner takes over)."""
 
 
 BatchObserver = Callable[[BatchReport], None]

@@ -8,7 +8,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from reranker_service.engine.runner.protocol import PassBatch, PassPair, PassShape, PendingScores
+from reranker_service.engine.runner.protocol import (
+    PassBatch,
+    PassPair,
+    PassShape,
+    PendingScores,
+    RunnerKind,
+)
 from reranker_service.engine.scheduler.jobs import BatchReport, PassShare, ScoringJob
 
 
@@ -44,6 +50,8 @@ class Flight:
     retry: bool
     jobs: list[ScoringJob]
     """The requests its pairs belong to, each once."""
+    runner: RunnerKind | None = None
+    """The runner it was launched on."""
     pending: PendingScores | None = None
     error: Exception | None = None
 
@@ -87,6 +95,7 @@ class Flight:
             started_at=started_at,
             seconds=seconds,
             failed=failed,
+            runner=self.runner,
         )
 
 
@@ -106,6 +115,7 @@ class PassRecord:
     before them ended)."""
     seconds: float
     failed: bool
+    runner: RunnerKind | None = None
 
     @property
     def reused_tokens(self) -> int:
@@ -122,6 +132,7 @@ class PassRecord:
             inference_seconds=self.seconds,
             failed=self.failed,
             device=self.device,
+            runner=self.runner,
         )
 
     def share(self, job: ScoringJob) -> PassShare:

@@ -82,6 +82,10 @@ class PairQueue:
             bisect.insort(self._by_length, pair, key=_sort_key)
             self._by_arrival.setdefault(job.priority, deque()).append(pair)
 
+    def jobs(self) -> list[ScoringJob]:
+        """The jobs with pairs waiting, each once."""
+        return list({id(pair.job): pair.job for pair in self._by_length}.values())
+
     def remove(self, job: ScoringJob) -> None:
         """Drop the job's waiting pairs."""
         kept = []
