@@ -24,8 +24,11 @@ from reranker_service.engine.runner.protocol import (
     ServedModel,
 )
 from reranker_service.engine.runner.readout import raise_device_loss
+from reranker_service.engine.scheduler.batcher import Batcher
+from reranker_service.engine.scheduler.jobs import EngineStoppedError
 from tests.conftest import RunnerWrapper, asgi_client, make_settings
 from tests.exposition import scrape
+from tests.fake_runner import FakeRunner
 
 ILLEGAL_ACCESS = (
     "CUDA error: an illegal memory access was encountered\n"
@@ -134,3 +137,31 @@ async def test_the_other_workers_serve_on_while_the_replica_asks_to_be_restarted
             assert after == [200] * 4  # the second worker takes all the work
             assert (await http.get("/health")).status_code == 503
     assert [entry["device"] for entry in logs if entry["event"] == "device_lost"] == ["cpu:0"]
+
+
+class LostOverlappingRunner(FakeRunner):
+    """A GPU-like runner (it launches a pass before the last one's scores are taken) on a
+    device already lost: every launch raises as the real runners' do."""
+
+    def __init__(self) -> None:
+        super().__init__("cuda:0", overlaps=True)
+
+    def launch(self, batch: PassBatch) -> Any:
+        self.batches.append(batch)
+        raise DeviceLostError(f"cuda:0: {ILLEGAL_ACCESS.splitlines()[0]}")
+
+
+async def test_no_pass_is_launched_on_a_device_after_the_launch_that_lost_it() -> None:
+    runner = LostOverlappingRunner()
+    batcher = Batcher([runner], max_batch_tokens=8, max_queued_pairs=100)
+    jobs = [batcher.submit([[index, 1, 2, 3, 4, 5, 6, 7]]) for index in range(4)]  # a pass each
+    batcher.start()
+    for job in jobs:
+        with pytest.raises(DeviceLostError, match="illegal memory access"):
+            await job.future
+    assert len(runner.batches) == 1  # the queued passes were failed, not launched
+    assert list(batcher.lost_devices) == ["cuda:0"]
+    # Nothing more runs on the worker: no capture, no runner swap.
+    with pytest.raises(EngineStoppedError):
+        batcher.run_on_worker("cuda:0", lambda: None).result(timeout=10)
+    await batcher.stop()

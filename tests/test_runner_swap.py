@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from reranker_service.engine.scheduler.batcher import Batcher
 from reranker_service.engine.scheduler.jobs import EngineStoppedError
 from reranker_service.engine.scheduler.pass_cost import PassCostModel
+from reranker_service.engine.upgrade import RunnerUpgrader
 from tests.fake_runner import FakeRunner, fake_logit
 
 PROMPT = list(range(100, 140))
@@ -96,3 +99,42 @@ def test_before_the_workers_start_it_runs_on_the_calling_thread() -> None:
     assert batcher.run_on_worker("cpu", threading.get_ident).result(timeout=5) == (
         threading.get_ident()
     )
+
+
+class _HeldUpgrade:
+    """A ``RunnerUpgrade`` whose build holds (as one bucket's compile does, which cannot be
+    interrupted) until the test lets it go."""
+
+    foreground = False
+    probe = ()
+    score_bound = 1e-4
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def build(self) -> Any:
+        self.entered.set()
+        self.release.wait(timeout=60)
+        raise RuntimeError("let go")
+
+    def reference(self) -> Any:
+        raise AssertionError("never reached")
+
+
+async def test_stopping_waits_a_bounded_time_for_a_compile_that_cannot_be_interrupted() -> None:
+    batcher = _batcher(FakeRunner())
+    held = _HeldUpgrade()
+    upgrader = RunnerUpgrader(
+        batcher, [("cpu", held)], pass_cost_token_ids=[1, 2], max_batch_tokens=256
+    )
+    batcher.start()
+    upgrader.start_background()
+    assert held.entered.wait(timeout=10)
+    with capture_logs() as logs:
+        upgrader.stop(timeout=0.05)
+    assert [entry["event"] for entry in logs] == ["runner_compile_abandoned"]
+    await batcher.stop()  # the engine stops on without it
+    held.release.set()
+    assert upgrader.wait(timeout=10)
+    assert upgrader.statuses()[0].compile.state == "off"  # cancelled, not a fallback

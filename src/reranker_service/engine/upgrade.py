@@ -47,6 +47,11 @@ Stage = Literal["build", "compile", "capture", "self_check", "pass_costs", "swap
 PASS_COST_BUDGET_SECONDS = 6.0
 """As the engine's start-up measurement."""
 
+STOP_WAIT_SECONDS = 10.0
+"""How long stopping waits for the background work to reach its next step. One bucket's
+compile cannot be interrupted and may take longer; shutdown (within the orchestrator's grace
+period) does not wait for it: the thread is a daemon, and ends with the process."""
+
 
 @dataclass(frozen=True)
 class CompileStatus:
@@ -154,10 +159,12 @@ class RunnerUpgrader:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def stop(self) -> None:
-        """Ask the background work to end at its next step, and wait for it."""
+    def stop(self, timeout: float = STOP_WAIT_SECONDS) -> None:
+        """Ask the background work to end at its next step, and wait for it, ``timeout``
+        seconds at most."""
         self._cancelled.set()
-        self.wait()
+        if not self.wait(timeout):
+            logger.warning("runner_compile_abandoned", waited_seconds=timeout)
 
     def _run_background(self) -> None:
         for name, upgrade in self._upgrades:
@@ -184,6 +191,7 @@ class RunnerUpgrader:
         try:
             enter("build")
             runner = upgrade.build()
+            runner.bind_thread()  # this thread's passes (self-check, pass costs) on its device
             enter("compile")
             summary = runner.compile_buckets(self._cancelled.is_set)
             for tokens in runner.buckets_to_capture:

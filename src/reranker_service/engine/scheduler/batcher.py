@@ -289,7 +289,8 @@ class Batcher:
             job.holds_prefix = False
             self._prefix_tokens_held -= job.prefix_length
             for state in self._workers:
-                state.releases.append(job.prefix_id)
+                if state.serving:  # an ended worker frees nothing more
+                    state.releases.append(job.prefix_id)
             self._work_available.notify_all()  # idle workers free it now
 
     def _withdraw_locked(self, job: ScoringJob) -> None:
@@ -340,7 +341,10 @@ class Batcher:
                         self._finish_safely(state, in_flight)
                         in_flight = None
                     for call, future in calls:
-                        _run_into(call, future)
+                        if state.lost is None:
+                            _run_into(call, future)
+                        else:  # nothing more runs on a lost device: no capture, no swap
+                            future.set_exception(DeviceLostError(state.lost))
                     continue
                 if batch is None and in_flight is None:
                     if released:
@@ -352,8 +356,12 @@ class Batcher:
                 if in_flight is not None:
                     self._finish_safely(state, in_flight)
                 in_flight = launched
+                # A launch that failed is finished at once: if it lost the device, no other
+                # pass is launched on it.
                 if in_flight is not None and (
-                    not state.runner.overlaps_passes or state.lost is not None
+                    not state.runner.overlaps_passes
+                    or state.lost is not None
+                    or in_flight.error is not None
                 ):
                     self._finish_safely(state, in_flight)
                     in_flight = None
