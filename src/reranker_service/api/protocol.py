@@ -358,6 +358,16 @@ class ServedDevice(BaseModel):
     runner: RunnerInfo | None = Field(None, description="what serves on it now")
 
 
+class DtypeChoiceInfo(BaseModel):
+    reason: str = Field(description="why this number format (auto and int8 on a CPU)")
+    cpu_flags: list[str] = Field(
+        description="the CPU's flags that compute bf16 or int8 natively, as Linux lists them"
+    )
+    self_check_max_difference: float | None = Field(
+        description="largest |score - fp32 score| over the start-up self-check's pairs"
+    )
+
+
 class CacheInfo(BaseModel):
     backend: str = Field(description="`memory`, `redis`, `memory+redis`, or `off`")
     size: int = Field(description="in-process entries at most (0: no in-process cache)")
@@ -371,6 +381,9 @@ class InfoResponse(BaseModel):
     device: str = Field(description="the served devices, comma-separated")
     devices: list[ServedDevice] = Field(description="one entry per worker and model replica")
     dtype: str
+    dtype_choice: DtypeChoiceInfo | None = Field(
+        None, description="why a CPU serves this format, where it was chosen (auto, int8)"
+    )
     max_length: int
     max_documents: int
     max_chunks_per_doc: int = Field(description="windows per document when a request asks none")

@@ -24,6 +24,7 @@ from reranker_service.api.errors import mark_tei
 from reranker_service.api.protocol import (
     AnyRerankRequest,
     CacheInfo,
+    DtypeChoiceInfo,
     ErrorResponse,
     HealthResponse,
     InfoResponse,
@@ -213,6 +214,15 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
             for served in engine.descriptions
         ],
         dtype=model.dtype,
+        dtype_choice=(
+            DtypeChoiceInfo(
+                reason=choice.reason,
+                cpu_flags=list(choice.cpu_flags),
+                self_check_max_difference=choice.self_check_max_difference,
+            )
+            if (choice := model.dtype_choice) is not None
+            else None
+        ),
         max_length=engine.limits.max_length,
         max_documents=settings.max_documents,
         max_chunks_per_doc=settings.max_chunks_per_doc,

@@ -25,7 +25,7 @@ from reranker_service.engine.precision import (
     TimedScores,
     check_pairs,
     choose_auto_cpu_dtype,
-    cpu_computes_bf16,
+    native_flags,
     read_cpu_flags,
     timed_scores,
 )
@@ -222,15 +222,19 @@ def _cpu_precision(
         convert(decoder)
         return PrecisionCheck.of(reference, scores_of(decoder))
 
+    flags = read_cpu_flags()
     if requested == "int8":
         check = check_against_fp32(_quantize_int8)
-        return decoder, direction, CpuDtypeChoice("int8", "requested (RERANKER_DTYPE=int8)", check)
+        choice = CpuDtypeChoice(
+            "int8", "requested (RERANKER_DTYPE=int8)", native_flags(flags), check
+        )
+        return decoder, direction, choice
 
     # Without native bf16 the check does not run, and neither does its fp32 pass.
     def bf16_check() -> PrecisionCheck:
         return check_against_fp32(lambda backbone: backbone.to(torch.bfloat16))
 
-    choice = choose_auto_cpu_dtype(cpu_computes_bf16(read_cpu_flags()), bf16_check)
+    choice = choose_auto_cpu_dtype(flags, bf16_check)
     if choice.dtype == "float32" and choice.check is not None:
         # The check rounded the weights to bf16: read them again.
         decoder, direction = checkpoint.decoder(torch.float32)
@@ -299,6 +303,7 @@ def _load(options: LoadOptions) -> tuple[ServedModel, CpuDtypeChoice | None]:
             max_length=options.max_length,
             load_seconds=time.perf_counter() - started,
             device_uuid=device_uuid(device),
+            dtype_choice=cpu_choice.described() if cpu_choice is not None else None,
         )
         runner, upgrade = build_runner(
             backbone,

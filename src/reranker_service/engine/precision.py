@@ -5,8 +5,9 @@ Lake and AMD Zen 4 and later, Arm's BF16 extension) and a start-up self-check fi
 close enough to fp32's; otherwise fp32, which a CPU without those instructions runs faster than
 bf16 anyway. ``int8`` quantizes the decoder's linear layers with torchao, on request only.
 
-The choice is made from what the hardware and a measurement say, here; loading the weights and
-converting them is the model loader's.
+The choice is made from the CPU's flags and the self-check's scores, here, never from a
+timed pass (two noisy cores time the same pass differently on every start); loading the
+weights and converting them is the model loader's.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reranker_service.engine.scoring import probability
+from reranker_service.engine.scoring import DtypeChoice, probability
 
 BF16_SELF_CHECK_BOUND = 0.02
 """Largest |P(yes) in bf16 - P(yes) in fp32| over the self-check's pairs for ``auto`` to keep
@@ -33,6 +34,10 @@ state for bf16 scores on a GPU as well."""
 NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
 """CPU feature flags (Linux ``/proc/cpuinfo``) of instructions computing bf16: x86's AMX and
 AVX512-BF16, Arm's BF16 (``Features: ... bf16``)."""
+
+NATIVE_INT8_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni", "i8mm"})
+"""CPU feature flags of instructions computing int8 dot products: x86's AMX-INT8 and VNNI,
+Arm's I8MM (shown by ``/info``, which explains the format chosen)."""
 
 _CHECK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 _CHECK_QUERY = "how do plants turn sunlight into chemical energy"
@@ -130,27 +135,44 @@ class CpuDtypeChoice:
     dtype: str
     """``float32``, ``bfloat16`` or ``int8``."""
     reason: str
+    flags: frozenset[str]
+    """The CPU's flags that compute bf16 or int8 natively, as seen."""
     check: PrecisionCheck | None
     """The self-check's measurement, where one ran."""
 
+    def described(self) -> DtypeChoice:
+        """What ``/info`` says of it."""
+        return DtypeChoice(
+            reason=self.reason,
+            cpu_flags=tuple(sorted(self.flags)),
+            self_check_max_difference=self.check.max_difference if self.check else None,
+        )
+
+
+def native_flags(flags: frozenset[str]) -> frozenset[str]:
+    """Of a CPU's flags, those of instructions computing bf16 or int8."""
+    return flags & (NATIVE_BF16_FLAGS | NATIVE_INT8_FLAGS)
+
 
 def choose_auto_cpu_dtype(
-    native_bf16: bool,
+    flags: frozenset[str],
     run_check: Callable[[], PrecisionCheck],
     bound: float | None = None,
 ) -> CpuDtypeChoice:
-    """``auto`` on a CPU: bf16 only where the CPU computes it and ``run_check`` (bf16 against
-    fp32) finds it within ``bound`` (``BF16_SELF_CHECK_BOUND`` unless given) and faster; else
-    fp32."""
+    """``auto`` on a CPU: bf16 where the CPU computes it (``flags``) and ``run_check`` (bf16
+    against fp32) finds it within ``bound`` (``BF16_SELF_CHECK_BOUND`` unless given); else
+    fp32. Nothing timed decides: on one machine and checkpoint every start chooses alike (the
+    check's scores are deterministic, and a CPU that computes bf16 natively runs it faster than
+    fp32 on any model worth serving, however a timed pass on a busy machine comes out)."""
     if bound is None:
         bound = BF16_SELF_CHECK_BOUND
-    if not native_bf16:
-        return CpuDtypeChoice("float32", "this CPU has no bf16 instructions", None)
+    seen = native_flags(flags)
+    if not cpu_computes_bf16(flags):
+        return CpuDtypeChoice("float32", "this CPU has no bf16 instructions", seen, None)
     check = run_check()
     if not check.max_difference <= bound:
         reason = f"bf16 scores differ from fp32 by {check.max_difference:.3g} > {bound}"
-        return CpuDtypeChoice("float32", reason, check)
-    if check.speedup <= 1.0:
-        reason = f"bf16 is no faster than fp32 here ({check.speedup:.2f}x)"
-        return CpuDtypeChoice("float32", reason, check)
-    return CpuDtypeChoice("bfloat16", "native bf16, within the self-check's bound", check)
+        return CpuDtypeChoice("float32", reason, seen, check)
+    named = ", ".join(sorted(flags & NATIVE_BF16_FLAGS))
+    reason = f"this CPU computes bf16 ({named}), within the self-check's bound"
+    return CpuDtypeChoice("bfloat16", reason, seen, check)

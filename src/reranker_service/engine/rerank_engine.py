@@ -14,11 +14,12 @@ from dataclasses import dataclass
 
 import structlog
 
+from reranker_service.engine.in_flight import Claim, InFlightScores, shared_scores
 from reranker_service.engine.prefix import shared_prefix
 from reranker_service.engine.prompt import Truncation
 from reranker_service.engine.runner.protocol import ServedModel, run_pass
 from reranker_service.engine.scheduler.batcher import Batcher
-from reranker_service.engine.scheduler.jobs import BatchObserver, PassShare
+from reranker_service.engine.scheduler.jobs import BatchObserver, JobResult, PassShare
 from reranker_service.engine.scheduler.pass_cost import PassCostModel, measure_pass_costs
 from reranker_service.engine.score_cache import ScoreCache
 from reranker_service.engine.scoring import (
@@ -180,6 +181,7 @@ class RerankEngine:
         self._observer = observer  # attached after the warm-up, which is not client traffic
         self._score_cache = score_cache
         self._cache: ScoreCache | None = None  # likewise
+        self._in_flight = InFlightScores()
         self._tokenizer_pool = ThreadPoolExecutor(
             max_workers=config.tokenizer_threads, thread_name_prefix="reranker-tokenize"
         )
@@ -307,6 +309,16 @@ class RerankEngine:
         keys = cache.keys(pairs) if cache is not None else []
         return windows, shared_prefix(pairs) if self.prefix_reuse else 0, keys
 
+    async def _compute(
+        self, pairs: list[list[int]], indices: list[int], prefix_length: int, priority: int
+    ) -> JobResult:
+        """Score ``pairs[i]`` for each of ``indices`` (all of them, or the ones the cache and
+        other requests did not answer, whose shared prefix is measured again)."""
+        if len(indices) < len(pairs):
+            pairs = [pairs[index] for index in indices]
+            prefix_length = shared_prefix(pairs) if self.prefix_reuse else 0
+        return await self._batcher.run(pairs, prefix_length, priority)
+
     async def rerank(
         self,
         instruction: str,
@@ -346,23 +358,40 @@ class RerankEngine:
         computed: dict[int, float] = {}
         queued_at, queue_seconds, inference_seconds = time.perf_counter(), 0.0, 0.0
         passes: tuple[PassShare, ...] = ()
-        if missing:
-            if len(missing) < len(pairs):
-                pairs_left = [pairs[index] for index in missing]
-                prefix_length = shared_prefix(pairs_left) if self.prefix_reuse else 0
-            else:
-                pairs_left = pairs
-            result = await self._batcher.run(pairs_left, prefix_length, priority)
-            computed = dict(zip(missing, result.scores, strict=True))
+        # Pairs another request is computing now are waited for, not queued again (only with a
+        # cache, whose keys name them, and where the request takes cached scores at all).
+        sharing = cache is not None and cache_lookup
+        claim = self._in_flight.claim(keys, missing, priority) if sharing else Claim(missing)
+        with self._in_flight.owning(keys, claim.owned if sharing else []):
+            here = claim.computed_here
+            if here:
+                result = await self._compute(pairs, here, prefix_length, priority)
+                owned_scores = dict(zip(here, result.scores, strict=True))
+                computed.update(owned_scores)
+                if sharing:
+                    self._in_flight.settle(keys, {i: owned_scores[i] for i in claim.owned})
+                if cache is not None:
+                    await cache.put_many([(keys[i], score) for i, score in owned_scores.items()])
+                queued_at, queue_seconds = result.submitted_at, result.queue_seconds
+                inference_seconds, passes = result.inference_seconds, result.passes
+        joined, orphaned = await shared_scores(claim)
+        computed.update(joined)
+        if orphaned:  # their owner went without them: computed here after all
+            result = await self._compute(pairs, orphaned, prefix_length, priority)
+            orphaned_scores = dict(zip(orphaned, result.scores, strict=True))
+            computed.update(orphaned_scores)
             if cache is not None:
-                await cache.put_many([(keys[index], score) for index, score in computed.items()])
-            queued_at, queue_seconds = result.submitted_at, result.queue_seconds
-            inference_seconds, passes = result.inference_seconds, result.passes
+                await cache.put_many([(keys[i], score) for i, score in orphaned_scores.items()])
+            inference_seconds += result.inference_seconds
+            passes += result.passes
+        computed_here = len(here) + len(orphaned)
         logits = iter(
             [computed[index] if score is None else score for index, score in enumerate(found)]
         )
         best = [max(itertools.islice(logits, len(document_pairs))) for document_pairs in windows]
-        hits = len(pairs) - len(missing) if lookup_seconds is not None else 0
+        # A pair shared with the request computing it counts as a hit: the cache's key found
+        # a score (on its way) and no pass computed it again.
+        hits = len(pairs) - computed_here if lookup_seconds is not None else 0
         return RerankOutcome(
             scores=best if raw_scores else [probability(logit) for logit in best],
             pair_tokens=[len(ids) for ids in pairs],
@@ -375,6 +404,6 @@ class RerankEngine:
             engine_seconds=time.perf_counter() - started,
             passes=passes,
             cache_hits=hits,
-            cache_misses=len(missing) if lookup_seconds is not None else 0,
+            cache_misses=computed_here if lookup_seconds is not None else 0,
             cache_lookup_seconds=lookup_seconds,
         )

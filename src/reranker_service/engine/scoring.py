@@ -32,6 +32,19 @@ def default_batch_tokens(device_type: str, max_length: int) -> int:
 
 
 @dataclass(frozen=True)
+class DtypeChoice:
+    """Why a CPU serves the number format it does (``RERANKER_DTYPE=auto`` or ``int8``): the
+    same on every start of one checkpoint on one machine, since nothing timed decides it."""
+
+    reason: str
+    cpu_flags: tuple[str, ...]
+    """The CPU's flags that compute bf16 or int8 natively (``amx_bf16``, ``avx512_bf16``,
+    ``avx512_vnni``, ...), as Linux lists them."""
+    self_check_max_difference: float | None
+    """Largest |P(yes) - P(yes) in fp32| over the self-check's pairs, where it ran."""
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """What one worker serves. ``device`` is the worker's name, distinct per worker: ``cuda:1``,
     or ``cpu``; several CPU workers are ``cpu:0``, ``cpu:1``."""
@@ -45,6 +58,8 @@ class ModelDescription:
     device_uuid: str | None = None
     """The GPU's UUID as the driver reports it (``GPU-...``), which NVML also gives: torch and
     NVML number GPUs differently, the UUID names one card for both. None on the CPU."""
+    dtype_choice: DtypeChoice | None = None
+    """Why this format, on a CPU under ``auto`` or ``int8``; None where it was asked for."""
 
     @property
     def device_type(self) -> str:
