@@ -334,15 +334,20 @@ waiting than the threshold."""
 
 
 async def _load(base_url: str, stop: asyncio.Event) -> None:
+    """Clients sending requests of 1000 documents, each request's query its own: pairs that
+    neither the score cache nor a request in flight can answer, so every one is queued."""
     documents = [f"document {n} about the capital" for n in range(1000)]
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client(http: httpx.AsyncClient, name: int) -> None:
+        sent = 0
         while not stop.is_set():
-            response = await http.post("/rerank", json={"query": "q", "documents": documents})
+            query = f"query {name}.{sent}"
+            response = await http.post("/rerank", json={"query": query, "documents": documents})
             assert response.status_code == 200, response.text
+            sent += 1
 
     async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
-        await asyncio.gather(*(client(http) for _ in range(LOADED_CLIENTS)))
+        await asyncio.gather(*(client(http, name) for name in range(LOADED_CLIENTS)))
 
 
 def _unclustered(query: str) -> str:
