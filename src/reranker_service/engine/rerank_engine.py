@@ -382,6 +382,8 @@ class RerankEngine:
             computed.update(orphaned_scores)
             if cache is not None:
                 await cache.put_many([(keys[i], score) for i, score in orphaned_scores.items()])
+            if not here:
+                queued_at, queue_seconds = result.submitted_at, result.queue_seconds
             inference_seconds += result.inference_seconds
             passes += result.passes
         computed_here = len(here) + len(orphaned)
