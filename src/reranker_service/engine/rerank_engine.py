@@ -311,13 +311,16 @@ class RerankEngine:
 
     async def _compute(
         self, pairs: list[list[int]], indices: list[int], prefix_length: int, priority: int
-    ) -> JobResult:
+    ) -> tuple[JobResult, dict[int, float]]:
         """Score ``pairs[i]`` for each of ``indices`` (all of them, or the ones the cache and
-        other requests did not answer, whose shared prefix is measured again)."""
+        other requests did not answer, whose shared prefix is measured again): the job's
+        result, and each index's score."""
+        chosen = pairs
         if len(indices) < len(pairs):
-            pairs = [pairs[index] for index in indices]
-            prefix_length = shared_prefix(pairs) if self.prefix_reuse else 0
-        return await self._batcher.run(pairs, prefix_length, priority)
+            chosen = [pairs[index] for index in indices]
+            prefix_length = shared_prefix(chosen) if self.prefix_reuse else 0
+        result = await self._batcher.run(chosen, prefix_length, priority)
+        return result, dict(zip(indices, result.scores, strict=True))
 
     async def rerank(
         self,
@@ -365,8 +368,7 @@ class RerankEngine:
         with self._in_flight.owning(keys, claim.owned if sharing else []):
             here = claim.computed_here
             if here:
-                result = await self._compute(pairs, here, prefix_length, priority)
-                owned_scores = dict(zip(here, result.scores, strict=True))
+                result, owned_scores = await self._compute(pairs, here, prefix_length, priority)
                 computed.update(owned_scores)
                 if sharing:
                     self._in_flight.settle(keys, {i: owned_scores[i] for i in claim.owned})
@@ -377,8 +379,7 @@ class RerankEngine:
         joined, orphaned = await shared_scores(claim)
         computed.update(joined)
         if orphaned:  # their owner went without them: computed here after all
-            result = await self._compute(pairs, orphaned, prefix_length, priority)
-            orphaned_scores = dict(zip(orphaned, result.scores, strict=True))
+            result, orphaned_scores = await self._compute(pairs, orphaned, prefix_length, priority)
             computed.update(orphaned_scores)
             if cache is not None:
                 await cache.put_many([(keys[i], score) for i, score in orphaned_scores.items()])
