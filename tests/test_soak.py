@@ -28,6 +28,12 @@ REQUESTS = 2000
 WARM_UP_REQUESTS = 200
 MAX_DOCUMENTS = 12
 RSS_GROWTH_ALLOWED = 1.25
+# The client drops an idle pooled connection well before the service closes it. With both at
+# 5 s (httpx's and uvicorn's defaults) a request sent on a connection that idled just that long
+# races the service's close and is lost in transport: the keep-alive race every HTTP client
+# pool must stay clear of, whatever the server.
+CLIENT_KEEP_ALIVE_SECONDS = 5
+SERVICE_KEEP_ALIVE_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,11 @@ async def _send_all(base_url: str, requests: list[SoakRequest]) -> list[httpx.Re
     for index in range(len(requests)):
         queue.put_nowait(index)
     responses: list[httpx.Response | None] = [None] * len(requests)
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    limits = httpx.Limits(
+        max_connections=CLIENTS,
+        max_keepalive_connections=CLIENTS,
+        keepalive_expiry=CLIENT_KEEP_ALIVE_SECONDS,
+    )
     async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as http:
 
         async def client() -> None:
@@ -109,7 +119,11 @@ def _what_the_service_said(service: ServiceProcess) -> str:
 
 def test_soak(checkpoint: Path, scoring_model: ServedModel) -> None:
     warm_up, soak = _requests(WARM_UP_REQUESTS, seed=1), _requests(REQUESTS, seed=2)
-    service = start_service(checkpoint, "--log-level", "info")
+    service = start_service(
+        checkpoint,
+        *("--log-level", "info"),
+        env={"RERANKER_KEEP_ALIVE_SECONDS": str(SERVICE_KEEP_ALIVE_SECONDS)},
+    )
     try:
         base_url = service.base_url()
         asyncio.run(_send_all(base_url, warm_up))
