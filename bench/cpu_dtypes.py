@@ -4,10 +4,10 @@
     python bench/cpu_dtypes.py --model test                    # the tiny test checkpoint
     python bench/cpu_dtypes.py --model /path/to/checkpoint --dtypes float32 auto
 
-Loads the checkpoint once per format (``float32``, ``auto``, which is bf16 where the CPU
-computes it and the start-up self-check agrees, and ``int8``) into an engine as the service
-does, then sends the same requests to each engine in turn, ``--rounds`` times in turning order so
-that drift of the machine hits all alike: each round, all requests at once. Reports each
+Loads the checkpoint once per format (``float32``, and ``auto``, which is bf16 where the CPU
+computes it and the start-up self-check agrees) into an engine as the service does, then
+sends the same requests to each engine in turn, ``--rounds`` times in turning order so that
+drift of the machine hits all alike: each round, all requests at once. Reports each
 format's pairs/s and tokens/s over all rounds, its ratio to fp32's, and the largest and 99th
 percentile |P(yes) - P(yes) in fp32| over every document of every request. With random weights
 scores sit near 0.5, where the sigmoid is steepest: an upper end for a given logit error.
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument(
         "--model", default="test", help="qwen3-reranker-0.6b, test, or a checkpoint path"
     )
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "auto", "int8"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "auto"])
     parser.add_argument("--requests", type=int, default=4, help="distinct requests per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=8192)

@@ -230,18 +230,13 @@ def test_the_runner_each_device_gets(
     runner_setting: str, compile_setting: str, device: str, expected: RunnerPlan
 ) -> None:
     options = RunnerOptions(runner=runner_setting, compile=compile_setting)
-    assert plan_runner(options, device, "float32") == expected
+    assert plan_runner(options, device) == expected
 
 
-def test_int8_and_compile_ask_for_what_the_padded_runner_cannot() -> None:
-    assert plan_runner(RunnerOptions(), "cpu", "int8") == RunnerPlan("padded", "never")
-    with pytest.raises(ModelLoadError, match="padded runner only"):
-        plan_runner(RunnerOptions(runner="packed"), "cpu", "int8")
-    with pytest.raises(ModelLoadError, match="padded runner only"):
-        plan_runner(RunnerOptions(compile="background"), "cpu", "int8")
+def test_compiling_asks_for_the_packed_runner() -> None:
     for compile_setting in ("true", "background"):
         with pytest.raises(ModelLoadError, match="compiles the packed runner"):
-            plan_runner(RunnerOptions(runner="padded", compile=compile_setting), "cpu", "float32")
+            plan_runner(RunnerOptions(runner="padded", compile=compile_setting), "cpu")
 
 
 def test_a_checkpoint_the_packed_decoder_cannot_compute_is_refused(

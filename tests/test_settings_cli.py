@@ -93,6 +93,14 @@ def test_bad_values_stop_with_a_clear_message(argv: list[str], complaint: str) -
         load_settings(argv)
 
 
+def test_int8_is_refused_with_why_it_went(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deployments that set RERANKER_DTYPE=int8 before its removal stop at start with the reason
+    and what to set instead, rather than a bare list of choices."""
+    monkeypatch.setenv("RERANKER_DTYPE", "int8")
+    with pytest.raises(SettingsError, match=r"int8 was removed: .* Use auto"):
+        load_settings([])
+
+
 def test_unknown_choice_is_refused_by_the_parser() -> None:
     with pytest.raises(SystemExit) as exited:
         load_settings(["--dtype", "int4"])

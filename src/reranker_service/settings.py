@@ -16,7 +16,7 @@ DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that
 _DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 LogLevel = Literal["debug", "info", "warning", "error"]
-DType = Literal["auto", "float32", "float16", "bfloat16", "int8"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
 Runner = Literal["auto", "padded", "packed"]
 Compile = Literal["auto", "background", "true", "false"]
 
@@ -64,8 +64,7 @@ class Settings(BaseSettings):
     dtype: DType = Field(
         "auto",
         description="auto (bf16 on a GPU; on a CPU bf16 where it is native and a start-up "
-        "self-check agrees, else fp32), float32, float16, bfloat16, or int8 (CPU only: "
-        "torchao's int8 weights and activations)",
+        "self-check agrees, else fp32), float32, float16 or bfloat16",
     )
     runner: Runner = Field(
         "auto",
@@ -208,6 +207,17 @@ class Settings(BaseSettings):
             raise ValueError("names a GPU twice; one worker per GPU")
         return ",".join(entries)
 
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _no_int8(cls, value: object) -> object:
+        if value == "int8":
+            raise ValueError(
+                "int8 was removed: served eagerly it was slower than bf16 on every CPU measured, "
+                "and less exact than the docs promised (docs/benchmark.md, 'int8'). Use auto, "
+                "which serves bf16 where the CPU computes it"
+            )
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lowercase_level(cls, value: object) -> object:
@@ -235,11 +245,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits_fit_together(self) -> Self:
-        if self.dtype == "int8" and "cuda" in self.device:
-            raise ValueError(
-                f"dtype int8 runs on the CPU only, not on device {self.device!r}: on a GPU "
-                "use auto or bfloat16"
-            )
         if self.max_chunks_per_doc > self.max_chunks_limit:
             raise ValueError(
                 f"max_chunks_per_doc ({self.max_chunks_per_doc}) must be at most "

@@ -359,9 +359,9 @@ class ServedDevice(BaseModel):
 
 
 class DtypeChoiceInfo(BaseModel):
-    reason: str = Field(description="why this number format (auto and int8 on a CPU)")
+    reason: str = Field(description="why this number format (auto on a CPU)")
     cpu_flags: list[str] = Field(
-        description="the CPU's flags that compute bf16 or int8 natively, as Linux lists them"
+        description="the CPU's flags that compute bf16 natively, as Linux lists them"
     )
     self_check_max_difference: float | None = Field(
         description="largest |score - fp32 score| over the start-up self-check's pairs"
@@ -382,7 +382,7 @@ class InfoResponse(BaseModel):
     devices: list[ServedDevice] = Field(description="one entry per worker and model replica")
     dtype: str
     dtype_choice: DtypeChoiceInfo | None = Field(
-        None, description="why a CPU serves this format, where it was chosen (auto, int8)"
+        None, description="why a CPU serves this format, where auto chose it"
     )
     max_length: int
     max_documents: int

@@ -9,8 +9,8 @@ import torch
 from reranker_service.engine.scoring import ModelLoadError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-"""The formats a decoder is loaded in as they are; ``auto`` and ``int8`` are chosen or made
-after loading (see ``resolve_dtype`` and the loader's CPU precision)."""
+"""The formats a decoder is loaded in as they are; ``auto`` is chosen after loading (see
+``resolve_dtype`` and the loader's CPU precision)."""
 
 
 def _cuda_device(requested: str) -> torch.device:

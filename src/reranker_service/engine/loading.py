@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from reranker_service.engine.precision import (
     TimedScores,
     check_pairs,
     choose_auto_cpu_dtype,
-    native_flags,
     read_cpu_flags,
     timed_scores,
 )
@@ -111,8 +109,7 @@ def load_model(options: LoadOptions) -> ServedModel:
     if cpu_choice is not None:
         choice_fields["dtype_reason"] = cpu_choice.reason
         if cpu_choice.check is not None:
-            prefix = "int8" if cpu_choice.dtype == "int8" else "bf16"
-            choice_fields.update(cpu_choice.check.fields(prefix))
+            choice_fields.update(cpu_choice.check.fields("bf16"))
     for index, runner in enumerate(model.runners):
         described = runner.description
         upgrade = model.upgrade_of(index)
@@ -179,26 +176,13 @@ class _Checkpoint:
         return decoder, direction
 
 
-def _quantize_int8(decoder: torch.nn.Module) -> None:
-    """The decoder's linear layers to int8 weights with int8 activations quantized per pass
-    (torchao), in place; embeddings and norms stay in fp32."""
-    try:
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"RERANKER_DTYPE=int8 needs torchao, which cannot be imported: {first_line(exc)}"
-        ) from exc
-    quantize_(decoder, Int8DynamicActivationInt8WeightConfig())
-
-
 def _cpu_precision(
-    requested: str,
     checkpoint: _Checkpoint,
     encoder: PromptEncoder,
     pad_token_id: int,
 ) -> tuple[torch.nn.Module, torch.Tensor, CpuDtypeChoice]:
-    """``auto`` or ``int8`` on the CPU: the decoder in the number format chosen, measured
-    against fp32 on the self-check's pairs."""
+    """``auto`` on the CPU: the decoder in the number format chosen, measured against fp32 on
+    the self-check's pairs."""
     decoder, direction = checkpoint.decoder(torch.float32)
     pairs = check_pairs(encoder.encode)
     description = ModelDescription(
@@ -215,26 +199,15 @@ def _cpu_precision(
         with torch.inference_mode():
             return timed_scores(lambda sequences: run_pass(runner, sequences), pairs)
 
-    def check_against_fp32(convert: Callable[[torch.nn.Module], object]) -> PrecisionCheck:
-        """Score the check's pairs in fp32, convert the decoder in place (no second copy of
-        the weights), score them again."""
-        reference = scores_of(decoder)
-        convert(decoder)
-        return PrecisionCheck.of(reference, scores_of(decoder))
-
-    flags = read_cpu_flags()
-    if requested == "int8":
-        check = check_against_fp32(_quantize_int8)
-        choice = CpuDtypeChoice(
-            "int8", "requested (RERANKER_DTYPE=int8)", native_flags(flags), check
-        )
-        return decoder, direction, choice
-
     # Without native bf16 the check does not run, and neither does its fp32 pass.
     def bf16_check() -> PrecisionCheck:
-        return check_against_fp32(lambda backbone: backbone.to(torch.bfloat16))
+        """Score the check's pairs in fp32, convert the decoder to bf16 in place (no second
+        copy of the weights), score them again."""
+        reference = scores_of(decoder)
+        decoder.to(torch.bfloat16)
+        return PrecisionCheck.of(reference, scores_of(decoder))
 
-    choice = choose_auto_cpu_dtype(flags, bf16_check)
+    choice = choose_auto_cpu_dtype(read_cpu_flags(), bf16_check)
     if choice.dtype == "float32" and choice.check is not None:
         # The check rounded the weights to bf16: read them again.
         decoder, direction = checkpoint.decoder(torch.float32)
@@ -247,11 +220,6 @@ def _load(options: LoadOptions) -> tuple[ServedModel, CpuDtypeChoice | None]:
     started = time.perf_counter()
     devices = resolve_devices(options.device)
     on_cpu = all(device.type == "cpu" for device in devices)
-    if options.dtype == "int8" and not on_cpu:
-        raise ModelLoadError(
-            "RERANKER_DTYPE=int8 runs on the CPU only; on a GPU use auto or bfloat16 "
-            f"(RERANKER_DEVICE={options.device!r})"
-        )
     config = AutoConfig.from_pretrained(options.model, revision=options.revision)
     architectures = list(getattr(config, "architectures", None) or [])
     if config.model_type != "qwen3" or _ARCHITECTURE not in architectures:
@@ -271,17 +239,15 @@ def _load(options: LoadOptions) -> tuple[ServedModel, CpuDtypeChoice | None]:
     checkpoint = _Checkpoint(options, config, yes_id, no_id)
 
     cpu_choice: CpuDtypeChoice | None = None
-    if on_cpu and options.dtype in ("auto", "int8"):
-        decoder, direction, cpu_choice = _cpu_precision(
-            options.dtype, checkpoint, encoder, int(pad_token_id)
-        )
+    if on_cpu and options.dtype == "auto":
+        decoder, direction, cpu_choice = _cpu_precision(checkpoint, encoder, int(pad_token_id))
         dtype_name = cpu_choice.dtype
     else:
         dtype = resolve_dtype(options.dtype, devices)
         decoder, direction = checkpoint.decoder(dtype)
         dtype_name = str(dtype).removeprefix("torch.")
     revision = str(getattr(config, "_commit_hash", None) or "local")
-    plan = plan_runner(options.runner, devices[0].type, dtype_name)
+    plan = plan_runner(options.runner, devices[0].type)
     probe = []
     if plan.compile != "never":
         prepare_compiler(options.runner)

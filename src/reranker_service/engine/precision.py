@@ -3,7 +3,7 @@
 ``auto`` is bf16 where the CPU computes it natively (Intel AMX, AVX512-BF16 on Intel Cooper
 Lake and AMD Zen 4 and later, Arm's BF16 extension) and a start-up self-check finds its scores
 close enough to fp32's; otherwise fp32, which a CPU without those instructions runs faster than
-bf16 anyway. ``int8`` quantizes the decoder's linear layers with torchao, on request only.
+bf16 anyway.
 
 The choice is made from the CPU's flags and the self-check's scores, here, never from a
 timed pass (two noisy cores time the same pass differently on every start); loading the
@@ -34,10 +34,6 @@ state for bf16 scores on a GPU as well."""
 NATIVE_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
 """CPU feature flags (Linux ``/proc/cpuinfo``) of instructions computing bf16: x86's AMX and
 AVX512-BF16, Arm's BF16 (``Features: ... bf16``)."""
-
-NATIVE_INT8_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni", "i8mm"})
-"""CPU feature flags of instructions computing int8 dot products: x86's AMX-INT8 and VNNI,
-Arm's I8MM (shown by ``/info``, which explains the format chosen)."""
 
 _CHECK_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 _CHECK_QUERY = "how do plants turn sunlight into chemical energy"
@@ -133,10 +129,10 @@ class PrecisionCheck:
 @dataclass(frozen=True)
 class CpuDtypeChoice:
     dtype: str
-    """``float32``, ``bfloat16`` or ``int8``."""
+    """``float32`` or ``bfloat16``."""
     reason: str
     flags: frozenset[str]
-    """The CPU's flags that compute bf16 or int8 natively, as seen."""
+    """The CPU's flags that compute bf16 natively, as seen."""
     check: PrecisionCheck | None
     """The self-check's measurement, where one ran."""
 
@@ -150,8 +146,8 @@ class CpuDtypeChoice:
 
 
 def native_flags(flags: frozenset[str]) -> frozenset[str]:
-    """Of a CPU's flags, those of instructions computing bf16 or int8."""
-    return flags & (NATIVE_BF16_FLAGS | NATIVE_INT8_FLAGS)
+    """Of a CPU's flags, those of instructions computing bf16."""
+    return flags & NATIVE_BF16_FLAGS
 
 
 def choose_auto_cpu_dtype(

@@ -33,13 +33,13 @@ def default_batch_tokens(device_type: str, max_length: int) -> int:
 
 @dataclass(frozen=True)
 class DtypeChoice:
-    """Why a CPU serves the number format it does (``RERANKER_DTYPE=auto`` or ``int8``): the
+    """Why a CPU serves the number format it does (``RERANKER_DTYPE=auto``): the
     same on every start of one checkpoint on one machine, since nothing timed decides it."""
 
     reason: str
     cpu_flags: tuple[str, ...]
-    """The CPU's flags that compute bf16 or int8 natively (``amx_bf16``, ``avx512_bf16``,
-    ``avx512_vnni``, ...), as Linux lists them."""
+    """The CPU's flags that compute bf16 natively (``amx_bf16``, ``avx512_bf16``, ``bf16``),
+    as Linux lists them."""
     self_check_max_difference: float | None
     """Largest |P(yes) - P(yes) in fp32| over the self-check's pairs, where it ran."""
 
@@ -59,7 +59,7 @@ class ModelDescription:
     """The GPU's UUID as the driver reports it (``GPU-...``), which NVML also gives: torch and
     NVML number GPUs differently, the UUID names one card for both. None on the CPU."""
     dtype_choice: DtypeChoice | None = None
-    """Why this format, on a CPU under ``auto`` or ``int8``; None where it was asked for."""
+    """Why this format, on a CPU under ``auto``; None where it was asked for."""
 
     @property
     def device_type(self) -> str:

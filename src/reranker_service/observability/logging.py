@@ -22,9 +22,10 @@ _SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "fastapi")
 _LIBRARY_LOGGERS = ("transformers", "huggingface_hub", "torch")
 
 _ACCESS_LOGGER = "uvicorn.access"
-# Import-time chatter of torchao (which transformers imports whenever it is installed): its CUDA
+# Import-time chatter of torchao, which transformers imports whenever it is installed (the
+# service does not need it; an environment shared with other tools may hold it): its CUDA
 # kernel libraries fail to load on a CPU-only torch, and it registers enums the way torch now
-# calls deprecated. Neither concerns serving (int8 runs on the CPU, without those kernels).
+# calls deprecated. Neither concerns serving.
 _IMPORT_NOISE = (
     ("torchao", re.compile(r"^Failed to load .*\.so: ")),
     ("torchao.kernel.intmm", re.compile(r"Detected no triton")),

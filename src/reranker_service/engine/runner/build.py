@@ -67,23 +67,18 @@ class RunnerPlan:
     """When the compiled packed runner takes over: never, after ready, or before it."""
 
 
-def plan_runner(options: RunnerOptions, device_type: str, dtype_name: str) -> RunnerPlan:
+def plan_runner(options: RunnerOptions, device_type: str) -> RunnerPlan:
     """``auto`` compiles in the background on a GPU and not at all on the CPU. Compiling
-    makes the packed runner, which int8 and ``RERANKER_RUNNER=padded`` rule out."""
+    makes the packed runner, which ``RERANKER_RUNNER=padded`` rules out."""
     mode = options.compile
     if mode == "auto":
         mode = "background" if device_type == "cuda" else "false"
-        if options.runner == "padded" or dtype_name == "int8":
+        if options.runner == "padded":
             mode = "false"
     compiles = mode in ("true", "background")
     if compiles and options.runner == "padded":
         raise ModelLoadError(
             f"RERANKER_COMPILE={mode} compiles the packed runner; RERANKER_RUNNER=padded has none"
-        )
-    if dtype_name == "int8" and (compiles or options.runner == "packed"):
-        raise ModelLoadError(
-            "RERANKER_DTYPE=int8 runs on the padded runner only (RERANKER_RUNNER=padded, "
-            "RERANKER_COMPILE=false)"
         )
     if mode == "true":
         return RunnerPlan(serving="padded", compile="foreground")
