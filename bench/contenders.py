@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import random
 import socket
@@ -355,13 +356,15 @@ def _server_timing(headers: dict[str, str]) -> dict[str, float]:
 
 
 def _scrape(text: str) -> dict[str, float]:
+    """Each sample's value by name, summed over its labels (the pass histograms are by device:
+    a service with several workers reports the sum of theirs); bucket samples are left out."""
     from prometheus_client.parser import text_string_to_metric_families
 
     values: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if not sample.labels:
-                values[sample.name] = sample.value
+            if not sample.name.endswith("_bucket"):
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
     return values
 
 
@@ -403,6 +406,9 @@ class ServiceOverHttp:
              "--device", self.device, "--dtype", self.dtype, "--max-length", str(self.max_length),
              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
              "--max-queued-pairs", "1000000", "--request-timeout-seconds", "0",
+             # Computing, not remembering: the cells replay a few distinct requests, which the
+             # score cache would answer without a pass (bench/cache_bench.py measures it).
+             "--cache-size", "0",
              "--runner", self.runner, "--compile", self.compile, *cache],
             stdout=subprocess.DEVNULL,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -591,6 +597,96 @@ class CrossEncoderLoop(_OneRequestAtATime):
         with self._lock:
             self._scores(request)
             lengths = self._pair_lengths(request, self.text_pairs(request))
+        for start in range(0, len(lengths), self.BATCH):
+            self._passes.add(lengths[start : start + self.BATCH])
+        return sum(lengths)
+
+
+class _LogitsOf(torch.nn.Module):
+    """A sequence-classification model's logits as one tensor, without a key/value cache: the
+    graph OpenVINO converts."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return output.logits  # type: ignore[no-any-return]
+
+
+class OpenVinoCrossEncoderLoop(_OneRequestAtATime):
+    """The CPU peer: what sentence-transformers' ``CrossEncoder(..., backend="openvino")`` runs,
+    on the seq-cls form of the same weights. That backend (optimum-intel) cannot be installed
+    beside this project's transformers, so this does what it does, with OpenVINO's own API: the
+    model converted to an OpenVINO graph (dynamic batch and length), compiled for the CPU with
+    OpenVINO's defaults (bf16 where the CPU computes it, as the backend runs it; ``precision``
+    overrides) and the latency hint, fed the CrossEncoder's text pairs tokenized as it tokenizes
+    them, in batches of 32 padded to their longest, one request at a time; P(yes) is the logit's
+    sigmoid, the CrossEncoder's activation for one label."""
+
+    name = "openvino"
+    BATCH = CrossEncoderLoop.BATCH
+
+    def __init__(self, seq_cls_checkpoint: str, max_length: int, precision: str | None = None):
+        import openvino
+        from transformers import AutoTokenizer, Qwen3ForSequenceClassification
+
+        self._tokenizer = AutoTokenizer.from_pretrained(seq_cls_checkpoint)
+        model = Qwen3ForSequenceClassification.from_pretrained(
+            seq_cls_checkpoint, dtype=torch.float32
+        ).eval()
+        example = self._tokenizer(
+            [("a query", "a document"), ("q", "a longer document than the first")],
+            padding=True,
+            return_tensors="pt",
+        )
+        with torch.no_grad():
+            graph = openvino.convert_model(
+                _LogitsOf(model),
+                example_input={
+                    "input_ids": example["input_ids"],
+                    "attention_mask": example["attention_mask"],
+                },
+            )
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self._compiled = openvino.Core().compile_model(graph, "CPU", config)
+        self.precision: str = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self._max_length = max_length
+        super().__init__(torch.device("cpu"))
+
+    def scores(self, request: Request) -> list[float]:
+        """P(yes) of each document."""
+        with self._lock:
+            return self._scores(request)[0]
+
+    def _scores(self, request: Request) -> tuple[list[float], list[int]]:
+        """Each document's P(yes), and each pair's tokens as the model saw them."""
+        pairs = CrossEncoderLoop.text_pairs(request)
+        scores: list[float] = []
+        lengths: list[int] = []
+        for start in range(0, len(pairs), self.BATCH):
+            chunk = pairs[start : start + self.BATCH]
+            encoded = self._tokenizer(
+                [first for first, _ in chunk],
+                [second for _, second in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self._max_length,
+                return_tensors="np",
+            )
+            logits = self._compiled(
+                {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+            )[0]
+            scores.extend(float(1 / (1 + math.exp(-logit))) for logit in logits[:, 0])
+            lengths.extend(int(row.sum()) for row in encoded["attention_mask"])
+        return scores, lengths
+
+    def _score(self, request: Request) -> int:
+        with self._lock:
+            _, lengths = self._scores(request)
         for start in range(0, len(lengths), self.BATCH):
             self._passes.add(lengths[start : start + self.BATCH])
         return sum(lengths)

@@ -1,10 +1,16 @@
 """The benchmark's throughput as a picture: pairs/s against concurrency, one line per
-contender, one panel per workload (matplotlib, written as a PNG)."""
+contender, one panel per workload (matplotlib, written as a PNG).
+
+    python bench/plot.py bench/results/run.json throughput.png    # a run saved with --json
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 
@@ -52,3 +58,19 @@ def plot_throughput(cells: list[Any], path: Path, title: str) -> None:
     figure.suptitle(title)
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Plot a run saved by rerank_bench.py --json.")
+    parser.add_argument("run", type=Path)
+    parser.add_argument("png", type=Path)
+    parser.add_argument("--title", help="default: the run's model and device")
+    args = parser.parse_args()
+    run = json.loads(args.run.read_text())
+    cells = [SimpleNamespace(**cell) for cell in run["cells"]]
+    title = args.title or f"{run['model']}, {run['device']}"
+    plot_throughput(cells, args.png, title)
+
+
+if __name__ == "__main__":
+    main()

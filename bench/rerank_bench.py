@@ -11,6 +11,9 @@ concurrency the three contenders run back to back, so drift of the machine hits 
 
 - model card: the Qwen3-Reranker card's code as the seed tutorial's app runs it, one request at
   a time, each request one batch padded to its longest pair, full LM head;
+- openvino (``--contenders ... openvino``, CPU): the CPU peer, what sentence-transformers'
+  ``CrossEncoder(..., backend="openvino")`` runs (an OpenVINO graph of the seq-cls form, bf16
+  where the CPU computes it, batches of 32, one request at a time);
 - engine: the service's batching engine in this process, no HTTP: the service's ceiling;
 - engine, reuse off: the same engine recomputing every pair's whole prompt
   (``RERANKER_PREFIX_REUSE=false``);
@@ -50,6 +53,7 @@ from contenders import (
     CrossEncoderLoop,
     EngineInProcess,
     ModelCardBaseline,
+    OpenVinoCrossEncoderLoop,
     ServiceOverHttp,
     build_seq_cls_checkpoint,
     model_flops_per_token,
@@ -69,6 +73,10 @@ REUSE_TARGETS = {"short": 1.6, "rag": 1.15, "long": 0.97}
 SERVICE_VS_REFERENCE_TARGETS = {"short": 1.4, "rag": 1.05, "long": 0.9}
 HTTP_OVERHEAD_TARGET_MS = 2.5
 TARGET_CONCURRENCY = 16
+# The CPU issue's targets: against the OpenVINO peer by concurrency, and against the best
+# fixed budget at concurrency 8.
+OPENVINO_TARGETS = {8: 2.0, 1: 1.5}
+CPU_SERVICE_VS_REFERENCE_TARGETS = {"short": 1.2, "rag": 1.2}
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
 
@@ -222,8 +230,10 @@ def _ratios(cells: list[Cell]) -> dict[str, Any]:
             )
 
             crossencoder = by_key.get((workload, concurrency, "crossencoder"))
+            openvino = by_key.get((workload, concurrency, "openvino"))
             pairs = [
                 ("service/crossencoder", service, crossencoder),
+                ("service/openvino", service, openvino),
                 (f"service/{REFERENCE}", service, reference),
                 (f"engine/{REFERENCE}", engine, reference),
                 (f"engine reuse off/{REFERENCE}", without_reuse, reference),
@@ -272,6 +282,13 @@ def _targets(ratios: dict[str, Any]) -> list[str]:
     for workload in WORKLOADS:
         key = f"service HTTP overhead p50 ms {workload} c=1"
         judge(f"HTTP overhead p50 ms, {workload}, c=1", key, None, HTTP_OVERHEAD_TARGET_MS)
+    for workload, minimum in CPU_SERVICE_VS_REFERENCE_TARGETS.items():
+        key = f"service/{REFERENCE} pairs/s {workload} c=8"
+        judge(f"service c=8 / {REFERENCE}, {workload}", key, minimum)
+    for workload in WORKLOADS:
+        for concurrency, minimum in OPENVINO_TARGETS.items():
+            key = f"service/openvino pairs/s {workload} c={concurrency}"
+            judge(f"service / openvino, {workload}, c={concurrency}", key, minimum)
     # The GPU issue's targets, where their cells ran.
     judge("service / crossencoder, rag, c=64", "service/crossencoder pairs/s rag c=64", 2.5)
     judge("service / model card, rag, c=1", "service/card pairs/s rag c=1", 1.5)
@@ -379,14 +396,26 @@ async def _main(
     contenders: dict[str, Contender] = {}
     if "card" in args.contenders:
         contenders["card"] = ModelCardBaseline(checkpoint, args.device, args.dtype, args.max_length)
-    if "crossencoder" in args.contenders:
-        if importlib.util.find_spec("sentence_transformers") is None:
-            # A GPU box without the bench extras still measures everything else.
-            print("  crossencoder skipped: sentence-transformers is not installed (the bench "
-                  "extras: pip install -e '.[bench]')", flush=True)  # fmt: skip
-        else:
-            seq_cls = build_seq_cls_checkpoint(checkpoint, str(scratch / "seq-cls"))
+    # The peers, where their libraries are installed (a GPU box without the bench extras still
+    # measures everything else), on one seq-cls form of the weights.
+    peers = {"crossencoder": "sentence_transformers", "openvino": "openvino"}
+    wanted = [peer for peer in peers if peer in args.contenders]
+    for peer in wanted:
+        if importlib.util.find_spec(peers[peer]) is None:
+            print(f"  {peer} skipped: {peers[peer]} is not installed (the bench extras: "
+                  "pip install -e '.[bench]')", flush=True)  # fmt: skip
+    wanted = [peer for peer in wanted if importlib.util.find_spec(peers[peer]) is not None]
+    if "openvino" in wanted and args.device != "cpu":
+        print("  openvino skipped: it is the CPU peer (--device cpu)", flush=True)
+        wanted.remove("openvino")
+    if wanted:
+        seq_cls = build_seq_cls_checkpoint(checkpoint, str(scratch / "seq-cls"))
+        if "crossencoder" in wanted:
             contenders["crossencoder"] = CrossEncoderLoop(seq_cls, args.device, args.max_length)
+        if "openvino" in wanted:
+            openvino = OpenVinoCrossEncoderLoop(seq_cls, args.max_length)
+            print(f"  openvino peer computes in {openvino.precision}", flush=True)
+            contenders["openvino"] = openvino
     engines: list[EngineInProcess] = []
     service = None
     runner = RunnerOptions(runner=args.runner, compile=args.compile)
@@ -495,7 +524,7 @@ def main() -> None:
     parser.add_argument(
         "--contenders", nargs="+",
         default=["card", "crossencoder", "engine", "engine-no-reuse", "service", "reference"],
-        choices=["card", "crossencoder", "engine", "engine-no-reuse", "engine-workers",
+        choices=["card", "crossencoder", "openvino", "engine", "engine-no-reuse", "engine-workers",
                  "engine-padded", "engine-packed", "engine-compiled", "service", "reference"],
     )  # fmt: skip
     parser.add_argument(

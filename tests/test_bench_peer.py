@@ -30,6 +30,33 @@ def test_the_crossencoder_peer_scores_as_the_model_card(
     assert len(set(reference)) == len(reference), "distinct scores, or the test proves little"
 
 
+@pytest.mark.parametrize(("precision", "bound"), [("f32", 1e-4), (None, 0.02)])
+def test_the_openvino_peer_scores_as_the_model_card(
+    checkpoint: Path,
+    card: ModelCardReranker,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    precision: str | None,
+    bound: float,
+) -> None:
+    """The CPU peer, an OpenVINO graph converted once from the seq-cls form: every score the
+    card's P(yes), in fp32 to float rounding and in OpenVINO's default format (bf16 where the
+    CPU computes it) within bf16's bound, over batches of other sizes and lengths than the one
+    the graph was converted on (a conversion that kept one shape fails here)."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    contenders = load_bench_module("contenders")
+    workloads = load_bench_module("workloads")
+    seq_cls = contenders.build_seq_cls_checkpoint(str(checkpoint), str(tmp_path / "seq-cls"))
+    peer = contenders.OpenVinoCrossEncoderLoop(seq_cls, 8192, precision=precision)
+    if precision is not None:
+        assert peer.precision == precision
+    many = [f"document {index} " + "words " * (index % 13) for index in range(40)]
+    for documents in (DOCUMENTS, many):
+        ours = peer.scores(workloads.Request(QUERY, documents))
+        reference = card.score_alone(None, QUERY, documents)
+        assert max(abs(a - b) for a, b in zip(ours, reference, strict=True)) <= bound
+
+
 def test_the_throughput_plot_is_a_png_with_a_panel_per_workload(tmp_path: Path) -> None:
     plot = load_bench_module("plot")
 
