@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import random
 import socket
@@ -597,8 +596,8 @@ class CrossEncoderLoop(_OneRequestAtATime):
         with self._lock:
             self._scores(request)
             lengths = self._pair_lengths(request, self.text_pairs(request))
-        for start in range(0, len(lengths), self.BATCH):
-            self._passes.add(lengths[start : start + self.BATCH])
+            for start in range(0, len(lengths), self.BATCH):
+                self._passes.add(lengths[start : start + self.BATCH])
         return sum(lengths)
 
 
@@ -680,13 +679,13 @@ class OpenVinoCrossEncoderLoop(_OneRequestAtATime):
             logits = self._compiled(
                 {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
             )[0]
-            scores.extend(float(1 / (1 + math.exp(-logit))) for logit in logits[:, 0])
+            scores.extend(torch.sigmoid(torch.from_numpy(logits[:, 0]).float()).tolist())
             lengths.extend(int(row.sum()) for row in encoded["attention_mask"])
         return scores, lengths
 
     def _score(self, request: Request) -> int:
         with self._lock:
             _, lengths = self._scores(request)
-        for start in range(0, len(lengths), self.BATCH):
-            self._passes.add(lengths[start : start + self.BATCH])
+            for start in range(0, len(lengths), self.BATCH):
+                self._passes.add(lengths[start : start + self.BATCH])
         return sum(lengths)

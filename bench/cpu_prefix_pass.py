@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -28,16 +29,19 @@ from reranker_service.engine.runner.protocol import PassBatch, PassPair
 from reranker_service.engine.scoring import ModelDescription
 from reranker_service.tiny_checkpoint import QWEN3_RERANKER_0_6B
 
+PREFIX_ID = 1
+"""The one request's prefix, as the scheduler would number it."""
+
 
 def _runner(dtype: torch.dtype, layers: int, attention: str = "sdpa") -> PaddedRunner:
     backbone = decoder_of_0_6b_widths(dtype, layers, attention)
     direction = torch.randn(QWEN3_RERANKER_0_6B.hidden_size)  # the runner scores in fp32
-    description = ModelDescription("probe", "local", "cpu", str(dtype), 8192, 0.0)
+    name = str(dtype).removeprefix("torch.")
+    description = ModelDescription("probe", "local", "cpu", name, 8192, 0.0)
     return PaddedRunner(backbone, direction, 0, description)
 
 
-def _time(run: object, repeats: int) -> float:
-    assert callable(run)
+def _time(run: Callable[[], object], repeats: int) -> float:
     run()
     started = time.perf_counter()
     for _ in range(repeats):
@@ -67,9 +71,9 @@ def main() -> None:
         for _ in range(args.pairs)
     ]
     whole = PassBatch.of(sequences)
-    after = PassBatch([PassPair(tokens, 7, args.prefix) for tokens in sequences])
+    after = PassBatch([PassPair(tokens, PREFIX_ID, args.prefix) for tokens in sequences])
     # The runner computes and holds the prefix once, as for a request's first pass.
-    runner.launch(PassBatch(after.pairs, frozenset({7}))).result()
+    runner.launch(PassBatch(after.pairs, frozenset({PREFIX_ID}))).result()
 
     whole_ms = _time(lambda: runner.launch(whole).result(), args.repeats)
     after_ms = _time(lambda: runner.launch(after).result(), args.repeats)

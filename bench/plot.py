@@ -64,11 +64,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Plot a run saved by rerank_bench.py --json.")
     parser.add_argument("run", type=Path)
     parser.add_argument("png", type=Path)
-    parser.add_argument("--title", help="default: the run's model and device")
+    parser.add_argument("--title", help="default: the run's model and machine")
     args = parser.parse_args()
     run = json.loads(args.run.read_text())
     cells = [SimpleNamespace(**cell) for cell in run["cells"]]
-    title = args.title or f"{run['model']}, {run['device']}"
+    title = args.title or f"{run['model']} on {run['machine']}"
     plot_throughput(cells, args.png, title)
 
 

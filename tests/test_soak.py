@@ -121,8 +121,7 @@ def test_soak(checkpoint: Path, scoring_model: ServedModel) -> None:
     warm_up, soak = _requests(WARM_UP_REQUESTS, seed=1), _requests(REQUESTS, seed=2)
     service = start_service(
         checkpoint,
-        *("--log-level", "info"),
-        env={"RERANKER_KEEP_ALIVE_SECONDS": str(SERVICE_KEEP_ALIVE_SECONDS)},
+        *("--log-level", "info", "--keep-alive-seconds", str(SERVICE_KEEP_ALIVE_SECONDS)),
     )
     try:
         base_url = service.base_url()

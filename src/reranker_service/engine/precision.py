@@ -169,6 +169,6 @@ def choose_auto_cpu_dtype(
     if not check.max_difference <= bound:
         reason = f"bf16 scores differ from fp32 by {check.max_difference:.3g} > {bound}"
         return CpuDtypeChoice("float32", reason, seen, check)
-    named = ", ".join(sorted(flags & NATIVE_BF16_FLAGS))
+    named = ", ".join(sorted(seen))
     reason = f"this CPU computes bf16 ({named}), within the self-check's bound"
     return CpuDtypeChoice("bfloat16", reason, seen, check)
