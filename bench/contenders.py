@@ -46,6 +46,11 @@ class Passes:
         self.real_tokens += sum(lengths)
         self.padded_tokens += len(lengths) * max(lengths)
 
+    def add_batches(self, lengths: Sequence[int], batch_size: int) -> None:
+        """Passes of ``batch_size`` pairs at a time, in order, each padded to its longest."""
+        for start in range(0, len(lengths), batch_size):
+            self.add(lengths[start : start + batch_size])
+
 
 class Contender(Protocol):
     name: str
@@ -596,8 +601,7 @@ class CrossEncoderLoop(_OneRequestAtATime):
         with self._lock:
             self._scores(request)
             lengths = self._pair_lengths(request, self.text_pairs(request))
-            for start in range(0, len(lengths), self.BATCH):
-                self._passes.add(lengths[start : start + self.BATCH])
+            self._passes.add_batches(lengths, self.BATCH)
         return sum(lengths)
 
 
@@ -686,6 +690,5 @@ class OpenVinoCrossEncoderLoop(_OneRequestAtATime):
     def _score(self, request: Request) -> int:
         with self._lock:
             _, lengths = self._scores(request)
-            for start in range(0, len(lengths), self.BATCH):
-                self._passes.add(lengths[start : start + self.BATCH])
+            self._passes.add_batches(lengths, self.BATCH)
         return sum(lengths)

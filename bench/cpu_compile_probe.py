@@ -19,14 +19,12 @@ from typing import Any
 import torch
 from transformers import Qwen3Config, Qwen3Model
 
+from timing import ms_per_call
+
 
 def _pass_ms(forward: Callable[..., object], ids: torch.Tensor, repeats: int) -> float:
     mask = torch.ones_like(ids)
-    forward(input_ids=ids, attention_mask=mask)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        forward(input_ids=ids, attention_mask=mask)
-    return (time.perf_counter() - started) / repeats * 1000
+    return ms_per_call(lambda: forward(input_ids=ids, attention_mask=mask), repeats)
 
 
 def _hidden(model: Callable[..., Any], ids: torch.Tensor) -> torch.Tensor:

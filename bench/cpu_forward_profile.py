@@ -13,7 +13,6 @@ bf16 gains on the matrix products and loses elsewhere shows here, before any cha
 from __future__ import annotations
 
 import argparse
-import time
 from collections import defaultdict
 
 import torch
@@ -21,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 from transformers import Qwen3Config, Qwen3Model
 
 from reranker_service.tiny_checkpoint import QWEN3_RERANKER_0_6B
+from timing import ms_per_call
 
 VOCABULARY = 4096
 """The embedding lookup costs nothing at any vocabulary size."""
@@ -52,12 +52,9 @@ def _profile(
     """Milliseconds per pass (timed without the profiler), and each operator's self time per
     pass in milliseconds (with it)."""
     with torch.inference_mode():
-        for _ in range(2):
-            model(input_ids=input_ids, use_cache=False)
-        started = time.perf_counter()
-        for _ in range(passes):
-            model(input_ids=input_ids, use_cache=False)
-        per_pass = (time.perf_counter() - started) * 1000 / passes
+        per_pass = ms_per_call(
+            lambda: model(input_ids=input_ids, use_cache=False), passes, warm_ups=2
+        )
         with profile(activities=[ProfilerActivity.CPU]) as profiler:
             for _ in range(passes):
                 model(input_ids=input_ids, use_cache=False)

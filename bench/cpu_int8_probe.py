@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 from collections.abc import Callable
 
 import torch
 from torch.nn import functional
+
+from timing import ms_per_call
 
 
 class Mlp(torch.nn.Module):
@@ -36,12 +37,7 @@ class Mlp(torch.nn.Module):
 
 def _time(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
     with torch.inference_mode():
-        for _ in range(3):
-            run(x)
-        started = time.perf_counter()
-        for _ in range(repeats):
-            run(x)
-    return (time.perf_counter() - started) * 1000 / repeats
+        return ms_per_call(lambda: run(x), repeats, warm_ups=3)
 
 
 def _torchao_int8(model: torch.nn.Module) -> torch.nn.Module:

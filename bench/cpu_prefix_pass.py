@@ -16,9 +16,7 @@ that cost the most. Reuse pays only when (2)'s time per computed token stays nea
 from __future__ import annotations
 
 import argparse
-import time
 from collections import defaultdict
-from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -28,6 +26,7 @@ from reranker_service.engine.runner.padded import PaddedRunner
 from reranker_service.engine.runner.protocol import PassBatch, PassPair
 from reranker_service.engine.scoring import ModelDescription
 from reranker_service.tiny_checkpoint import QWEN3_RERANKER_0_6B
+from timing import ms_per_call
 
 PREFIX_ID = 1
 """The one request's prefix, as the scheduler would number it."""
@@ -39,14 +38,6 @@ def _runner(dtype: torch.dtype, layers: int, attention: str = "sdpa") -> PaddedR
     name = str(dtype).removeprefix("torch.")
     description = ModelDescription("probe", "local", "cpu", name, 8192, 0.0)
     return PaddedRunner(backbone, direction, 0, description)
-
-
-def _time(run: Callable[[], object], repeats: int) -> float:
-    run()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    return (time.perf_counter() - started) * 1000 / repeats
 
 
 def main() -> None:
@@ -75,8 +66,8 @@ def main() -> None:
     # The runner computes and holds the prefix once, as for a request's first pass.
     runner.launch(PassBatch(after.pairs, frozenset({PREFIX_ID}))).result()
 
-    whole_ms = _time(lambda: runner.launch(whole).result(), args.repeats)
-    after_ms = _time(lambda: runner.launch(after).result(), args.repeats)
+    whole_ms = ms_per_call(lambda: runner.launch(whole).result(), args.repeats)
+    after_ms = ms_per_call(lambda: runner.launch(after).result(), args.repeats)
     whole_tokens = args.pairs * (args.prefix + args.own)
     after_tokens = args.pairs * args.own
     print(
