@@ -201,6 +201,10 @@ FLOOD_CLIENTS, FLOOD_DOCUMENTS = 4, 8
 never a 429, so the saturation costs no availability."""
 STAGE_TIMEOUT_S = 150
 DRILLED = {"RerankerDown", "RerankerQueueSaturated", *BURN_PAIR, STAND_IN}
+LATENCY_PAIR = {"RerankerLatencyBudgetBurnFast", "RerankerLatencyBudgetBurnSlow"}
+"""Alerts that the saturation may earn, truly: the flood's requests wait for about ten slow
+passes each, near the objective's 2 s, and on a busy machine enough of them pass it that the
+latency budget burns. So they may come, as the job's alerts, and are checked like the rest."""
 RANDOM_MODEL = {"RerankerScoreSpreadCollapsed", "RerankerScoreDrift"}
 """Alerts that the tiny random-weight checkpoint earns by itself after a minute of traffic (its
 scores are all close together): true, so they may come, and are checked like the rest."""
@@ -529,7 +533,8 @@ def test_alerts_travel_from_real_faults_to_the_receiver(
             if alert["labels"]["alertname"] == name and alert["status"] == "firing"
         }
 
-    unexpected = {alert["labels"]["alertname"] for alert in alerts} - DRILLED - RANDOM_MODEL
+    explained = DRILLED | RANDOM_MODEL | LATENCY_PAIR
+    unexpected = {alert["labels"]["alertname"] for alert in alerts} - explained
     assert not unexpected, f"alerts that no fault of the drill explains: {unexpected}"
     assert firing_instances("RerankerDown") == {drill.down}
     assert firing_instances(STAND_IN) == {drill.saturated}, (
@@ -538,3 +543,5 @@ def test_alerts_travel_from_real_faults_to_the_receiver(
     assert firing_instances("RerankerQueueSaturated") == {drill.saturated}
     for name in BURN_PAIR:
         assert firing_instances(name) == {None}, "an SLO alert is the job's, not an instance's"
+    for name in LATENCY_PAIR:
+        assert firing_instances(name) <= {None}, "an SLO alert is the job's, not an instance's"
