@@ -253,3 +253,17 @@ class GatedModel(RunnerWrapper):
         self.entered.set()
         self.gate.wait(timeout=60)
         return super().launch(batch)
+
+
+class FakeClock:
+    """The scheduler's time in a test: it moves only when the test advances it, so aging,
+    priorities and queue waits are exact, with no thread and no sleep."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

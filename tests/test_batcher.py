@@ -1,9 +1,12 @@
 """The scheduler forms batches across requests and never mixes up whose score is whose. These
-tests drive it with the pure-Python fake runner: no torch, no checkpoint."""
+tests drive it with the pure-Python fake runner: no torch, no checkpoint. The first ones drive
+its steps (``schedule``, ``update``) one pass at a time on a fake clock, with no thread; the
+rest run the threaded ``Batcher`` end to end."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import subprocess
 import sys
 import threading
@@ -12,10 +15,32 @@ from pathlib import Path
 import pytest
 
 from reranker_service.engine.prefix import shared_prefix
-from reranker_service.engine.runner.protocol import PassShape
+from reranker_service.engine.runner.protocol import (
+    BatchTooLargeError,
+    DeviceLostError,
+    PassShape,
+    padded_pass_tokens,
+)
 from reranker_service.engine.scheduler.batcher import Batcher
-from reranker_service.engine.scheduler.jobs import BatchReport, EngineStoppedError, QueueFullError
+from reranker_service.engine.scheduler.core import (
+    PassOutcome,
+    PassUpdate,
+    Scheduler,
+    SchedulerOutput,
+    WorkerSlot,
+)
+from reranker_service.engine.scheduler.jobs import (
+    BatchReport,
+    EngineStoppedError,
+    JobState,
+    NonFiniteScoresError,
+    PairTooLargeError,
+    QueueFullError,
+    ScoringJob,
+)
 from reranker_service.engine.scheduler.pass_cost import PassCostModel
+from reranker_service.engine.scheduler.prefixes import PrefixManager
+from tests.conftest import FakeClock
 from tests.fake_runner import FakeRunner, fake_logit
 
 PROMPT = list(range(100, 130))
@@ -57,6 +82,202 @@ def _exact(requests: list[list[list[int]]], scores: list[list[float]]) -> bool:
         result == [fake_logit(pair) for pair in pairs]
         for pairs, result in zip(requests, scores, strict=True)
     )
+
+
+COSTS = [(64, 0.002), (128, 0.0025), (1024, 0.01)]
+PASS_SECONDS = 1 / 128
+
+
+def _scheduler(
+    clock: FakeClock,
+    *,
+    workers: tuple[str, ...] = ("cpu",),
+    max_prefix_tokens: int = 0,
+    max_batch_tokens: int = 2048,
+    max_queued_pairs: int = 1000,
+) -> Scheduler:
+    scheduler = Scheduler(
+        max_batch_tokens=max_batch_tokens,
+        max_queued_pairs=max_queued_pairs,
+        prefixes=PrefixManager(max_prefix_tokens, on_device=True),
+        clock=clock,
+    )
+    for name in workers:
+        scheduler.add_worker(WorkerSlot(name, padded_pass_tokens, True, PassCostModel(COSTS)))
+    return scheduler
+
+
+def _submit(scheduler: Scheduler, sequences: list[list[int]], prefix_length: int = 0) -> ScoringJob:
+    loop = asyncio.get_running_loop()
+    job = ScoringJob(loop, len(sequences), submitted_at=scheduler.clock())
+    scheduler.admit(job, sequences, prefix_length)
+    return job
+
+
+def _state(job: ScoringJob) -> JobState:
+    """The job's state now (read through a call, so that mypy does not keep an earlier one)."""
+    return job.state
+
+
+def _scores(output: SchedulerOutput) -> list[float]:
+    return [fake_logit(pair.tokens) for pair in output.pairs]
+
+
+def _finish(
+    scheduler: Scheduler,
+    output: SchedulerOutput,
+    clock: FakeClock,
+    *,
+    scores: list[float] | None = None,
+    error: Exception | None = None,
+) -> PassUpdate:
+    """Run the scheduled pass "on the device" for 1/128 s of the fake clock (exact in binary),
+    then ``update``."""
+    flight = output.flight(clock())
+    if error is None:
+        scheduler.launched(output)
+    clock.advance(PASS_SECONDS)
+    outcome = PassOutcome(_scores(output) if scores is None else scores, error, clock())
+    return scheduler.update(flight, outcome)
+
+
+async def test_schedule_plans_a_pass_and_update_answers_its_requests() -> None:
+    """``schedule`` only decides (the pairs, the prefixes to compute), ``update`` writes the
+    scores, moves each job to its state, bills the pass and hands back the finished jobs."""
+    clock = FakeClock()
+    scheduler = _scheduler(clock, max_prefix_tokens=4096)
+    requests = [_pairs(0, [3, 4, 5]), _pairs(1, [6])]
+    jobs = [_submit(scheduler, pairs, shared_prefix(pairs)) for pairs in requests]
+    assert [job.state for job in jobs] == [JobState.WAITING, JobState.WAITING]
+    assert jobs[0].prefix_id is not None
+    assert jobs[1].prefix_id is None  # one document: nothing to share
+    clock.advance(2)
+    output = scheduler.schedule("cpu")
+    assert len(output.pairs) == 4
+    assert output.new_prefixes == {jobs[0].prefix_id}
+    assert output.released == []
+    assert scheduler.queued_pairs == 0
+    assert [job.state for job in jobs] == [JobState.RUNNING, JobState.RUNNING]
+    assert [job.first_batch_at for job in jobs] == [clock(), clock()]
+    update = _finish(scheduler, output, clock)
+    assert [job.state for job in jobs] == [JobState.DONE, JobState.DONE]
+    assert {id(job) for job in update.answers.jobs} == {id(job) for job in jobs}
+    assert update.answers.released_prefixes
+    assert update.record.queue_wait_seconds == (2.0,) * 4
+    assert update.record.seconds == PASS_SECONDS
+    assert _exact(requests, [job.scores for job in jobs])
+    assert jobs[0].result().queue_seconds == 2.0
+    assert jobs[0].passes[0].pairs == 3
+    # The finished request's prefix is let go at the worker's next step.
+    assert scheduler.prefixes.tokens_held == 0
+    assert scheduler.schedule("cpu").released == [jobs[0].prefix_id]
+
+
+async def test_a_release_reaches_every_worker_and_a_held_prefix_is_not_computed_again() -> None:
+    clock = FakeClock()
+    scheduler = _scheduler(clock, workers=("a", "b"), max_prefix_tokens=4096, max_batch_tokens=60)
+    pairs = _pairs(0, [30, 31, 32])
+    job = _submit(scheduler, pairs, shared_prefix(pairs))
+    first = scheduler.schedule("a")
+    assert len(first.pairs) == 1
+    assert first.new_prefixes == {job.prefix_id}
+    assert first.more_waiting
+    _finish(scheduler, first, clock)
+    second = scheduler.schedule("a")
+    assert len(second.pairs) == 1
+    assert second.new_prefixes == frozenset()  # worker a holds it now
+    other = scheduler.schedule("b")
+    assert len(other.pairs) == 1
+    assert other.new_prefixes == {job.prefix_id}  # worker b does not
+    assert not other.more_waiting
+    _finish(scheduler, second, clock)
+    assert _state(job) is JobState.RUNNING
+    _finish(scheduler, other, clock)
+    assert _state(job) is JobState.DONE
+    assert scheduler.schedule("a").released == [job.prefix_id]
+    assert scheduler.schedule("b").released == [job.prefix_id]
+
+
+async def test_update_splits_a_pass_out_of_memory_and_fails_a_pair_too_large_alone() -> None:
+    clock = FakeClock()
+    scheduler = _scheduler(clock, max_prefix_tokens=4096)
+    pairs = _pairs(0, [30, 31, 32])
+    job = _submit(scheduler, pairs, shared_prefix(pairs))
+    output = scheduler.schedule("cpu")
+    update = _finish(scheduler, output, clock, error=BatchTooLargeError("out of memory"))
+    assert update.record.failed
+    assert [len(half) for half in update.retries] == [1, 2]
+    assert _state(job) is JobState.RUNNING
+    # The failed launch kept no prefix: the half computes it again, and its wait is not
+    # reported twice.
+    first_half = scheduler.schedule_retry("cpu", update.retries[0])
+    assert first_half is not None
+    assert first_half.retry
+    assert first_half.new_prefixes == {job.prefix_id}
+    half_update = _finish(scheduler, first_half, clock, error=BatchTooLargeError("still"))
+    assert half_update.record.queue_wait_seconds == ()
+    assert half_update.retries == []
+    assert _state(job) is JobState.FAILED
+    assert isinstance(job.error, PairTooLargeError)
+    assert half_update.answers.jobs == [job]
+    # The other half's pairs belong to a failed job: nothing is left to run.
+    assert scheduler.schedule_retry("cpu", update.retries[1]) is None
+
+
+async def test_a_non_finite_score_fails_its_request_only() -> None:
+    clock = FakeClock()
+    scheduler = _scheduler(clock)
+    good, bad = _submit(scheduler, _pairs(0, [3])), _submit(scheduler, _pairs(1, [4, 5]))
+    output = scheduler.schedule("cpu")
+    scores = [math.nan if pair.job is bad and pair.position == 1 else 0.5 for pair in output.pairs]
+    update = _finish(scheduler, output, clock, scores=scores)
+    assert (good.state, bad.state) == (JobState.DONE, JobState.FAILED)
+    assert isinstance(bad.error, NonFiniteScoresError)
+    assert bad.error.pairs == 1
+    assert update.answers.jobs == [bad, good]
+
+
+async def test_a_withdrawn_job_leaves_the_queue_and_drops_its_scores_in_flight() -> None:
+    clock = FakeClock()
+    scheduler = _scheduler(clock, max_prefix_tokens=4096, max_batch_tokens=80)
+    pairs = _pairs(0, [30, 31, 32])
+    job = _submit(scheduler, pairs, shared_prefix(pairs))
+    output = scheduler.schedule("cpu")
+    assert 0 < len(output.pairs) < 3
+    answers = scheduler.withdraw(job)
+    assert answers.jobs == []  # its caller left: nothing to tell
+    assert answers.released_prefixes
+    assert job.state is JobState.WITHDRAWN
+    assert scheduler.queued_pairs == 0
+    update = _finish(scheduler, output, clock)
+    assert update.answers.jobs == []
+    assert job.scores == [0.0] * 3
+    assert scheduler.withdraw(job).jobs == []  # a final state stays
+
+
+async def test_a_lost_device_marks_its_worker_and_fails_its_pass() -> None:
+    clock = FakeClock()
+    scheduler = _scheduler(clock)
+    job = _submit(scheduler, _pairs(0, [3]))
+    output = scheduler.schedule("cpu")
+    update = _finish(scheduler, output, clock, error=DeviceLostError("cpu: gone"))
+    assert scheduler.workers["cpu"].lost == "cpu: gone"
+    assert job.state is JobState.FAILED
+    assert update.answers.jobs == [job]
+    assert scheduler.workers["cpu"].pass_costs.points == [(p, s) for p, s in COSTS]
+
+
+async def test_admission_counts_the_queue_and_the_prefix_budget() -> None:
+    clock = FakeClock()
+    first, second = _pairs(0, [3, 4]), _pairs(1, [5, 6, 7])
+    budget = shared_prefix(first) + shared_prefix(second) - 1
+    scheduler = _scheduler(clock, max_prefix_tokens=budget, max_queued_pairs=5)
+    held = _submit(scheduler, first, shared_prefix(first))
+    refused = _submit(scheduler, second, shared_prefix(second))
+    assert (held.prefix_id is not None, refused.prefix_id) == (True, None)
+    assert scheduler.prefixes.tokens_held == shared_prefix(first)
+    with pytest.raises(QueueFullError):
+        _submit(scheduler, _pairs(2, [1]))
 
 
 async def test_pairs_from_many_requests_share_forward_passes() -> None:

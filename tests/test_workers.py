@@ -200,11 +200,51 @@ async def test_the_drain_waits_for_both_workers(replicas: ServedModel) -> None:
     assert len(first.future.result().scores) == len(second.future.result().scores) == 2
 
 
-async def test_timeouts_and_429s_with_both_workers_busy(
+async def _hold_both_workers(
+    http: Any, gated: Sequence[GatedModel], payload: dict[str, Any]
+) -> list[asyncio.Task[Any]]:
+    """Two requests whose passes each hold one worker at its closed gate. A held worker stays
+    held whatever happens to its request, so nothing here races a deadline."""
+    for model in gated:
+        model.gate.clear()
+        model.entered.clear()
+    held = [asyncio.create_task(http.post("/rerank", json=payload))]
+    assert await asyncio.to_thread(_either_entered, *gated)
+    held.append(asyncio.create_task(http.post("/rerank", json=payload)))
+    assert await asyncio.to_thread(lambda: all(m.entered.wait(WAIT_SECONDS) for m in gated))
+    return held
+
+
+async def test_a_full_queue_with_both_workers_busy_refuses_at_once(
     checkpoint: Path, replicas: ServedModel
 ) -> None:
-    """Both workers held in a pass, the queue full: a new request gets 429 at once, and at
-    the deadline every waiting request gets 504 and its queued pairs leave the queue."""
+    """Both workers held in a pass, the queue full: a new request gets 429 at once, and the
+    others are all answered once the workers move on."""
+    gated = [GatedModel(replicas, runner) for runner in replicas.runners]
+    settings = make_settings(checkpoint, device="cpu,cpu", max_documents=4, max_queued_pairs=4)
+    app = create_app(settings, model=_served(replicas, gated))
+    payload = {"query": "q", "documents": ["one", "two", "three", "four"]}
+    async with asgi_client(app) as http:
+        engine = app.state.lifecycle.engine
+        held = await _hold_both_workers(http, gated, payload)
+        queued = asyncio.create_task(http.post("/rerank", json=payload))
+        assert await asyncio.to_thread(_polled, lambda: engine.queued_pairs == 4)
+        refused = await http.post("/rerank", json={"query": "q", "documents": ["five"]})
+        for model in gated:
+            model.gate.set()
+        answers = await asyncio.gather(*held, queued)
+        assert engine.queued_pairs == 0
+    assert refused.status_code == 429
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+
+
+async def test_at_the_deadline_waiting_requests_get_504_and_leave_the_queue(
+    checkpoint: Path, replicas: ServedModel
+) -> None:
+    """Both workers held in a pass: at the request deadline every request gets 504, in a pass
+    or in the queue (the third, whose pairs no worker could take), and its queued pairs leave
+    the queue. No step has to beat the deadline: whichever way the requests time out, each
+    ends in 504 and nothing stays queued."""
     gated = [GatedModel(replicas, runner) for runner in replicas.runners]
     settings = make_settings(
         checkpoint,
@@ -214,28 +254,17 @@ async def test_timeouts_and_429s_with_both_workers_busy(
         request_timeout_seconds=0.5,
     )
     app = create_app(settings, model=_served(replicas, gated))
-    documents = ["one", "two", "three", "four"]
+    payload = {"query": "q", "documents": ["one", "two", "three", "four"]}
     async with asgi_client(app) as http:
         engine = app.state.lifecycle.engine
-        for model in gated:
-            model.gate.clear()
-            model.entered.clear()
-        payload = {"query": "q", "documents": documents}
-        # Each of the first two requests' passes holds one worker; the third waits in the queue.
-        held = [asyncio.create_task(http.post("/rerank", json=payload))]
-        assert await asyncio.to_thread(_either_entered, *gated)
-        held.append(asyncio.create_task(http.post("/rerank", json=payload)))
-        assert await asyncio.to_thread(lambda: all(m.entered.wait(WAIT_SECONDS) for m in gated))
-        queued = asyncio.create_task(http.post("/rerank", json=payload))
-        assert await asyncio.to_thread(_polled, lambda: engine.queued_pairs == 4)
-        refused = await http.post("/rerank", json={"query": "q", "documents": ["five"]})
-        answers = await asyncio.gather(*held, queued)
+        held = await _hold_both_workers(http, gated, payload)
+        queued = await http.post("/rerank", json=payload)
+        answers = await asyncio.gather(*held)
         assert engine.queued_pairs == 0
         for model in gated:
             model.gate.set()
-        after = await http.post("/rerank", json={"query": "q", "documents": documents})
-    assert refused.status_code == 429
-    assert [answer.status_code for answer in answers] == [504, 504, 504]
+        after = await http.post("/rerank", json=payload)
+    assert [answer.status_code for answer in [*answers, queued]] == [504, 504, 504]
     assert after.status_code == 200
 
 

@@ -1,7 +1,8 @@
 """Which queued pairs go into the next forward pass.
 
 The queue is kept sorted by the tokens each pair computes. A batch is a contiguous window of
-that order which always contains the *anchor* (the oldest waiting pair, so nothing starves) and
+that order which always contains the *anchor* (the queue's choice: the first waiting pair by
+priority and arrival, or one past the aging bound, so nothing starves) and
 costs at most ``max_batch_tokens`` tokens in the runner's geometry (``pass_tokens``: pairs x
 longest for a runner that pads, the sum for one that packs). Among the windows grown
 greedily around the anchor, it takes the one with the best predicted throughput, useful tokens

@@ -1,82 +1,79 @@
 """Dynamic batching: one worker thread per model runner serves pairs from every request.
 
 Requests put their tokenized pairs on one length-sorted queue and wait on a future. A free worker
-takes the next batch (see ``batch_policy``), hands it to its runner off the event loop, writes
-the scores into each request's slot and resolves a request's future, on its own loop, once its
-last pair is scored. A pair's score depends only on its own tokens, so a request's results do
-not depend on which other requests shared its batches, nor on which worker took them.
+asks the scheduler (``core.Scheduler``) what to run next, hands that pass to its runner off the
+event loop, gives what came back to the scheduler, which writes the scores into each request's
+slot, and resolves a request's future, on its own loop, once its last pair is scored. A pair's
+score depends only on its own tokens, so a request's results do not depend on which other
+requests shared its batches, nor on which worker took them.
 
-Where a runner's ``launch`` returns before the device has run the pass (a GPU), the worker
-launches the next pass before it waits for the current one's scores, so the device never idles
-while the host picks and describes a batch.
+This module is the mechanism around the scheduler's decisions: the lock, the threads, the
+runner calls, the observer and the futures. Where a runner's ``launch`` returns before the
+device has run the pass (a GPU), the worker launches the next pass before it waits for the
+current one's scores, so the device never idles while the host picks and describes a batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
 import math
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
 
-from reranker_service.engine.runner.protocol import (
-    BatchTooLargeError,
-    DeviceLostError,
-    ModelRunner,
+from reranker_service.engine.runner.protocol import DeviceLostError, ModelRunner
+from reranker_service.engine.scheduler.clock import DEFAULT_CLOCK, Clock
+from reranker_service.engine.scheduler.core import (
+    Answers,
+    PassOutcome,
+    Scheduler,
+    SchedulerOutput,
+    WorkerSlot,
 )
 from reranker_service.engine.scheduler.jobs import (
     BatchObserver,
     BatchReport,
     EngineStoppedError,
     JobResult,
-    NonFiniteScoresError,
-    PairTooLargeError,
-    QueueFullError,
     ScoringJob,
 )
 from reranker_service.engine.scheduler.pass_cost import PassCostModel
-from reranker_service.engine.scheduler.passes import Flight, QueuedPair, distinct_jobs
-from reranker_service.engine.scheduler.queue import PairQueue
+from reranker_service.engine.scheduler.passes import Flight, QueuedPair
+from reranker_service.engine.scheduler.prefixes import PrefixManager
 
 logger = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-_prefix_ids = itertools.count()
-"""Prefix ids, unique in the process: a runner that two schedulers share (tests serve one
-loaded model from several apps) never takes one scheduler's prefix for the other's."""
-
 
 @dataclass
 class _WorkerState:
-    """What one worker's thread owns: its runner, its pass-cost curve, its clock, and the
-    prefixes its runner holds."""
+    """What one worker's thread owns: its runner and thread, and the calls waiting for it. The
+    scheduler keeps the rest (``WorkerSlot``: its curve, its clock, whether its device is
+    lost; ``PrefixManager``: the prefixes its runner holds)."""
 
     runner: ModelRunner
-    name: str
-    pass_costs: PassCostModel
-    last_finished: float = 0.0
+    slot: WorkerSlot
     thread: threading.Thread | None = None
-    held_prefixes: set[int] = field(default_factory=set)
-    """Prefix ids its runner keeps: read and written by the worker's thread only."""
-    releases: list[int] = field(default_factory=list)
-    """Prefix ids let go since the worker last took work, under the scheduler's lock: handed to
-    the runner from the worker's own thread."""
     calls: list[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = field(
         default_factory=list
     )
     """Work for the worker's thread between two passes (a graph capture, a runner swap), under
-    the scheduler's lock."""
+    the batcher's lock."""
     serving: bool = True
     """False once its thread has ended, or its device is lost."""
-    lost: str | None = None
-    """Why its device serves no more (a sticky device error), once it does not."""
+
+    @property
+    def name(self) -> str:
+        return self.slot.name
+
+    @property
+    def lost(self) -> str | None:
+        return self.slot.lost
 
 
 class Batcher:
@@ -90,40 +87,59 @@ class Batcher:
         max_prefix_tokens: int = 0,
         observer: BatchObserver | None = None,
         priority_max_wait_seconds: float = math.inf,
+        clock: Clock = DEFAULT_CLOCK,
     ) -> None:
         """One worker per runner, named by its ``description.device``. Each starts from
         ``pass_costs``, which predicts a pass's time for the batch policy (none: the runner's
         pass tokens are the only cost), and learns from its own passes. ``max_prefix_tokens``
         bounds the shared prefixes held for the jobs in the queue (the runners keep their keys
         and values in device memory); a job past it is scored without its prefix. A pair
-        waiting longer than ``priority_max_wait_seconds`` goes first whatever its priority."""
+        waiting longer than ``priority_max_wait_seconds`` goes first whatever its priority.
+        ``clock`` is what every wait and pass is timed on."""
         if not runners:
             raise ValueError("a batcher needs at least one runner")
         names = [runner.description.device for runner in runners]
         if len(set(names)) != len(names):
             raise ValueError("worker names must be distinct")
         points = pass_costs.points if pass_costs is not None else ()
-        self._workers = [
-            _WorkerState(runner, name, PassCostModel(points))
-            for runner, name in zip(runners, names, strict=True)
-        ]
-        self.max_batch_tokens = max_batch_tokens
-        self.max_queued_pairs = max_queued_pairs
-        self.max_prefix_tokens = max_prefix_tokens
+        self._clock = clock
+        self._core = Scheduler(
+            max_batch_tokens=max_batch_tokens,
+            max_queued_pairs=max_queued_pairs,
+            prefixes=PrefixManager(
+                max_prefix_tokens, on_device=any(runner.keeps_prefixes for runner in runners)
+            ),
+            priority_max_wait_seconds=priority_max_wait_seconds,
+            clock=clock,
+        )
+        self._workers = []
+        for runner, name in zip(runners, names, strict=True):
+            slot = WorkerSlot(
+                name, runner.pass_tokens, runner.keeps_prefixes, PassCostModel(points)
+            )
+            self._core.add_worker(slot)
+            self._workers.append(_WorkerState(runner, slot))
         self.observer = observer
-        self._prefixes_on_device = any(runner.keeps_prefixes for runner in runners)
-        """Whether a prefix costs device memory while its job waits: only then does
-        ``max_prefix_tokens`` bound them."""
-        self._prefix_tokens_held = 0
         self._lock = threading.Lock()
         self._work_available = threading.Condition(self._lock)
-        self._queue = PairQueue(priority_max_wait_seconds)
         self._accepting = True
         self._started = False
 
     @property
+    def max_batch_tokens(self) -> int:
+        return self._core.max_batch_tokens
+
+    @property
+    def max_queued_pairs(self) -> int:
+        return self._core.max_queued_pairs
+
+    @property
+    def max_prefix_tokens(self) -> int:
+        return self._core.prefixes.max_prefix_tokens
+
+    @property
     def queued_pairs(self) -> int:
-        return len(self._queue)
+        return self._core.queued_pairs
 
     @property
     def worker_names(self) -> list[str]:
@@ -137,12 +153,12 @@ class Batcher:
     @property
     def pass_costs(self) -> PassCostModel:
         """The first worker's pass-cost curve (each worker keeps its own current)."""
-        return self._workers[0].pass_costs
+        return self._workers[0].slot.pass_costs
 
     def set_pass_costs(self, points: Sequence[tuple[float, float]]) -> None:
         """Start every worker's curve from ``points`` (``(tokens, seconds)``)."""
         for state in self._workers:
-            state.pass_costs = PassCostModel(points)
+            state.slot.pass_costs = PassCostModel(points)
 
     @property
     def lost_devices(self) -> dict[str, str]:
@@ -191,13 +207,14 @@ class Batcher:
 
         def swap() -> None:
             # What the old runner holds is let go with it, not kept alive by it.
-            state.runner.release(sorted(state.held_prefixes))
-            state.held_prefixes.clear()
+            state.runner.release(self._core.prefixes.drop_held(name))
             state.runner = runner
-            state.pass_costs = PassCostModel(pass_costs)
             runner.bind_thread()
             with self._lock:
-                self._prefixes_on_device = any(
+                slot = state.slot
+                slot.pass_tokens, slot.keeps_prefixes = runner.pass_tokens, runner.keeps_prefixes
+                slot.pass_costs = PassCostModel(pass_costs)
+                self._core.prefixes.on_device = any(
                     worker.runner.keeps_prefixes for worker in self._workers
                 )
 
@@ -228,7 +245,7 @@ class Batcher:
     @property
     def prefix_tokens_held(self) -> int:
         """Tokens of the shared prefixes the queued jobs hold."""
-        return self._prefix_tokens_held
+        return self._core.prefixes.tokens_held
 
     def submit(
         self, sequences: Sequence[Sequence[int]], prefix_length: int = 0, priority: int = 0
@@ -237,35 +254,21 @@ class Batcher:
         call from the event loop that will await the job. The prefix is computed once per
         worker while the prefix budget has room, else every pair computes it. Lower
         ``priority`` goes first, within the queue's aging bound."""
-        job = ScoringJob(asyncio.get_running_loop(), len(sequences), priority)
+        loop = asyncio.get_running_loop()
+        job = ScoringJob(loop, len(sequences), priority, submitted_at=self._clock())
         if not sequences:
+            self._core.complete_empty(job)
             job._resolve()
             return job
-        now = time.perf_counter()
         with self._lock:
             if not self._accepting:
                 lost = self.lost_devices
                 if lost:
                     raise DeviceLostError("; ".join(lost.values()))
                 raise EngineStoppedError("the engine is shutting down")
-            queued = len(self._queue)
-            if queued + len(sequences) > self.max_queued_pairs:
-                raise QueueFullError(len(sequences), queued, self.max_queued_pairs)
-            if prefix_length and self._prefix_fits(prefix_length):
-                job.prefix_id, job.prefix_length = next(_prefix_ids), prefix_length
-                job.holds_prefix = True
-                self._prefix_tokens_held += prefix_length
-            self._queue.add(job, sequences, now)
+            self._core.admit(job, sequences, prefix_length)
             self._work_available.notify()
         return job
-
-    def _prefix_fits(self, prefix_length: int) -> bool:
-        """Whether a new job may share its prefix: reuse is on (a budget above 0), and the
-        prefixes held on the runners stay within it."""
-        if not self.max_prefix_tokens:
-            return False
-        held = self._prefix_tokens_held + prefix_length
-        return not self._prefixes_on_device or held <= self.max_prefix_tokens
 
     async def run(
         self, sequences: Sequence[Sequence[int]], prefix_length: int = 0, priority: int = 0
@@ -281,61 +284,38 @@ class Batcher:
     def withdraw(self, job: ScoringJob) -> None:
         """Drop a job's pairs that have not reached a forward pass yet."""
         with self._lock:
-            self._withdraw_locked(job)
+            self._answer_locked(self._core.withdraw(job))
 
-    def _release_prefix_locked(self, job: ScoringJob) -> None:
-        """Let the job's prefix go on every worker: it has no pair left to score."""
-        if job.holds_prefix and job.prefix_id is not None:
-            job.holds_prefix = False
-            self._prefix_tokens_held -= job.prefix_length
-            for state in self._workers:
-                if state.serving:  # an ended worker frees nothing more
-                    state.releases.append(job.prefix_id)
-            self._work_available.notify_all()  # idle workers free it now
-
-    def _withdraw_locked(self, job: ScoringJob) -> None:
-        job.closed = True
-        self._release_prefix_locked(job)
-        self._queue.remove(job)
-
-    def _take_batch_locked(self, state: _WorkerState) -> list[QueuedPair]:
-        batch = self._queue.take(
-            self.max_batch_tokens,
-            state.pass_costs.seconds,
-            state.runner.pass_tokens,
-            prefixes_in_every_pass=not state.runner.keeps_prefixes,
-        )
-        now = time.perf_counter()
-        for pair in batch:
-            if pair.job.first_batch_at is None:
-                pair.job.first_batch_at = now
-        if self._queue:
-            self._work_available.notify()  # more than this batch waits: wake another worker
-        return batch
+    def _answer_locked(self, answers: Answers) -> None:
+        """Tell the finished jobs on their loops; wake idle workers to free released prefixes
+        now."""
+        for job in answers.jobs:
+            job.deliver_threadsafe()
+        if answers.released_prefixes:
+            self._work_available.notify_all()
 
     def _serve(self, state: _WorkerState) -> None:
         """One worker's loop, on its own thread, until the queue is drained after ``stop``,
-        or its device is lost."""
+        or its device is lost: ask the scheduler, run what it says, hand back the outcome."""
         state.runner.bind_thread()
         in_flight: Flight | None = None
         try:
             while state.lost is None:
                 with self._lock:
                     while (
-                        not self._queue
+                        not self._core.queued_pairs
                         and self._accepting
                         and in_flight is None
-                        and not state.releases
+                        and not self._core.prefixes.has_releases(state.name)
                         and not state.calls
                     ):
                         self._work_available.wait()
                     calls, state.calls = state.calls, []
-                    batch = self._take_batch_locked(state) if self._queue and not calls else None
-                    released, state.releases = state.releases, []
-                if released:
-                    # Apart from any pass: a launch that raises would take them with it.
-                    state.held_prefixes.difference_update(released)
-                    state.runner.release(released)
+                    output = self._core.schedule(state.name, take_pass=not calls)
+                    if output.more_waiting:
+                        self._work_available.notify()  # more than this pass waits: wake another
+                if output.released:
+                    state.runner.release(output.released)
                 if calls:
                     if in_flight is not None:
                         self._finish_safely(state, in_flight)
@@ -346,13 +326,13 @@ class Batcher:
                         else:  # nothing more runs on a lost device: no capture, no swap
                             future.set_exception(DeviceLostError(state.lost))
                     continue
-                if batch is None and in_flight is None:
-                    if released:
+                if not output.pairs and in_flight is None:
+                    if output.released:
                         continue
                     return
-                launched = self._launch(state, batch) if batch is not None else None
+                launched = self._launch(state, output) if output.pairs else None
                 # The worker may now sleep for long; it must not keep the last requests alive.
-                del batch
+                del output
                 if in_flight is not None:
                     self._finish_safely(state, in_flight)
                 in_flight = launched
@@ -373,38 +353,27 @@ class Batcher:
         serving after its device was lost, nothing queued can be served either."""
         with self._lock:
             state.serving = False
+            self._core.prefixes.retire(state.name)
             calls, state.calls = state.calls, []
             stranded: list[ScoringJob] = []
             if state.lost is not None and not any(w.serving for w in self._workers):
                 self._accepting = False
-                stranded = self._queue.jobs()
+                stranded = self._core.queue.jobs()
         for _, future in calls:
             future.set_exception(EngineStoppedError(f"worker {state.name} serves no more"))
         if stranded:
             self._fail_jobs(stranded, DeviceLostError(state.lost or state.name))
 
-    def _launch(
-        self, state: _WorkerState, batch: list[QueuedPair], *, retry: bool = False
-    ) -> Flight:
-        """Hand the pass over ``batch`` to the worker's runner; an error is kept for
-        ``_finish``. The runner keeps the pass's new prefixes only if the launch succeeds."""
-        prefixes = {pair.job.prefix_id for pair in batch if pair.job.prefix_id is not None}
-        flight = Flight(
-            state.name,
-            batch,
-            frozenset(prefixes - state.held_prefixes),
-            time.perf_counter(),
-            retry,
-            distinct_jobs(batch),
-            state.runner.kind,
-        )
+    def _launch(self, state: _WorkerState, output: SchedulerOutput) -> Flight:
+        """Hand the scheduled pass to the worker's runner; an error is kept for ``_finish``.
+        The runner keeps the pass's new prefixes only if the launch succeeds."""
+        flight = output.flight(self._clock(), state.runner.kind)
         try:
             flight.pending = state.runner.launch(flight.batch())
         except Exception as exc:
             flight.error = exc
         else:
-            if state.runner.keeps_prefixes:
-                state.held_prefixes.update(flight.new_prefixes)
+            self._core.launched(output)
         return flight
 
     def _finish_safely(self, state: _WorkerState, flight: Flight) -> None:
@@ -415,93 +384,39 @@ class Batcher:
             self._fail_jobs(flight.jobs, exc)
 
     def _finish(self, state: _WorkerState, flight: Flight) -> None:
-        """Take a pass's scores and answer the requests it completes. Out of device memory, the
-        batch is split in halves (it is sorted by length, so the short half is cheap) down to
-        single pairs; only the requests of a pair that does not fit alone fail. A pair scored NaN
-        or infinite fails its request, and only that one."""
-        batch, error = flight.pairs, flight.error
+        """Take a pass's scores, have the scheduler apply them, report the pass, then answer
+        its requests. The halves of a pass out of memory run here, one after the other (each
+        with its own halves), once the failed pass's error (whose traceback may hold its
+        memory) is let go."""
+        retries = list(reversed(self._complete(state, flight)))
+        del flight
+        while retries:
+            with self._lock:
+                output = self._core.schedule_retry(state.name, retries.pop())
+            if output is not None:
+                retries.extend(reversed(self._complete(state, self._launch(state, output))))
+            del output
+
+    def _complete(self, state: _WorkerState, flight: Flight) -> list[list[QueuedPair]]:
+        """Wait for one pass's scores and apply them; the halves to retry, in order."""
         scores: list[float] = []
+        error, flight.error = flight.error, None
         if error is None and flight.pending is not None:
             try:
                 scores = flight.pending.result()
             except Exception as exc:
                 error = exc
         flight.pending = None
-        finished = time.perf_counter()
-        # Overlapping passes: each is billed the device time after the one before it ended.
-        billed_from = max(flight.launched_at, state.last_finished)
-        state.last_finished = finished
-        record = flight.record(
-            state.runner.pass_tokens, billed_from, finished - billed_from, failed=error is not None
-        )
+        outcome = PassOutcome(scores, error, self._clock())
+        del error
         with self._lock:
-            for job in flight.jobs:
-                job.inference_seconds += record.seconds
-                job.passes.append(record.share(job))
-        if error is None:
-            state.pass_costs.observe(record.computed_tokens, record.seconds)
+            update = self._core.update(flight, outcome)
+        del outcome
         # Report before answering: once a client has its scores, the batch is on record.
-        self._report(record.report())
-        if isinstance(error, BatchTooLargeError):
-            # The error's traceback may hold the failed pass's memory: let it go before the
-            # halves run.
-            flight.error = error = None
-            self._split_after_oom(state, batch, record.computed_tokens)
-            return
-        if isinstance(error, DeviceLostError):
-            if state.lost is None:
-                state.lost = str(error)
-                logger.error("device_lost", device=state.name, error=str(error))
-            self._fail_jobs(flight.jobs, error)
-            return
-        if error is not None:
-            self._fail_jobs(flight.jobs, error)
-            return
-        self._answer(state, batch, scores)
-
-    def _answer(self, state: _WorkerState, batch: list[QueuedPair], scores: list[float]) -> None:
-        """Write the scores into their jobs, under the lock: other workers write into the same
-        jobs. A job whose pair is not a number fails instead."""
-        not_finite = [
-            pair for pair, score in zip(batch, scores, strict=True) if not math.isfinite(score)
-        ]
-        if not_finite:
-            logger.error(
-                "non_finite_scores",
-                pairs=len(not_finite),
-                batch_pairs=len(batch),
-                device=state.name,
-                tokens=[pair.length for pair in not_finite],
-            )
-            for job in distinct_jobs(not_finite):
-                pairs = sum(pair.job is job for pair in not_finite)
-                self._fail_jobs([job], NonFiniteScoresError(pairs, state.name))
+        self._report(update.record.report())
         with self._lock:
-            for pair, score in zip(batch, scores, strict=True):
-                job = pair.job
-                if job.closed:
-                    continue
-                job.scores[pair.position] = score
-                job.remaining -= 1
-                if job.remaining == 0:
-                    job.resolve_threadsafe()
-                    self._release_prefix_locked(job)
-
-    def _split_after_oom(
-        self, state: _WorkerState, batch: list[QueuedPair], computed_tokens: int
-    ) -> None:
-        if len(batch) == 1:
-            logger.warning("oom_pair_failed", tokens=batch[0].length, device=state.name)
-            self._fail_jobs([batch[0].job], PairTooLargeError(batch[0].length))
-            return
-        logger.warning(
-            "oom_batch_split", pairs=len(batch), padded_tokens=computed_tokens, device=state.name
-        )
-        half = len(batch) // 2
-        for part in (batch[:half], batch[half:]):
-            live = [pair for pair in part if not pair.job.closed]
-            if live:
-                self._finish(state, self._launch(state, live, retry=True))
+            self._answer_locked(update.answers)
+        return update.retries
 
     def _report(self, report: BatchReport) -> None:
         observer = self.observer
@@ -514,10 +429,7 @@ class Batcher:
 
     def _fail_jobs(self, jobs: list[ScoringJob], error: Exception) -> None:
         with self._lock:
-            for job in jobs:
-                if not job.closed:
-                    self._withdraw_locked(job)
-                    job.fail_threadsafe(error)
+            self._answer_locked(self._core.fail(jobs, error))
 
 
 def _run_into(call: Callable[[], T], future: concurrent.futures.Future[T]) -> None:

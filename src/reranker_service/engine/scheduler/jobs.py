@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,8 +75,9 @@ class PassShare:
     """One forward pass as one request saw it."""
 
     started_at: float
-    """``time.perf_counter()`` when the pass's time began to count: its launch, or the end of
-    the worker's pass before it, whichever was later."""
+    """The scheduler's clock (``time.perf_counter()`` unless one is injected) when the pass's
+    time began to count: its launch, or the end of the worker's pass before it, whichever was
+    later."""
     seconds: float
     pairs: int
     """The request's pairs in the pass."""
@@ -91,7 +92,8 @@ class PassShare:
 class JobResult:
     scores: list[float]
     submitted_at: float
-    """``time.perf_counter()`` when the request's pairs were queued."""
+    """The scheduler's clock (``time.perf_counter()`` unless one is injected) when the
+    request's pairs were queued."""
     queue_seconds: float
     """From submission until the request's first pair entered a forward pass."""
     inference_seconds: float
@@ -100,49 +102,90 @@ class JobResult:
     """Those forward passes, in the order they finished."""
 
 
-class ScoringJob:
-    """One request's pairs. Scores are written by the worker threads only, under the
-    scheduler's lock; the future is resolved on the owning event loop."""
+class JobState(enum.Enum):
+    """Where a request is in its life. Only the scheduler (``scheduler.core``) moves a job from
+    one state to the next; the three last are final."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, priority: int = 0) -> None:
+    WAITING = "waiting"
+    """Its pairs are queued; none has been taken into a pass yet."""
+    RUNNING = "running"
+    """Some of its pairs have been taken into a pass; not all are scored."""
+    DONE = "done"
+    """Every pair scored: its result is (or is being) delivered."""
+    FAILED = "failed"
+    """A pass failed it (an error, NaN scores, a pair too large): ``error`` says why."""
+    WITHDRAWN = "withdrawn"
+    """Its caller gave up (a cancelled wait, a timeout): nothing more is computed or sent."""
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINAL
+
+    @property
+    def open(self) -> bool:
+        """Whether its pairs are still wanted: a pass's scores are written into it."""
+        return self not in _CLOSED
+
+
+_FINAL = frozenset({JobState.DONE, JobState.FAILED, JobState.WITHDRAWN})
+_CLOSED = frozenset({JobState.FAILED, JobState.WITHDRAWN})
+
+
+class ScoringJob:
+    """One request's pairs. Its state, scores and counts are written by the scheduler only,
+    under the batcher's lock (two workers may answer pairs of one job); its future is resolved
+    on the owning event loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        size: int,
+        priority: int = 0,
+        *,
+        submitted_at: float,
+    ) -> None:
         self._loop = loop
         self.priority = priority
         """Lower goes first (-10 to 10); see ``PairQueue``."""
         self.future: asyncio.Future[JobResult] = loop.create_future()
+        self.state = JobState.WAITING
+        self.error: Exception | None = None
+        """Why it failed, once ``FAILED``."""
         self.scores: list[float] = [0.0] * size
-        self.remaining = size
-        self.submitted_at = time.perf_counter()
+        self.unscored = size
+        """Pairs whose score has not been written yet: the job is done at 0."""
+        self.submitted_at = submitted_at
+        """The scheduler's clock when the request's pairs were queued."""
         self.first_batch_at: float | None = None
         self.inference_seconds = 0.0
         self.passes: list[PassShare] = []
-        self.closed = False  # failed or withdrawn: the workers ignore its pairs
         self.prefix_id: int | None = None
         """The job's shared prefix, which its pairs start with and read from their runner; None
-        when they compute all their tokens. Ids are never reused."""
+        when they compute all their tokens. Ids are never reused (``PrefixManager``)."""
         self.prefix_length = 0
-        self.holds_prefix = False
-        """Whether the prefix still counts against the scheduler's prefix budget: from
-        submission until the job has no pair left to score."""
+
+    def result(self) -> JobResult:
+        started = self.first_batch_at or self.submitted_at
+        return JobResult(
+            self.scores,
+            self.submitted_at,
+            started - self.submitted_at,
+            self.inference_seconds,
+            tuple(self.passes),
+        )
 
     def _resolve(self) -> None:
-        if not self.future.done():
-            started = self.first_batch_at or self.submitted_at
-            self.future.set_result(
-                JobResult(
-                    self.scores,
-                    self.submitted_at,
-                    started - self.submitted_at,
-                    self.inference_seconds,
-                    tuple(self.passes),
-                )
-            )
+        if not self.future.done():  # its awaiter may have cancelled it
+            self.future.set_result(self.result())
 
     def _fail(self, error: BaseException) -> None:
         if not self.future.done():
             self.future.set_exception(error)
 
-    def resolve_threadsafe(self) -> None:
-        self._loop.call_soon_threadsafe(self._resolve)
-
-    def fail_threadsafe(self, error: BaseException) -> None:
-        self._loop.call_soon_threadsafe(self._fail, error)
+    def deliver_threadsafe(self) -> None:
+        """Hand a finished job's outcome to its future, on its loop: the scores once ``DONE``,
+        the error once ``FAILED``; nothing for a withdrawn job, whose caller left."""
+        if self.state is JobState.DONE:
+            self._loop.call_soon_threadsafe(self._resolve)
+        elif self.state is JobState.FAILED and self.error is not None:
+            self._loop.call_soon_threadsafe(self._fail, self.error)

@@ -3,18 +3,19 @@ batch is a contiguous window, and by arrival within each priority, whose heads a
 candidates for the batch's anchor. The anchor is the first pair by (priority, arrival), lower
 priorities first, unless a pair has waited longer than the aging bound: then the oldest such
 pair, whatever its priority, so nothing starves. A batch holds pairs of its anchor's priority
-or higher only. Not thread-safe: the scheduler calls it under its lock."""
+or higher only. It reads the time from the clock it is given (the batcher's), so that aging is
+tested by advancing a fake one. Not thread-safe: the scheduler calls it under its lock."""
 
 from __future__ import annotations
 
 import bisect
 import math
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
 from reranker_service.engine.runner.protocol import PassShape
 from reranker_service.engine.scheduler.batch_policy import select_window
+from reranker_service.engine.scheduler.clock import DEFAULT_CLOCK, Clock
 from reranker_service.engine.scheduler.jobs import ScoringJob
 from reranker_service.engine.scheduler.passes import QueuedPair
 
@@ -55,10 +56,11 @@ class _Prefixes(Sequence[tuple[int, int] | None]):
 
 
 class PairQueue:
-    def __init__(self, max_wait_seconds: float = math.inf) -> None:
+    def __init__(self, max_wait_seconds: float = math.inf, clock: Clock = DEFAULT_CLOCK) -> None:
         """``max_wait_seconds``: the aging bound past which a pair goes first whatever its
-        priority."""
+        priority, on ``clock``."""
         self.max_wait_seconds = max_wait_seconds
+        self._clock = clock
         self._by_length: list[QueuedPair] = []
         self._by_arrival: dict[int, deque[QueuedPair]] = {}
         """Per priority, its pairs in arrival order."""
@@ -67,8 +69,9 @@ class PairQueue:
     def __len__(self) -> int:
         return len(self._by_length)
 
-    def add(self, job: ScoringJob, sequences: Sequence[Sequence[int]], enqueued_at: float) -> None:
-        """Queue the job's pairs; each costs its tokens after the job's prefix."""
+    def add(self, job: ScoringJob, sequences: Sequence[Sequence[int]]) -> None:
+        """Queue the job's pairs, now; each costs its tokens after the job's prefix."""
+        enqueued_at = self._clock()
         for position, tokens in enumerate(sequences):
             pair = QueuedPair(
                 len(tokens) - job.prefix_length,
@@ -108,7 +111,7 @@ class PairQueue:
         """The next batch (see ``batch_policy``), out of the queue; the queue must not be
         empty. ``prefixes_in_every_pass``: the runner computes each request's prefix in every
         pass with its pairs, which the policy then counts."""
-        anchor = self._anchor(time.perf_counter())
+        anchor = self._anchor(self._clock())
         # The pass takes pairs of the anchor's priority or a higher one (a lower value): a
         # high-priority request's pass is not made longer by low-priority neighbours.
         worst = anchor.job.priority
