@@ -40,50 +40,41 @@ import platform
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from contenders import (
-    BestFixedBudget,
-    Contender,
-    CrossEncoderLoop,
-    EngineInProcess,
-    ModelCardBaseline,
-    OpenVinoCrossEncoderLoop,
-    ServiceOverHttp,
-    build_seq_cls_checkpoint,
-    model_flops_per_token,
+from contender_registry import (
+    CONTENDERS,
+    DEFAULT_CONTENDERS,
+    BenchOptions,
+    BenchRun,
+    ContenderName,
+    ContenderUnavailableError,
+    build_contenders,
+    select,
 )
+from contenders import BestFixedBudget, Contender, ServiceOverHttp, model_flops_per_token
 from plot import plot_throughput
-from reranker_service.engine.runner.build import RunnerOptions
+from reranker_service.engine.runner.names import RUNNER_NAMES
 from reranker_service.tiny_checkpoint import QWEN3_RERANKER_0_6B, build_checkpoint
+from targets import REFERENCE_NAME, judge, ratios
 from workloads import WORKLOADS, Request, make_requests
 
 REFERENCE_BUDGETS = {
     "cpu": [256, 512, 1024, 2048, 4096, 8192],
     "cuda": [4096, 8192, 16384, 32768, 65536],
 }
-REFERENCE = "best fixed budget"
-# Minimum ratios (the engine-speed issue's targets), judged at concurrency 16.
-REUSE_TARGETS = {"short": 1.6, "rag": 1.15, "long": 0.97}
-SERVICE_VS_REFERENCE_TARGETS = {"short": 1.4, "rag": 1.05, "long": 0.9}
-HTTP_OVERHEAD_TARGET_MS = 2.5
-TARGET_CONCURRENCY = 16
-# The CPU issue's targets: against the OpenVINO peer by concurrency, and against the best
-# fixed budget at concurrency 8.
-OPENVINO_TARGETS_BY_CONCURRENCY = {8: 2.0, 1: 1.5}
-CPU_SERVICE_VS_REFERENCE_TARGETS = {"short": 1.2, "rag": 1.2}
-OPENVINO_PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
-"""OpenVINO's inference precision for each --dtype; auto leaves OpenVINO's default."""
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 
 
 @dataclass(frozen=True)
 class Cell:
+    key: ContenderName = field(repr=False)
+    """The contender's key in the registry (its name as measured is ``contender``)."""
     workload: str
     concurrency: int
     contender: str
@@ -102,6 +93,12 @@ class Cell:
     http_overhead_p50_ms: float | None
     """Service at concurrency 1 only: client latency minus the engine's own time, median."""
 
+    def record(self) -> dict[str, Any]:
+        """Its figures as ``--json`` writes them."""
+        figures = asdict(self)
+        del figures["key"]
+        return figures
+
 
 def _percentile(sorted_values: list[float], share: float) -> float:
     if len(sorted_values) == 1:
@@ -110,6 +107,7 @@ def _percentile(sorted_values: list[float], share: float) -> float:
 
 
 async def _run_cell(
+    key: ContenderName,
     contender: Contender,
     requests: list[Request],
     workload: str,
@@ -156,6 +154,7 @@ async def _run_cell(
         computed = passes.real_tokens or tokens
         mfu = round(computed * flops_per_token / elapsed / peak_flops, 4)
     return Cell(
+        key=key,
         workload=workload,
         concurrency=concurrency,
         contender=contender.name,
@@ -208,99 +207,8 @@ def _table(cells: list[Cell]) -> str:
     return "\n".join([header, *rows])
 
 
-def _ratios(cells: list[Cell]) -> dict[str, Any]:
-    by_key = {(c.workload, c.concurrency, c.contender): c for c in cells}
-    ratios: dict[str, Any] = {}
-    for workload in sorted({c.workload for c in cells}):
-        for concurrency in sorted({c.concurrency for c in cells}):
-            engine = by_key.get((workload, concurrency, "engine"))
-            without_reuse = by_key.get((workload, concurrency, "engine, reuse off"))
-            card = by_key.get((workload, concurrency, "model card"))
-            service = by_key.get((workload, concurrency, "service"))
-            workers = next(
-                (
-                    c
-                    for c in cells
-                    if (c.workload, c.concurrency) == (workload, concurrency)
-                    and c.contender.endswith(" workers")
-                ),
-                None,
-            )
-            reference = next(
-                (c for c in cells if c.workload == workload and c.contender.startswith(REFERENCE)),
-                None,
-            )
-
-            crossencoder = by_key.get((workload, concurrency, "crossencoder"))
-            openvino = by_key.get((workload, concurrency, "openvino"))
-            pairs = [
-                ("service/crossencoder", service, crossencoder),
-                ("service/openvino", service, openvino),
-                (f"service/{REFERENCE}", service, reference),
-                (f"engine/{REFERENCE}", engine, reference),
-                (f"engine reuse off/{REFERENCE}", without_reuse, reference),
-                ("reuse on/off", engine, without_reuse),
-                ("engine/card", engine, card),
-                ("service/card", service, card),
-                ("service/engine", service, engine),
-                ("workers/engine", workers, engine),
-            ]
-            for name, numerator, denominator in pairs:
-                if numerator and denominator:
-                    ratios[f"{name} pairs/s {workload} c={concurrency}"] = round(
-                        numerator.pairs_per_second / denominator.pairs_per_second, 2
-                    )
-            if service and card and concurrency == 1:
-                ratios[f"service/card p50 {workload} c=1"] = round(service.p50_ms / card.p50_ms, 2)
-            if engine and service and concurrency == 1:
-                ratios[f"service-engine p50 ms {workload} c=1"] = round(
-                    service.p50_ms - engine.p50_ms, 2
-                )
-                ratios[f"service HTTP overhead p50 ms {workload} c=1"] = (
-                    service.http_overhead_p50_ms
-                )
-    return ratios
-
-
-def _targets(ratios: dict[str, Any]) -> list[str]:
-    """The issue's targets, each met or missed, from ``ratios``."""
-    lines = []
-
-    def judge(name: str, key: str, minimum: float | None, maximum: float | None = None) -> None:
-        value = ratios.get(key)
-        if value is None:
-            return
-        met = (minimum is None or value >= minimum) and (maximum is None or value < maximum)
-        bound = f">= {minimum}" if minimum is not None else f"< {maximum}"
-        lines.append(f"- {'met' if met else 'MISSED'}: {name} = {value} (target {bound})")
-
-    c = TARGET_CONCURRENCY
-    for workload, minimum in REUSE_TARGETS.items():
-        key = f"reuse on/off pairs/s {workload} c={c}"
-        judge(f"engine reuse on/off, {workload}, c={c}", key, minimum)
-    for workload, minimum in SERVICE_VS_REFERENCE_TARGETS.items():
-        key = f"service/{REFERENCE} pairs/s {workload} c={c}"
-        judge(f"service c={c} / {REFERENCE}, {workload}", key, minimum)
-    for workload in WORKLOADS:
-        key = f"service HTTP overhead p50 ms {workload} c=1"
-        judge(f"HTTP overhead p50 ms, {workload}, c=1", key, None, HTTP_OVERHEAD_TARGET_MS)
-    for workload, minimum in CPU_SERVICE_VS_REFERENCE_TARGETS.items():
-        key = f"service/{REFERENCE} pairs/s {workload} c=8"
-        judge(f"service c=8 / {REFERENCE}, {workload}", key, minimum)
-    for workload in WORKLOADS:
-        for concurrency, minimum in OPENVINO_TARGETS_BY_CONCURRENCY.items():
-            key = f"service/openvino pairs/s {workload} c={concurrency}"
-            judge(f"service / openvino, {workload}, c={concurrency}", key, minimum)
-    # The GPU issue's targets, where their cells ran.
-    judge("service / crossencoder, rag, c=64", "service/crossencoder pairs/s rag c=64", 2.5)
-    judge("service / model card, rag, c=1", "service/card pairs/s rag c=1", 1.5)
-    judge("service p50 / model card p50, short, c=1", "service/card p50 short c=1", None, 0.5)
-    judge("engine reuse on/off, short, c=64", "reuse on/off pairs/s short c=64", 1.5)
-    judge("engine reuse on/off, rag, c=64", "reuse on/off pairs/s rag c=64", 1.15)
-    return lines
-
-
 async def _reference_cell(
+    key: ContenderName,
     reference: BestFixedBudget,
     requests: list[Request],
     workload: str,
@@ -312,7 +220,7 @@ async def _reference_cell(
 ) -> Cell:
     best, runs = await asyncio.to_thread(reference.best, requests, budgets, seconds, seed)
     print(
-        f"  {REFERENCE}, {workload}: "
+        f"  {REFERENCE_NAME}, {workload}: "
         + ", ".join(f"{run.budget}: {run.pairs_per_second:.1f}" for run in runs)
         + " pairs/s",
         flush=True,
@@ -323,9 +231,10 @@ async def _reference_cell(
         mfu = round(passes.real_tokens * flops_per_token / best.seconds / peak_flops, 4)
     memory = reference.peak_memory_bytes()
     return Cell(
+        key=key,
         workload=workload,
         concurrency=0,
-        contender=f"{REFERENCE} ({best.budget})",
+        contender=f"{REFERENCE_NAME} ({best.budget})",
         requests=0,
         pairs=best.passes.pairs,
         seconds=round(best.seconds, 2),
@@ -342,11 +251,6 @@ async def _reference_cell(
     )
 
 
-def _all_workers(device: str) -> str:
-    """Two CPU workers, or one per GPU."""
-    return "cpu,cpu" if device == "cpu" else "cuda:all"
-
-
 def _checkpoint(choice: str, scratch: Path) -> str:
     if choice == "test":
         return str(build_checkpoint(scratch / "test-checkpoint"))
@@ -355,119 +259,21 @@ def _checkpoint(choice: str, scratch: Path) -> str:
     return choice
 
 
-async def _start_service(
-    args: argparse.Namespace, checkpoint: str, scratch: Path, startup: dict[str, float]
-) -> ServiceOverHttp:
-    """The service, started twice on one fresh compile cache: cold, then warm. Each start's
-    seconds to ready are printed and put in ``startup``; the warm one serves the cells."""
-    cache = str(scratch / "compile-cache")
-    for start in ("cold", "warm"):
-        service = ServiceOverHttp(
-            checkpoint,
-            args.device,
-            args.dtype,
-            args.max_length,
-            runner=args.runner,
-            compile=args.compile,
-            compile_cache=cache,
-        )
-        await service.start()
-        compiled = service.compiled_seconds
-        print(
-            f"  service start-up to ready, {start} compile cache: {service.startup_seconds:.1f} s"
-            + (
-                f"; compiled runner serving after {compiled:.1f} s ({service.compile_states})"
-                if compiled is not None
-                else ""
-            )
-        )
-        startup[start] = round(service.startup_seconds, 1)
-        if compiled is not None:
-            startup[f"{start}, compiled"] = round(compiled, 1)
-        if start == "cold":
-            await service.stop()
-    return service
-
-
 async def _main(
     args: argparse.Namespace, checkpoint: str, scratch: Path, startup: dict[str, float]
 ) -> list[Cell]:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     config = AutoConfig.from_pretrained(checkpoint)
     peak_flops = _peak_flops(args.device, args.peak_tflops)
-    contenders: dict[str, Contender] = {}
-    if "card" in args.contenders:
-        contenders["card"] = ModelCardBaseline(checkpoint, args.device, args.dtype, args.max_length)
-    # The peers, where their libraries are installed (a GPU box without the bench extras still
-    # measures everything else), on one seq-cls form of the weights.
-    peers = {"crossencoder": "sentence_transformers", "openvino": "openvino"}
-    wanted = [peer for peer in peers if peer in args.contenders]
-    for peer in wanted:
-        if importlib.util.find_spec(peers[peer]) is None:
-            print(f"  {peer} skipped: {peers[peer]} is not installed (the bench extras: "
-                  "pip install -e '.[bench]')", flush=True)  # fmt: skip
-    wanted = [peer for peer in wanted if importlib.util.find_spec(peers[peer]) is not None]
-    if "openvino" in wanted and args.device != "cpu":
-        print("  openvino skipped: it is the CPU peer (--device cpu)", flush=True)
-        wanted.remove("openvino")
-    if wanted:
-        seq_cls = build_seq_cls_checkpoint(checkpoint, str(scratch / "seq-cls"))
-        if "crossencoder" in wanted:
-            contenders["crossencoder"] = CrossEncoderLoop(seq_cls, args.device, args.max_length)
-        if "openvino" in wanted:
-            # The format the others are given; under auto, OpenVINO's own default (bf16
-            # where the CPU computes it), as the CrossEncoder backend runs it.
-            precision = OPENVINO_PRECISIONS.get(args.dtype)
-            openvino = OpenVinoCrossEncoderLoop(seq_cls, args.max_length, precision)
-            print(f"  openvino peer computes in {openvino.precision}", flush=True)
-            contenders["openvino"] = openvino
-    engines: list[EngineInProcess] = []
-    service = None
-    runner = RunnerOptions(runner=args.runner, compile=args.compile)
-    engine_kinds = (
-        ("engine", args.device, True, runner, None),
-        ("engine-no-reuse", args.device, False, runner, None),
-        # Reuse on, one worker per entry of --workers-device.
-        ("engine-workers", args.workers_device or _all_workers(args.device), True, runner, None),
-        # Each runner by name, side by side with the default.
-        ("engine-padded", args.device, True, RunnerOptions(runner="padded"), "engine, padded"),
-        ("engine-packed", args.device, True, RunnerOptions(runner="packed"), "engine, packed"),
-        (
-            "engine-compiled",
-            args.device,
-            True,
-            RunnerOptions(runner="packed", compile="true"),
-            "engine, packed, compiled",
-        ),
-    )
-    for key, device, prefix_reuse, runner_options, name in engine_kinds:
-        if key in args.contenders:
-            # The first engine measures the pass cost; the others of the same runner start
-            # from the same curve, so they batch alike and differ only in what they compare
-            # (measurements move between runs).
-            same_geometry = [e for e in engines if e.runner_options == runner_options]
-            engine = EngineInProcess(
-                checkpoint,
-                device,
-                args.dtype,
-                args.max_length,
-                prefix_reuse=prefix_reuse,
-                pass_costs=same_geometry[0].pass_costs if same_geometry else None,
-                runner=runner_options,
-                name=name,
-            )
-            await engine.start()
-            engines.append(engine)
-            contenders[key] = engine
-    if "service" in args.contenders:
-        service = await _start_service(args, checkpoint, scratch, startup)
-        contenders["service"] = service
-    reference = None
-    if "reference" in args.contenders:
-        reference = BestFixedBudget(checkpoint, args.device, args.dtype, args.max_length)
+    for line in args.skipped_contenders:
+        print(line, flush=True)
+    run = BenchRun(BenchOptions.from_args(args), checkpoint, scratch, startup)
     budgets = REFERENCE_BUDGETS["cuda" if args.device.startswith("cuda") else "cpu"]
     cells: list[Cell] = []
     try:
+        built = await build_contenders(args.contenders, run)
+        contenders = {k: c for k, c in built.items() if not isinstance(c, BestFixedBudget)}
+        references = {k: c for k, c in built.items() if isinstance(c, BestFixedBudget)}
         for workload_name in args.workloads:
             workload = WORKLOADS[workload_name]
             requests = make_requests(tokenizer, workload, args.distinct_requests, args.seed)
@@ -475,8 +281,9 @@ async def _main(
                 len(tokenizer.encode(doc)) + 80 for r in requests for doc in r.documents
             )
             flops = model_flops_per_token(config, round(mean_pair)) if peak_flops else None
-            if reference is not None:
+            for key, reference in references.items():
                 cell = await _reference_cell(
+                    key,
                     reference,
                     requests,
                     workload_name,
@@ -489,8 +296,9 @@ async def _main(
                 cells.append(cell)
                 print(_table([cell]).splitlines()[-1], flush=True)
             for concurrency in args.concurrency:
-                for contender in contenders.values():
+                for key, contender in contenders.items():
                     cell = await _run_cell(
+                        key,
                         contender,
                         requests,
                         workload_name,
@@ -502,14 +310,11 @@ async def _main(
                     cells.append(cell)
                     print(_table([cell]).splitlines()[-1], flush=True)
     finally:
-        for engine in engines:
-            await engine.stop()
-        if service is not None:
-            await service.stop()
+        await run.stop()
     return cells
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model",
@@ -527,13 +332,12 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument(
-        "--contenders", nargs="+",
-        default=["card", "crossencoder", "engine", "engine-no-reuse", "service", "reference"],
-        choices=["card", "crossencoder", "openvino", "engine", "engine-no-reuse", "engine-workers",
-                 "engine-padded", "engine-packed", "engine-compiled", "service", "reference"],
+        "--contenders", nargs="+", choices=list(CONTENDERS),
+        help=f"default: {' '.join(DEFAULT_CONTENDERS)}, less those that cannot run here (a "
+        "contender named here that cannot run stops the bench)",
     )  # fmt: skip
     parser.add_argument(
-        "--runner", default="auto", choices=["auto", "padded", "packed"],
+        "--runner", default="auto", choices=["auto", *RUNNER_NAMES],
         help="RERANKER_RUNNER of the engine and service contenders",
     )  # fmt: skip
     parser.add_argument(
@@ -553,9 +357,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peak-tflops", type=float, help="device bf16 peak, for MFU")
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.dtype is None:
         args.dtype = "float32" if args.device.startswith("cpu") else "auto"
+    try:
+        selection = select(args.contenders, args.device)
+    except ContenderUnavailableError as exc:
+        parser.error(str(exc))
+    args.contenders, args.skipped_contenders = selection.names, selection.skipped
 
     torch.set_num_threads(os.cpu_count() or 1)
     startup: dict[str, float] = {}
@@ -570,11 +384,11 @@ def main() -> None:
         cells = asyncio.run(_main(args, checkpoint, Path(scratch), startup))
     print()
     print(_table(cells))
-    ratios = _ratios(cells)
+    figures = ratios(cells)
     print()
-    for name, value in ratios.items():
+    for name, value in figures.items():
         print(f"- {name}: {value}")
-    targets = _targets(ratios)
+    targets = judge(figures)
     print()
     print("\n".join(targets))
     if startup:
@@ -590,8 +404,8 @@ def main() -> None:
             "device": args.device,
             "dtype": args.dtype,
             "machine": machine,
-            "cells": [asdict(c) for c in cells],
-            "ratios": ratios,
+            "cells": [c.record() for c in cells],
+            "ratios": figures,
             "targets": targets,
             "startup_seconds": startup,
         }

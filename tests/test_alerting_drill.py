@@ -192,7 +192,6 @@ STAND_IN = "RerankerDrillStandIn"
 GOOD_PER_FAILED = 50
 """Then good requests, 50 per failed one, which bring the slow pair's short window (30 min,
 scaled) under its 3 % (to 2 %), so that it resolves within the drill."""
-DRILL_LIMIT_S = 300
 QUEUE_LIMIT = 40
 PASS_TOKENS = 128
 """B's pass budget: three or four of the flood's pairs per pass, so most of them wait."""
@@ -200,6 +199,10 @@ FLOOD_CLIENTS, FLOOD_DOCUMENTS = 4, 8
 """32 pairs in flight against a queue of 40: over half full while the slow passes run, and
 never a 429, so the saturation costs no availability."""
 STAGE_TIMEOUT_S = 150
+"""The most one stage may wait for its notification: three times the longest stage of the
+timeline in docs/observability.md (48 s, on a 2-core VM), and the drill's only time bound. The
+whole run is not held to a wall-clock limit of its own: a busy machine slows every stage alike,
+and a stage that hangs fails at this bound, naming the alert it waited for."""
 DRILLED = {"RerankerDown", "RerankerQueueSaturated", *BURN_PAIR, STAND_IN}
 LATENCY_PAIR = {"RerankerLatencyBudgetBurnFast", "RerankerLatencyBudgetBurnSlow"}
 """Alerts that the saturation may earn, truly: the flood's requests wait for about ten slow
@@ -512,9 +515,6 @@ def test_alerts_travel_from_real_faults_to_the_receiver(
     finally:
         with capsys.disabled():
             print("\n".join(timeline.events))
-    elapsed = time.monotonic() - timeline.started
-    assert elapsed < DRILL_LIMIT_S, f"the drill took {elapsed:.0f} s"
-
     (tmp_path / "notifications.json").write_text(json.dumps(drill.notifications, indent=2))
 
     assert set(drill.steady_statuses) == {200}, drill.steady_statuses

@@ -9,6 +9,8 @@ from typing import Any, Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from reranker_service.engine.runner.names import RunnerChoice
+
 ENV_PREFIX = "RERANKER_"
 DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -17,7 +19,6 @@ _DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
-Runner = Literal["auto", "padded", "packed"]
 Compile = Literal["auto", "background", "true", "false"]
 
 
@@ -66,7 +67,7 @@ class Settings(BaseSettings):
         description="auto (bf16 on a GPU; on a CPU bf16 where it is native and a start-up "
         "self-check agrees, else fp32), float32, float16 or bfloat16",
     )
-    runner: Runner = Field(
+    runner: RunnerChoice = Field(
         "auto",
         description="how a forward pass is laid out: packed (the pairs of a pass in one "
         "token stream, each prompt prefix once; the default on a GPU) or padded (a row per "

@@ -1,4 +1,6 @@
-"""Which runner a replica gets, and how its compiled runner comes.
+"""Which runner a replica gets, and how its compiled runner comes. Runners are built by name
+from one registry (``RUNNER_FACTORIES``), whose names ``names`` lists without torch for the
+settings; ``auto`` and ``RERANKER_COMPILE`` choose among them:
 
 - ``RERANKER_COMPILE=background`` (``auto`` on a GPU): the replica is ready at once on the
   padded runner, which needs no compiler; the packed runner is compiled (and its small buckets
@@ -12,10 +14,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from types import MappingProxyType
+from typing import Final, Literal
 
 import structlog
 import torch
@@ -24,6 +27,13 @@ from reranker_service.engine.runner.compiler import (
     compile_support,
     configure_compiler,
     usable_cpus,
+)
+from reranker_service.engine.runner.names import (
+    COMPILED_RUNNER,
+    EAGER_RUNNER,
+    RUNNER_NAMES,
+    RunnerName,
+    is_runner_name,
 )
 from reranker_service.engine.runner.packed import PackedOptions, PackedRunner
 from reranker_service.engine.runner.packing import token_buckets
@@ -45,23 +55,43 @@ GRAPH_TOKENS = 4096
 
 CompileWhen = Literal["never", "background", "foreground"]
 
+_COMPILE_WHEN: Final[Mapping[str, CompileWhen]] = MappingProxyType(
+    {"false": "never", "background": "background", "true": "foreground"}
+)
+"""``RERANKER_COMPILE`` (``auto`` resolved per device) → when the compiled runner takes over."""
+
 
 @dataclass(frozen=True)
 class RunnerOptions:
     runner: str = "auto"
-    """``auto``, ``padded`` or ``packed``."""
+    """``auto`` or a registered runner's name (``names.RUNNER_NAMES``)."""
     compile: str = "auto"
     """``auto``, ``background``, ``true`` or ``false``."""
     compile_cache: Path | None = None
     max_batch_tokens: int | None = None
     """The operator's pass budget; the largest bucket holds it (or the device's default)."""
 
+    def __post_init__(self) -> None:
+        if self.runner != "auto" and not is_runner_name(self.runner):
+            raise ValueError(
+                f"unknown runner {self.runner!r}: auto or one of {', '.join(RUNNER_NAMES)}"
+            )
+        if self.compile != "auto" and self.compile not in _COMPILE_WHEN:
+            raise ValueError(
+                f"unknown compile setting {self.compile!r}: auto, {', '.join(_COMPILE_WHEN)}"
+            )
+
+    @property
+    def named_runner(self) -> RunnerName | None:
+        """The runner asked for by name; None for ``auto``."""
+        return self.runner if is_runner_name(self.runner) else None
+
 
 @dataclass(frozen=True)
 class RunnerPlan:
     """What a replica on one device type gets."""
 
-    serving: Literal["padded", "packed"]
+    kind: RunnerName
     """The runner it becomes ready on."""
     compile: CompileWhen
     """When the compiled packed runner takes over: never, after ready, or before it."""
@@ -69,22 +99,72 @@ class RunnerPlan:
 
 def plan_runner(options: RunnerOptions, device_type: str) -> RunnerPlan:
     """``auto`` compiles in the background on a GPU and not at all on the CPU. Compiling
-    makes the packed runner, which ``RERANKER_RUNNER=padded`` rules out."""
+    makes the packed runner, which naming any other runner rules out."""
+    named = options.named_runner
     mode = options.compile
     if mode == "auto":
-        mode = "background" if device_type == "cuda" else "false"
-        if options.runner == "padded":
-            mode = "false"
-    compiles = mode in ("true", "background")
-    if compiles and options.runner == "padded":
+        compiled_here = device_type == "cuda" and named in (None, COMPILED_RUNNER)
+        mode = "background" if compiled_here else "false"
+    compile = _COMPILE_WHEN[mode]
+    if compile == "never":
+        return RunnerPlan(kind=named or EAGER_RUNNER, compile="never")
+    if named not in (None, COMPILED_RUNNER):
         raise ModelLoadError(
-            f"RERANKER_COMPILE={mode} compiles the packed runner; RERANKER_RUNNER=padded has none"
+            f"RERANKER_COMPILE={mode} compiles the {COMPILED_RUNNER} runner; "
+            f"RERANKER_RUNNER={named} has none"
         )
-    if mode == "true":
-        return RunnerPlan(serving="padded", compile="foreground")
-    if mode == "background":
-        return RunnerPlan(serving="padded", compile="background")
-    return RunnerPlan(serving="packed" if options.runner == "packed" else "padded", compile="never")
+    return RunnerPlan(kind=EAGER_RUNNER, compile=compile)
+
+
+@dataclass(frozen=True)
+class ReplicaWeights:
+    """What every runner of one replica is built from: its weights, on its device."""
+
+    backbone: torch.nn.Module = field(repr=False)
+    score_direction: torch.Tensor = field(repr=False)
+    pad_token_id: int
+    description: ModelDescription
+
+
+RunnerFactory = Callable[[ReplicaWeights, RunnerOptions], ModelRunner]
+"""Builds one registered runner, eager, ready to serve; ``ModelLoadError`` where it cannot
+serve the checkpoint."""
+
+
+def _padded_runner(weights: ReplicaWeights, options: RunnerOptions) -> ModelRunner:
+    return PaddedRunner(
+        weights.backbone, weights.score_direction, weights.pad_token_id, weights.description
+    )
+
+
+def _packed_runner(weights: ReplicaWeights, options: RunnerOptions) -> ModelRunner:
+    return PackedRunner(
+        _packed_decoder(weights.backbone),
+        weights.score_direction,
+        weights.pad_token_id,
+        weights.description,
+        packed_options(weights.description, options, compiled=False),
+    )
+
+
+def _packed_decoder(backbone: torch.nn.Module) -> PackedDecoder:
+    try:
+        return PackedDecoder(backbone)
+    except UnpackableModelError as exc:
+        raise ModelLoadError(f"the packed runner cannot serve this checkpoint: {exc}") from exc
+
+
+RUNNER_FACTORIES: Final[Mapping[RunnerName, RunnerFactory]] = MappingProxyType(
+    {"padded": _padded_runner, "packed": _packed_runner}
+)
+"""The runner registry: every name ``RERANKER_RUNNER`` accepts (``names.RunnerName``) and what
+builds it."""
+
+if tuple(RUNNER_FACTORIES) != RUNNER_NAMES:
+    raise ImportError(
+        f"the runner registry builds {tuple(RUNNER_FACTORIES)}, but names.RunnerName lists "
+        f"{RUNNER_NAMES}: a runner needs both, in the same order"
+    )
 
 
 @dataclass(frozen=True)
@@ -159,38 +239,42 @@ def build_runner(
     options: RunnerOptions,
     probe: Sequence[ProbeRequest] = (),
 ) -> tuple[ModelRunner, PackedRunnerUpgrade | None]:
-    """The runner a replica is ready on, and the compiled runner to take over from it (None
-    where nothing is compiled, or the packed decoder cannot compute the checkpoint)."""
-    padded = PaddedRunner(backbone, score_direction, pad_token_id, description)
-    wants_packed = plan.serving == "packed" or plan.compile != "never"
-    if not wants_packed:
-        return padded, None
-    try:
-        decoder = PackedDecoder(backbone)
-    except UnpackableModelError as exc:
-        if options.runner == "packed" or plan.compile == "foreground":
-            raise ModelLoadError(f"the packed runner cannot serve this checkpoint: {exc}") from exc
-        logger.warning("packed_runner_unavailable", reason=str(exc), device=description.device)
-        return padded, None
+    """The runner a replica is ready on (the plan's, from the registry), and the compiled
+    runner to take over from it (None where nothing is compiled, or the packed decoder cannot
+    compute the checkpoint)."""
+    weights = ReplicaWeights(backbone, score_direction, pad_token_id, description)
+    runner = RUNNER_FACTORIES[plan.kind](weights, options)
     if plan.compile == "never":
-        eager = PackedRunner(
-            decoder,
-            score_direction,
-            pad_token_id,
-            description,
-            packed_options(description, options, compiled=False),
-        )
-        return eager, None
-    compiled_options = packed_options(description, options, compiled=True)
-    upgrade = PackedRunnerUpgrade(
+        return runner, None
+    return runner, _compiled_upgrade(weights, plan, options, probe)
+
+
+def _compiled_upgrade(
+    weights: ReplicaWeights,
+    plan: RunnerPlan,
+    options: RunnerOptions,
+    probe: Sequence[ProbeRequest],
+) -> PackedRunnerUpgrade | None:
+    """None where the packed decoder cannot compute the checkpoint and nobody insisted on it
+    (neither ``RERANKER_RUNNER=packed`` nor ``RERANKER_COMPILE=true``)."""
+    try:
+        decoder = _packed_decoder(weights.backbone)
+    except ModelLoadError as exc:
+        if options.named_runner == COMPILED_RUNNER or plan.compile == "foreground":
+            raise
+        reason = str(exc.__cause__ or exc)
+        device = weights.description.device
+        logger.warning("packed_runner_unavailable", reason=reason, device=device)
+        return None
+    compiled_options = packed_options(weights.description, options, compiled=True)
+    return PackedRunnerUpgrade(
         decoder=decoder,
-        backbone=backbone,
-        score_direction=score_direction,
-        pad_token_id=pad_token_id,
-        description=description,
+        backbone=weights.backbone,
+        score_direction=weights.score_direction,
+        pad_token_id=weights.pad_token_id,
+        description=weights.description,
         options=compiled_options,
         foreground=plan.compile == "foreground",
         probe=probe_passes(probe, compiled_options.buckets) if probe else (),
-        score_bound=score_bound(description.dtype),
+        score_bound=score_bound(weights.description.dtype),
     )
-    return padded, upgrade
