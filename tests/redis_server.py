@@ -1,5 +1,6 @@
 """A real Redis server (Debian's ``redis-server``) on a free 127.0.0.1 port, for the score
-cache's tests: started, paused (SIGSTOP, as a stuck server), resumed and killed like one."""
+cache's tests: started, paused (SIGSTOP, as a stuck server), resumed, killed and started again
+on the same port like one."""
 
 from __future__ import annotations
 
@@ -19,10 +20,30 @@ from tests.prometheus_server import free_port
 
 
 class RedisServer:
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
-        self.process = process
+    def __init__(self, command: list[str], port: int, password: str | None) -> None:
+        self._command = command
+        self._password = password
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        """The server, once it answers (bounded)."""
+        process = subprocess.Popen(
+            self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                process.wait(timeout=10)
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)  # a process we start, not a condition of the code under test
+        return process
+
+    def _answers(self) -> bool:
+        """PING gets PONG; with a password, PING is refused before AUTH: listening will do."""
+        return _listening(self.port) if self._password is not None else _accepts(self.port)
 
     def pause(self) -> None:
         os.kill(self.process.pid, signal.SIGSTOP)
@@ -33,6 +54,10 @@ class RedisServer:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """After ``kill``: a new, empty server on the same port."""
+        self.process = self._start()
 
 
 def _accepts(port: int) -> bool:
@@ -63,20 +88,14 @@ def redis_server(directory: Path, password: str | None = None) -> Iterator[Redis
     ]  # fmt: skip
     if password is not None:
         command += ["--requirepass", password]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = RedisServer(process, port)
+    server = RedisServer(command, port, password)
     try:
-        deadline = time.monotonic() + 10
-        while not (password is not None and _listening(port)) and not _accepts(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.02)  # a process we start, not a condition of the code under test
         yield server
     finally:
-        if process.poll() is None:
+        if server.process.poll() is None:
             server.resume()
-            process.kill()
-            process.wait(timeout=10)
+            server.process.kill()
+            server.process.wait(timeout=10)
 
 
 def _listening(port: int) -> bool:

@@ -3,14 +3,17 @@ bounded memory, and Redis shared by replicas and failing open. Redis is a real r
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from reranker_service.app import create_app
+from reranker_service.cache_stores import STORE_KINDS, StoreContext, build_score_cache
+from reranker_service.engine.cache_breaker import BREAKER_POLICY, FAILURES_TO_OPEN, BreakerState
 from reranker_service.engine.runner.protocol import ServedModel
 from reranker_service.engine.score_cache import (
     CacheEvents,
@@ -19,10 +22,17 @@ from reranker_service.engine.score_cache import (
     cache_identity,
     pair_key,
 )
-from reranker_service.engine.scoring import probability
+from reranker_service.engine.scoring import ModelDescription, probability
 from reranker_service.settings import Settings
-from tests.conftest import SMALL_MAX_LENGTH, AppFactory, PassRecorder, asgi_client
-from tests.exposition import Exposition
+from tests.conftest import (
+    SMALL_MAX_LENGTH,
+    AppFactory,
+    FakeClock,
+    PassRecorder,
+    asgi_client,
+    make_settings,
+)
+from tests.exposition import Exposition, scrape
 from tests.redis_server import redis_server
 from tests.service_process import start_service
 
@@ -187,15 +197,16 @@ async def test_redis_shares_scores_and_a_lost_redis_costs_nothing_but_the_cache(
     app_factory: AppFactory, scoring_model: ServedModel, tmp_path: Path
 ) -> None:
     """In process, Redis only (no memory store): a second app on the same Redis answers from
-    it; then Redis is killed mid-traffic and every request is still answered, exactly, with the
-    errors counted."""
+    it; then Redis is killed mid-traffic and every request is still answered, exactly, and each
+    of its lookups and writes either failed (counted) or was skipped by the open breaker."""
     with redis_server(tmp_path) as redis:
         settings = {"cache_size": 0, "cache_url": redis.url, "cache_timeout_ms": 200}
         body = {"query": QUERY, "documents": DOCUMENTS, "raw_scores": True}
         async with asgi_client(app_factory(**settings)) as http:
             computed = _raw(await http.post("/rerank", json=body))
         recorder = PassRecorder(scoring_model)
-        async with asgi_client(app_factory(recorder, **settings)) as http:
+        app = app_factory(recorder, **settings)
+        async with asgi_client(app) as http:
             started_up = len(recorder.passes)  # the start-up's measurement and warm-up
             shared = await http.post("/rerank", json=body)
             assert shared.headers["x-reranker-cache"] == "hit"
@@ -208,33 +219,79 @@ async def test_redis_shares_scores_and_a_lost_redis_costs_nothing_but_the_cache(
                 # Computed again, beside another pair: the model card's, within fp32's 1e-5.
                 assert _raw(response)[:3] == pytest.approx(computed, abs=1e-5)
                 assert response.headers["x-reranker-cache"] == "miss"
+            await _redis_store(app).flush_writes()
             exposition = Exposition((await http.get("/metrics")).text)
-    assert exposition.value("reranker_cache_errors_total", backend="redis") >= 5
+    errors = exposition.value("reranker_cache_errors_total", backend="redis")
+    skipped = exposition.value("reranker_cache_skipped_total", backend="redis")
+    assert errors >= FAILURES_TO_OPEN
+    assert errors + skipped == 5 * 2  # a lookup and a write per request
+
+
+def _redis_store(app: FastAPI) -> RedisStore:
+    [store] = app.state.score_cache.stores
+    assert isinstance(store, RedisStore)
+    return store
+
+
+async def _rerank_one(http: httpx.AsyncClient, document: str) -> None:
+    response = await http.post("/rerank", json={"query": QUERY, "documents": [document]})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-reranker-cache"] == "miss"
 
 
 async def test_a_stuck_redis_delays_a_request_by_no_more_than_the_timeout(
-    app_factory: AppFactory, tmp_path: Path
+    checkpoint: Path, scoring_model: ServedModel, tmp_path: Path
 ) -> None:
-    timeout = 0.1
+    """Redis paused (SIGSTOP), read from what the service reports: its lookup histogram shows
+    the lookups sent to Redis waited out the timeout and not twice it; an answer came while its
+    write was still waiting on Redis (it goes on in the background); and once the breaker had
+    opened, lookups did not wait at all. The breaker's clock stands still: no probe mid-test."""
+    timeout = 0.25
     with redis_server(tmp_path) as redis:
-        settings = {"cache_size": 0, "cache_url": redis.url, "cache_timeout_ms": timeout * 1000}
-        async with asgi_client(app_factory(**settings)) as http:
-
-            async def latency(index: int) -> float:
-                started = time.perf_counter()
-                body = {"query": QUERY, "documents": [f"stuck {index}"]}
-                response = await http.post("/rerank", json=body)
-                assert response.status_code == 200
-                return time.perf_counter() - started
-
-            healthy = statistics.median([await latency(n) for n in range(5)])
+        settings = make_settings(
+            checkpoint, cache_size=0, cache_url=redis.url, cache_timeout_ms=timeout * 1000
+        )
+        app = create_app(settings, model=scoring_model, cache_clock=FakeClock())
+        async with asgi_client(app) as http:
+            store = _redis_store(app)
+            await _rerank_one(http, "healthy")
+            await store.flush_writes()
+            healthy = await scrape(http)
             redis.pause()
             try:
-                stuck = statistics.median([await latency(n) for n in range(5, 10)])
+                writes_in_flight_at_answer = []
+                for index in range(2 * FAILURES_TO_OPEN):
+                    await _rerank_one(http, f"stuck {index}")
+                    writes_in_flight_at_answer.append(store.writes_in_flight)
+                    if store.breaker.state is BreakerState.OPEN:
+                        break
+                await store.flush_writes()
+                stuck = await scrape(http)
+                for index in range(3):
+                    await _rerank_one(http, f"skipped {index}")
+                skipping = await scrape(http)
             finally:
                 redis.resume()
-    # The lookup waits out its timeout; the write goes on in the background.
-    assert stuck - healthy <= 2 * timeout, (healthy, stuck)
+    assert store.breaker.state is BreakerState.OPEN
+    assert writes_in_flight_at_answer[0] == 1
+    lookup = "reranker_cache_lookup_seconds"
+    under_timeout = 0.1  # the bucket below the timeout's
+    sent = _difference(stuck.histogram(lookup).buckets, healthy.histogram(lookup).buckets)
+    waited = sent[float("inf")] - sent[under_timeout]
+    assert waited >= 1, f"no lookup waited for the paused Redis: {sent}"
+    assert sent[2 * timeout] == sent[float("inf")], (
+        f"a lookup waited past twice its timeout: {sent}"
+    )
+    skipped = _difference(skipping.histogram(lookup).buckets, stuck.histogram(lookup).buckets)
+    assert skipped[float("inf")] == 3
+    assert skipped[under_timeout] == 3, f"a lookup waited with the breaker open: {skipped}"
+    errors = "reranker_cache_errors_total"
+    assert skipping.value(errors, backend="redis") == stuck.value(errors, backend="redis")
+
+
+def _difference(after: dict[float, float], before: dict[float, float]) -> dict[float, float]:
+    """Cumulative bucket counts between two scrapes."""
+    return {bound: count - before[bound] for bound, count in after.items()}
 
 
 async def test_the_redis_password_comes_from_its_file(tmp_path: Path) -> None:
@@ -309,6 +366,27 @@ async def test_info_shows_the_cache(app_factory: AppFactory) -> None:
     async with asgi_client(app_factory(cache_size=0)) as http:
         off = (await http.get("/info")).json()["cache"]
         answer = await http.post("/rerank", json={"query": "q", "documents": ["a"]})
+    async with asgi_client(app_factory(cache_size=10, cache_url=_NOBODY)) as http:
+        both = (await http.get("/info")).json()["cache"]
     assert default == {"backend": "memory", "size": 100_000, "ttl_seconds": 3600.0, "redis": False}
     assert off["backend"] == "off"
     assert answer.headers["x-reranker-cache"] == "miss"
+    assert both == {"backend": "memory+redis", "size": 10, "ttl_seconds": 3600.0, "redis": True}
+
+
+_NOBODY = "redis://127.0.0.1:9/0"
+"""A Redis URL for a cache that is built and never used (the discard port)."""
+
+
+async def test_every_kind_of_store_is_built_under_its_own_name(checkpoint: Path) -> None:
+    """With every store's setting on, the cache holds one store per row, named as its row (the
+    metrics' ``backend`` series are made from the rows), in the rows' order."""
+    settings = make_settings(checkpoint, cache_size=10, cache_url=_NOBODY)
+    context = StoreContext(CacheEvents(), time.monotonic, BREAKER_POLICY)
+    model = ModelDescription("model", "rev", "cpu", "float32", 512, 0.0)
+    cache = build_score_cache(settings, model, context)
+    assert cache is not None
+    try:
+        assert [store.name for store in cache.stores] == [kind.name for kind in STORE_KINDS]
+    finally:
+        await cache.close()

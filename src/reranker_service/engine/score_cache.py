@@ -6,7 +6,8 @@ pair length) and the pair's token ids, which hold the instruction, the query and
 the model reads it (after ``max_tokens_per_doc``, the truncation direction and its window). No
 text is kept: only keys and raw scores (the yes - no logit, which raw and probability requests
 share). Two stores, either or both: an in-process LRU with a TTL, and Redis, shared by replicas,
-fail-open (Redis down or slow scores the request as if nothing were cached).
+fail-open (Redis down or slow scores the request as if nothing were cached) and behind a circuit
+breaker (a Redis that keeps failing is not asked for a while: see ``cache_breaker``).
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import json
 import struct
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from cachetools import TTLCache
 
+from reranker_service.engine.cache_breaker import BREAKER_POLICY, BreakerPolicy, CircuitBreaker
+
 logger = structlog.get_logger(__name__)
 
+_T = TypeVar("_T")
 _TOKEN_ARRAY = "I"
 _VALUE = struct.Struct("<d")
 """A score as eight bytes: what comes back is the same double, bit for bit."""
@@ -49,7 +53,9 @@ def pair_key(identity: bytes, tokens: Sequence[int]) -> bytes:
 
 class ScoreStore(Protocol):
     name: str
-    """``memory`` or ``redis``: the ``backend`` label of its errors."""
+    """``memory`` or ``redis``: the ``backend`` label of its metrics, and ``/info``'s."""
+    shared: bool
+    """Whether other replicas read what it keeps."""
 
     async def get_many(self, keys: Sequence[bytes]) -> list[float | None]:
         """Each key's score, or None; never raises (a failing store misses)."""
@@ -68,6 +74,12 @@ class CacheEvents:
 
     on_error: Callable[[str], None] = lambda backend: None
     on_evictions: Callable[[int], None] = lambda count: None
+    on_skipped: Callable[[str], None] = lambda backend: None
+    """A lookup or write not sent to ``backend``, its circuit breaker being open."""
+    on_breaker_open: Callable[[str, bool], None] = lambda backend, is_open: None
+    """``backend``'s circuit breaker opened (True) or closed again (False)."""
+    watch_entries: Callable[[Callable[[], int]], None] = lambda read_entries: None
+    """How to read the in-process store's entry count, handed over once, when it is built."""
 
 
 class _CountingTTLCache(TTLCache[bytes, float]):
@@ -94,6 +106,7 @@ class MemoryStore:
     event loop only."""
 
     name = "memory"
+    shared = False
 
     def __init__(
         self,
@@ -103,6 +116,7 @@ class MemoryStore:
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._entries = _CountingTTLCache(size, ttl_seconds, lambda: events.on_evictions(1), timer)
+        events.watch_entries(lambda: self.entries)
 
     @property
     def entries(self) -> int:
@@ -123,9 +137,12 @@ class MemoryStore:
 class RedisStore:
     """Scores shared by replicas in Redis (the ``redis`` client's asyncio API): one MGET per
     lookup, writes pipelined with a TTL, each bounded by ``timeout_seconds``. Any failure counts
-    as a miss, is counted, and is logged at most once a minute."""
+    as a miss, is counted, and is logged at most once a minute. Failures in a row open its
+    circuit ``breaker``: lookups and writes then skip Redis (misses at once, counted) until a
+    probe gets an answer. ``clock`` times the breaker and the log's rate."""
 
     name = "redis"
+    shared = True
     KEY_PREFIX = b"reranker:score:"
 
     def __init__(
@@ -136,6 +153,8 @@ class RedisStore:
         ttl_seconds: float,
         timeout_seconds: float,
         events: CacheEvents,
+        breaker_policy: BreakerPolicy = BREAKER_POLICY,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from redis.asyncio import Redis
 
@@ -149,15 +168,28 @@ class RedisStore:
         self._ttl = max(1, round(ttl_seconds))
         self._timeout = timeout_seconds
         self._events = events
+        self._clock = clock
+        self.breaker = CircuitBreaker(
+            self.name,
+            breaker_policy,
+            clock=clock,
+            on_open_change=lambda is_open: events.on_breaker_open(self.name, is_open),
+        )
         self._writes: set[asyncio.Task[None]] = set()
         self._errors_unlogged = 0
-        self._logged_at = -ERROR_LOG_SECONDS
+        self._logged_at: float | None = None
+
+    @property
+    def writes_in_flight(self) -> int:
+        """Writes started and not finished: a response never waits for them."""
+        return len(self._writes)
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         self._events.on_error(self.name)
+        self.breaker.failed()
         self._errors_unlogged += 1
-        now = time.monotonic()
-        if now - self._logged_at >= ERROR_LOG_SECONDS:
+        now = self._clock()
+        if self._logged_at is None or now - self._logged_at >= ERROR_LOG_SECONDS:
             logger.warning(
                 "cache_unavailable",
                 backend=self.name,
@@ -168,14 +200,35 @@ class RedisStore:
             )
             self._logged_at, self._errors_unlogged = now, 0
 
+    def _allowed(self) -> bool:
+        """Whether the breaker lets a call through; a refused one is counted as skipped."""
+        if self.breaker.allow():
+            return True
+        self._events.on_skipped(self.name)
+        return False
+
+    async def _send(self, operation: str, command: Callable[[], Awaitable[_T]]) -> _T | None:
+        """``command``'s answer, or None when it failed or timed out; the breaker hears which."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                answer = await command()
+        except asyncio.CancelledError:
+            self.breaker.abandoned()
+            raise
+        except Exception as exc:
+            self._failed(operation, exc)
+            return None
+        self.breaker.succeeded()
+        return answer
+
     async def get_many(self, keys: Sequence[bytes]) -> list[float | None]:
         if not keys:
             return []
-        try:
-            async with asyncio.timeout(self._timeout):
-                values = await self._client.mget([self.KEY_PREFIX + key for key in keys])
-        except Exception as exc:
-            self._failed("get", exc)
+        if not self._allowed():
+            return [None] * len(keys)
+        prefixed = [self.KEY_PREFIX + key for key in keys]
+        values = await self._send("get", lambda: self._client.mget(prefixed))
+        if values is None:
             return [None] * len(keys)
         return [
             _VALUE.unpack(value)[0] if isinstance(value, bytes) and len(value) == 8 else None
@@ -184,21 +237,17 @@ class RedisStore:
 
     async def put_many(self, entries: Sequence[tuple[bytes, float]]) -> None:
         """Written in the background: a response never waits for Redis to store."""
-        if not entries:
+        if not entries or not self._allowed():
             return
         task = asyncio.create_task(self._write(list(entries)))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
     async def _write(self, entries: list[tuple[bytes, float]]) -> None:
-        try:
-            async with asyncio.timeout(self._timeout):
-                pipeline = self._client.pipeline(transaction=False)
-                for key, score in entries:
-                    pipeline.set(self.KEY_PREFIX + key, _VALUE.pack(score), ex=self._ttl)
-                await pipeline.execute()
-        except Exception as exc:
-            self._failed("put", exc)
+        pipeline = self._client.pipeline(transaction=False)
+        for key, score in entries:
+            pipeline.set(self.KEY_PREFIX + key, _VALUE.pack(score), ex=self._ttl)
+        await self._send("put", pipeline.execute)
 
     async def flush_writes(self) -> None:
         """Wait for the writes started so far (tests, shutdown)."""
@@ -225,6 +274,11 @@ class ScoreCache:
     def backend(self) -> str:
         """``memory``, ``redis``, or ``memory+redis``."""
         return "+".join(store.name for store in self.stores)
+
+    @property
+    def shared(self) -> bool:
+        """Whether replicas share scores through one of its stores."""
+        return any(store.shared for store in self.stores)
 
     def keys(self, pairs: Sequence[Sequence[int]]) -> list[bytes]:
         return [pair_key(self._identity, tokens) for tokens in pairs]

@@ -29,8 +29,11 @@ if TYPE_CHECKING:
 REQUEST_STATUSES: Final = ("success", "fail")
 PRIORITY_CLASSES: Final = ("high", "normal", "low")
 """``reranker_queue_wait_seconds``'s ``priority``: below 0, 0, above 0."""
-CACHE_BACKENDS: Final = ("memory", "redis")
-CACHE_LOOKUP_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+CACHE_LOOKUP_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+"""Up to a second: a lookup that waited out a Redis timeout (``RERANKER_CACHE_TIMEOUT_MS``,
+which may be set to hundreds of milliseconds) lands in a bucket of its own."""
 COMPILE_STATES: Final = ("off", "compiling", "compiled", "fallback")
 """``reranker_runner_compile_state``: nothing to compile; compiling in the background (the
 eager runner serves); the compiled runner serves; it failed and the eager runner serves on."""
@@ -179,6 +182,20 @@ class ServiceMetrics:
             "Scores the in-process cache dropped for room (not expiry)",
             registry=registry,
         )
+        self.cache_skipped = Counter(
+            "reranker_cache_skipped",
+            "Score-cache lookups and writes not sent to a store because its circuit breaker "
+            "was open (a lookup's pairs miss at once), by backend",
+            ["backend"],
+            registry=registry,
+        )
+        self.cache_breaker_open = Gauge(
+            "reranker_cache_breaker_open",
+            "1 while a store's circuit breaker is open: after failures in a row, the store is "
+            "skipped until a probe gets an answer; 0 otherwise, by backend",
+            ["backend"],
+            registry=registry,
+        )
         self.cache_lookup_seconds = Histogram(
             "reranker_cache_lookup_seconds",
             "Time a request's score-cache lookup took (all its pairs, every store)",
@@ -297,8 +314,6 @@ class ServiceMetrics:
             self.queue_wait.labels(priority=priority)
         for result in ("hit", "miss"):
             self.cache_lookups.labels(result=result)
-        for backend in CACHE_BACKENDS:
-            self.cache_errors.labels(backend=backend)
         for error_type in ERROR_TYPES:
             self.request_errors.labels(type=error_type)
 
@@ -389,6 +404,12 @@ class ServiceMetrics:
 
     def watch_cache_entries(self, read_entries: Callable[[], int]) -> None:
         self.cache_entries.set_function(read_entries)
+
+    def add_cache_backends(self, backends: Sequence[str]) -> None:
+        """The score cache's kinds of store: their ``backend`` series at zero from the start."""
+        for backend in backends:
+            for family in (self.cache_errors, self.cache_skipped, self.cache_breaker_open):
+                family.labels(backend=backend)
 
     def record_error(self, error_type: str) -> None:
         """Count a non-2xx outcome; ``error_type`` must be one of ``ERROR_TYPES``."""
