@@ -39,8 +39,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from reranker_service.api.record import RerankRecord
 from reranker_service.api.request_spans import RequestSpans
-from reranker_service.api.telemetry import RerankRecord
 from reranker_service.app import create_app, load_options
 from reranker_service.engine.loading import load_single_device_model
 from reranker_service.engine.rerank_engine import RerankOutcome

@@ -196,6 +196,26 @@ async def test_a_bad_document_is_named_as_a_client_writes_it(client: httpx.Async
     assert "value" not in error  # not the body's type name, "dict"
 
 
+@pytest.mark.parametrize(
+    ("document", "field", "message", "value"),
+    [
+        ({"text": 3}, "documents[1].text", "Input should be a valid string", 3),
+        ({"title": "no text"}, "documents[1].text", "Field required", None),
+    ],
+)
+async def test_a_bad_document_object_names_what_is_wrong_inside_it(
+    client: httpx.AsyncClient, document: dict[str, Any], field: str, message: str, value: Any
+) -> None:
+    """Not "documents[1]: Input should be a valid string": the object is a document object,
+    and what is wrong is its text."""
+    bad = await client.post("/v2/rerank", json={"query": QUERY, "documents": ["fine", document]})
+    assert bad.status_code == 422
+    error = bad.json()["error"]
+    assert (error["field"], error["message"]) == (field, f"{field}: {message}")
+    assert error.get("value") == value
+    assert [detail["field"] for detail in error["details"]] == [field]
+
+
 async def test_limit_is_reported_for_bounds(client: httpx.AsyncClient) -> None:
     error = (
         await client.post("/rerank", json={"query": QUERY, "documents": DOCS, "top_n": 0})
@@ -212,25 +232,26 @@ async def test_unknown_route_and_method_are_json(client: httpx.AsyncClient) -> N
     assert wrong.json()["error"]["type"] == "method_not_allowed"
 
 
-async def test_api_key_guards_rerank_routes_only(app_factory: AppFactory) -> None:
+async def test_api_key_guards_the_scoring_routes_only(app_factory: AppFactory) -> None:
     app = app_factory(api_key="s3cret-key")
     payload = {"query": QUERY, "documents": DOCS}
+    score_payload = {"text_1": QUERY, "text_2": DOCS}
     async with asgi_client(app) as http:
-        for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
-            missing = await http.post(path, json=payload)
+        for path in ("/rerank", "/v1/rerank", "/v2/rerank", "/score"):
+            body = score_payload if path == "/score" else payload
+            missing = await http.post(path, json=body)
             assert missing.status_code == 401
             assert missing.headers["www-authenticate"] == "Bearer"
             assert missing.json()["error"]["type"] == "unauthorized"
-            wrong = await http.post(path, json=payload, headers={"Authorization": "Bearer nope"})
+            wrong = await http.post(path, json=body, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code == 401
             assert "s3cret-key" not in wrong.text
-            basic = await http.post(
-                path, json=payload, headers={"Authorization": "Basic s3cret-key"}
-            )
+            basic = await http.post(path, json=body, headers={"Authorization": "Basic s3cret-key"})
             assert basic.status_code == 401
-            ok = await http.post(path, json=payload, headers={"Authorization": "Bearer s3cret-key"})
+            ok = await http.post(path, json=body, headers={"Authorization": "Bearer s3cret-key"})
             assert ok.status_code == 200
-        for path in ("/health", "/ready", "/info", "/docs", "/openapi.json"):
+        # What docs/security.md says is open: probes, what is served, the metrics, the docs.
+        for path in ("/health", "/ready", "/info", "/metrics", "/docs", "/openapi.json"):
             assert (await http.get(path)).status_code == 200
 
 

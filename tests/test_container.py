@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
 
 from tests.script_modules import ROOT, load_module
 from tests.service_process import start_service
@@ -93,6 +94,13 @@ def test_constraints_pin_every_dependency_as_installed() -> None:
         name: (pins[name], metadata.version(name)) for name in needed if pins[name] != needed[name]
     }
     assert not drifted, f"installed versions differ from constraints.txt: {drifted}"
+    # The service's own dependencies are pinned whatever their name looks like.
+    direct = {
+        writer.canonical(Requirement(line).name)
+        for line in metadata.distribution(writer.PROJECT).requires or []
+        if Requirement(line).marker is None
+    }
+    assert direct - {"torch"} <= set(pins), sorted(direct - {"torch"} - set(pins))
     assert "torch" not in pins
 
 

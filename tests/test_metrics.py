@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from reranker_service.engine.runner.protocol import ServedModel
+from reranker_service.engine.scoring import probability
 from tests.conftest import AppFactory, GatedModel, asgi_client
 from tests.exposition import scrape
 from tests.fake_nvml import FakeGpu, FakeNvml
@@ -230,7 +231,9 @@ async def test_timing_headers_account_for_the_request(client: httpx.AsyncClient)
     total = float(headers["x-total-time"])
     assert all(value >= 0 for value in phases)
     assert sum(phases) <= total
-    assert int(headers["x-compute-tokens"]) == response.json()["usage"]["total_tokens"]
+    # The tokens computed: the pairs' tokens, less the shared prompt prefix the later pairs
+    # of the pass read instead of computing it again.
+    assert 0 < int(headers["x-compute-tokens"]) < response.json()["usage"]["total_tokens"]
     timing = dict(part.strip().split(";dur=") for part in headers["server-timing"].split(","))
     assert float(timing["total"]) == total
     # The engine's wall time holds the three phases and the hand-offs between them.
@@ -274,3 +277,46 @@ async def test_promtool_finds_nothing_in_the_exposition(
         exposition = await scrape(http)
     assert exposition.samples("reranker_gpu_memory_used_bytes"), "GPU gauges should be filled"
     assert _lint(promtool, exposition.text) == ""
+
+
+@pytest.mark.parametrize("path", ["/v2/rerank", "/rerank", "/score"])
+async def test_quality_signals_are_probabilities_whatever_the_response_carries(
+    app_factory: AppFactory, path: str
+) -> None:
+    """A raw-score request answers logits; the drift histograms still get P(yes), so that
+    RerankerScoreDrift compares like with like."""
+    documents = ["Paris is the capital of France.", "Berlin is in Germany.", "Cheese."]
+    bodies = {
+        "/v2/rerank": {"query": "capital?", "documents": documents, "raw_scores": True},
+        "/rerank": {"query": "capital?", "texts": documents, "raw_scores": True},
+        "/score": {"text_1": "capital?", "text_2": documents, "raw_scores": True},
+    }
+    async with asgi_client(app_factory()) as http:
+        answer = await http.post(path, json=bodies[path])
+        after = await scrape(http)
+    assert answer.status_code == 200
+    body = answer.json()
+    logits = {
+        "/v2/rerank": lambda: [result["relevance_score"] for result in body["results"]],
+        "/rerank": lambda: [rank["score"] for rank in body],
+        "/score": lambda: [item["score"] for item in body["data"]],
+    }[path]()
+    probabilities = [probability(logit) for logit in logits]
+    top1 = after.histogram("reranker_top1_score")
+    assert top1.count == 1
+    assert top1.sum == pytest.approx(max(probabilities))
+    spread = after.histogram("reranker_score_stddev")
+    assert spread.sum == pytest.approx(statistics.pstdev(probabilities))
+
+
+async def test_compute_tokens_counts_what_the_model_computed(app_factory: AppFactory) -> None:
+    """A full cache hit computed nothing: ``X-Compute-Tokens: 0``, whatever its usage bills."""
+    payload = {"query": "capital?", "documents": ["Paris is the capital of France.", "Cheese."]}
+    async with asgi_client(app_factory(cache_size=100)) as http:
+        computed = await http.post("/v2/rerank", json=payload)
+        cached = await http.post("/v2/rerank", json=payload)
+    assert computed.headers["x-reranker-cache"] == "miss"
+    assert int(computed.headers["x-compute-tokens"]) > 0
+    assert cached.headers["x-reranker-cache"] == "hit"
+    assert cached.headers["x-compute-tokens"] == "0"
+    assert cached.json()["usage"]["total_tokens"] == computed.json()["usage"]["total_tokens"]

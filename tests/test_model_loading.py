@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForSequenceClassification
@@ -44,13 +45,22 @@ def test_a_file_is_not_a_checkpoint(tmp_path: Path) -> None:
         load_single_device_model(_options(tmp_path / "model.safetensors"))
 
 
+@pytest.mark.parametrize(
+    ("offline", "advice"),
+    [(False, "set HF_HUB_OFFLINE=1"), (True, "HF_HUB_OFFLINE is set, so only a model already")],
+)
 def test_a_hub_id_without_network_says_what_to_do(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    offline: bool, advice: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Without network, the advice is to go offline; already offline, it is not that again."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE=1") as refused:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    with pytest.raises(ModelLoadError) as refused:
         load_single_device_model(_options("Qwen/No-Such-Reranker"))
-    assert "reranker-make-test-model" in str(refused.value)
+    message = str(refused.value)
+    assert advice in message
+    assert "reranker-make-test-model" in message
+    assert ("set HF_HUB_OFFLINE=1" in message) is not offline
 
 
 def test_other_architecture_is_refused(tmp_path: Path, checkpoint: Path) -> None:

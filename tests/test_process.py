@@ -85,6 +85,9 @@ def test_hub_model_offline_exits_nonzero_naming_it(tmp_path: Path) -> None:
     record = json.loads(line)
     assert (record["event"], record["level"]) == ("model_load_failed", "error")
     assert "Qwen/Qwen3-Reranker-0.6B" in record["error"]
+    # Already offline: not told to set what is set.
+    assert "HF_HUB_OFFLINE is set" in record["error"]
+    assert "set HF_HUB_OFFLINE=1" not in record["error"]
 
 
 def test_bad_setting_exits_2_naming_it() -> None:

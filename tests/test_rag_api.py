@@ -3,6 +3,7 @@ vLLM's /score; every score against the model card's own computation."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -205,6 +206,31 @@ async def test_tei_errors_come_in_tei_shape(app_factory: AppFactory) -> None:
         assert response.status_code == 422
         assert set(response.json()) == {"error", "error_type"}
         assert response.json()["error_type"] == "validation"
+
+
+async def test_every_error_of_a_tei_request_comes_in_tei_shape(app_factory: AppFactory) -> None:
+    """Those refused before the body is validated too: the key, the content type, readiness."""
+    app = app_factory(api_key="k")
+    tei = {"query": "q", "texts": ["a"]}
+    key = {"Authorization": "Bearer k"}
+    async with asgi_client(app) as http:
+        answers = {
+            "unauthorized": await http.post("/rerank", json=tei),
+            "unsupported_media_type": await http.post(
+                "/rerank",
+                content=json.dumps(tei),
+                headers={**key, "Content-Type": "text/plain"},
+            ),
+        }
+        app.state.lifecycle.begin_draining()
+        answers["draining"] = await http.post("/rerank", json=tei, headers=key)
+        cohere = await http.post("/rerank", json={"query": "q", "documents": ["a"]})
+    statuses = {name: response.status_code for name, response in answers.items()}
+    assert statuses == {"unauthorized": 401, "unsupported_media_type": 415, "draining": 503}
+    for response in answers.values():
+        assert set(response.json()) == {"error", "error_type"}, response.json()
+    assert answers["draining"].json()["error_type"] == "unhealthy"
+    assert cohere.json()["error"]["type"] == "unauthorized"  # Cohere's shape for Cohere's body
 
 
 async def test_score_pairs_each_with_its_own_query(

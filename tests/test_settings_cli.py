@@ -6,7 +6,7 @@ from reranker_service.app import engine_config
 from reranker_service.cli import SettingsError, build_parser, load_settings
 from reranker_service.engine.rerank_engine import choose_limits
 from reranker_service.engine.scoring import ModelDescription
-from reranker_service.settings import Settings
+from reranker_service.settings import Settings, default_compile_cache
 
 
 def test_defaults_match_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,7 +51,7 @@ def test_prefix_reuse_reads_true_and_false_from_both(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("RERANKER_PREFIX_REUSE", "false")
     assert load_settings([]).prefix_reuse is False
     assert load_settings(["--prefix-reuse", "true"]).prefix_reuse is True
-    with pytest.raises(SettingsError, match="prefix_reuse"):
+    with pytest.raises(SettingsError, match="RERANKER_PREFIX_REUSE"):
         load_settings(["--prefix-reuse", "sometimes"])
 
 
@@ -76,6 +76,21 @@ def test_help_lists_every_setting_with_env_name_and_default(
         assert f"RERANKER_{name.upper()}" in text
     assert "default 'Qwen/Qwen3-Reranker-0.6B'" in text
     assert "default 8192" in text
+    # A default computed at start-up (the compile cache, beside the hub cache) shows its value.
+    assert "PydanticUndefined" not in text
+    assert f"default {default_compile_cache()!r}" in text
+
+
+def test_a_bad_value_names_the_variable_and_the_flag_the_operator_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RERANKER_LOG_SAMPLE_RATE", "1.5")
+    with pytest.raises(SettingsError) as refused:
+        load_settings([])
+    message = str(refused.value)
+    assert "RERANKER_LOG_SAMPLE_RATE (--log-sample-rate): " in message
+    assert "(got '1.5')" in message
+    assert "log_sample_rate:" not in message
 
 
 @pytest.mark.parametrize(
@@ -85,7 +100,7 @@ def test_help_lists_every_setting_with_env_name_and_default(
         (["--port", "70000"], "port"),
         (["--max-length", "8192", "--max-batch-tokens", "100"], "max_batch_tokens"),
         (["--max-documents", "10", "--max-queued-pairs", "5"], "max_queued_pairs"),
-        (["--log-sample-rate", "1.5"], "log_sample_rate"),
+        (["--log-sample-rate", "1.5"], "RERANKER_LOG_SAMPLE_RATE"),
     ],
 )
 def test_bad_values_stop_with_a_clear_message(argv: list[str], complaint: str) -> None:

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import random
 
+import httpx
 import pytest
 
-from reranker_service.api.telemetry import RequestLogPolicy, RerankRecord, metric_error_type
+from reranker_service.api.record import (
+    MissingRecordError,
+    RecordMiddleware,
+    RerankRecord,
+    required_record,
+)
+from reranker_service.api.routes import RERANK_PATHS
+from reranker_service.api.telemetry import (
+    RequestLogPolicy,
+    RerankTelemetryMiddleware,
+    metric_error_type,
+)
 from reranker_service.observability.metrics import ERROR_TYPES
+from tests.conftest import AppFactory, asgi_client
 
 
 @pytest.mark.parametrize(
@@ -48,3 +61,39 @@ def test_query_text_is_cut_and_only_when_asked() -> None:
     assert RequestLogPolicy(query_chars=0).query_field(record) == {}
     assert RequestLogPolicy(query_chars=7).query_field(record) == {"query": "what is"}
     assert RequestLogPolicy(query_chars=7).query_field(RerankRecord()) == {}
+
+
+async def test_every_scoring_route_is_watched(client: httpx.AsyncClient) -> None:
+    """The scoring routes are found from their router: each one the OpenAPI document tags
+    ``rerank`` answers with the telemetry's timing headers, its failures included."""
+    spec = (await client.get("/openapi.json")).json()
+    scoring = [
+        path
+        for path, item in spec["paths"].items()
+        if "rerank" in item.get("post", {}).get("tags", [])
+    ]
+    assert sorted(scoring) == sorted(RERANK_PATHS)
+    for path in scoring:
+        refused = await client.post(path, json={})
+        assert refused.status_code == 422
+        assert "x-total-time" in refused.headers, path
+
+
+WATCHING_MIDDLEWARE: set[object] = {RerankTelemetryMiddleware, RecordMiddleware}
+
+
+async def test_a_scoring_route_without_a_record_is_a_wiring_error(
+    app_factory: AppFactory,
+) -> None:
+    """Not a throwaway record that no metric or log line reads: the route fails loudly (a 500
+    under a server; the in-process transport raises it)."""
+    app = app_factory()
+    app.user_middleware = [
+        middleware
+        for middleware in app.user_middleware
+        if middleware.cls not in WATCHING_MIDDLEWARE
+    ]
+    async with asgi_client(app) as http:
+        with pytest.raises(MissingRecordError, match="/v2/rerank scores without a request record"):
+            await http.post("/v2/rerank", json={"query": "q", "documents": ["a"]})
+    assert required_record({"path": "/v2/rerank", "state": {"rerank_record": RerankRecord()}})

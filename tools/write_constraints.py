@@ -18,8 +18,11 @@ from packaging.requirements import Requirement
 
 PROJECT = "reranker-service"
 EXTRAS = ("test", "bench")
-UNPINNED = re.compile(r"^(torch|triton|nvidia-.*)$")
-"""Followed for their own dependencies, but not pinned here."""
+TORCH = "torch"
+"""Pinned by version elsewhere: its CPU and CUDA builds differ in name."""
+TORCH_CUDA_BUILD = re.compile(r"^(triton|nvidia-.*)$")
+"""What torch's CUDA build brings: followed for their own dependencies, but not pinned here,
+unless the project asks for one by name (``nvidia-ml-py``, NVML's bindings, is its own)."""
 
 
 def canonical(name: str) -> str:
@@ -48,10 +51,14 @@ def closure(project: str, extras: tuple[str, ...]) -> dict[str, str]:
             except metadata.PackageNotFoundError:
                 continue  # for another platform, or torch's CUDA build only
             pending.append((requirement.name, tuple(requirement.extras)))
+    direct = {
+        canonical(Requirement(line).name) for line in metadata.distribution(project).requires or []
+    }
     return {
         name: version
         for name, version in found.items()
-        if name != canonical(project) and not UNPINNED.match(name)
+        if name not in (canonical(project), TORCH)
+        and (name in direct or not TORCH_CUDA_BUILD.match(name))
     }
 
 

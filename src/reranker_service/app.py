@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,11 +23,12 @@ from reranker_service.api.deps import RerankOptions
 from reranker_service.api.errors import install_error_handlers
 from reranker_service.api.lifecycle import Lifecycle
 from reranker_service.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from reranker_service.api.record import RecordMiddleware
 from reranker_service.api.request_spans import RequestSpans
 from reranker_service.api.routes import (
     PROBE_PATHS,
     RERANK_PATHS,
-    SCORE_PATH,
+    SCORING_SPANS,
     metrics_router,
     ops_router,
     rerank_router,
@@ -36,9 +38,12 @@ from reranker_service.api.telemetry import (
     RequestLogPolicy,
     RerankTelemetryMiddleware,
 )
+from reranker_service.cache_stores import STORE_NAMES, StoreContext, build_score_cache
+from reranker_service.engine.cache_breaker import BREAKER_POLICY, BreakerPolicy
 from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
 from reranker_service.engine.runner.protocol import ServedModel
 from reranker_service.engine.scheduler.jobs import BatchObserver, BatchReport
+from reranker_service.engine.score_cache import CacheEvents
 from reranker_service.observability.gpu import GpuPoller, NvmlLibrary, load_nvml
 from reranker_service.observability.metrics import ServiceMetrics
 from reranker_service.observability.tracing import Tracing
@@ -46,7 +51,6 @@ from reranker_service.settings import Settings
 
 if TYPE_CHECKING:
     from reranker_service.engine.loading import LoadOptions
-    from reranker_service.engine.score_cache import ScoreCache, ScoreStore
 
 logger = structlog.get_logger(__name__)
 
@@ -91,46 +95,17 @@ async def _load_model(settings: Settings) -> ServedModel:
     return await asyncio.to_thread(load_model, load_options(settings))
 
 
-def _score_cache(
-    settings: Settings, served: ServedModel, metrics: ServiceMetrics
-) -> ScoreCache | None:
-    """The stores the settings ask for, nearest first, keyed to the served model; None when
-    both are off."""
-    from reranker_service.engine.score_cache import (
-        CacheEvents,
-        MemoryStore,
-        RedisStore,
-        ScoreCache,
-        cache_identity,
-    )
-
-    events = CacheEvents(
+def _cache_events(metrics: ServiceMetrics) -> CacheEvents:
+    """What the score cache's stores report, into the metrics."""
+    return CacheEvents(
         on_error=lambda backend: metrics.cache_errors.labels(backend=backend).inc(),
         on_evictions=metrics.cache_evictions.inc,
+        on_skipped=lambda backend: metrics.cache_skipped.labels(backend=backend).inc(),
+        on_breaker_open=lambda backend, is_open: metrics.cache_breaker_open.labels(
+            backend=backend
+        ).set(int(is_open)),
+        watch_entries=metrics.watch_cache_entries,
     )
-    stores: list[ScoreStore] = []
-    if settings.cache_size:
-        memory = MemoryStore(settings.cache_size, settings.cache_ttl_seconds, events)
-        metrics.watch_cache_entries(lambda: memory.entries)
-        stores.append(memory)
-    if settings.cache_url:
-        password = settings.cache_password
-        stores.append(
-            RedisStore(
-                settings.cache_url,
-                password=password.get_secret_value() if password is not None else None,
-                ttl_seconds=settings.cache_ttl_seconds,
-                timeout_seconds=settings.cache_timeout_ms / 1000,
-                events=events,
-            )
-        )
-    if not stores:
-        return None
-    described = served.description
-    identity = cache_identity(
-        described.model, described.revision, described.dtype, described.max_length
-    )
-    return ScoreCache(identity, stores)
 
 
 def _observe_batches(observers: list[BatchObserver]) -> BatchObserver | None:
@@ -179,6 +154,8 @@ def create_app(
     nvml: NvmlLibrary | None = None,
     instrument_requests: bool = True,
     tracing: Tracing | None = None,
+    cache_breaker_policy: BreakerPolicy = BREAKER_POLICY,
+    cache_clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """Build the app. Pass ``model`` to serve an already loaded one, with one runner per device
     (the CLI loads it first so that a bad checkpoint fails before the port opens); otherwise
@@ -188,9 +165,13 @@ def create_app(
     ``pynvml``. ``instrument_requests=False`` leaves out the per-request metrics and log lines;
     it exists to measure what they cost (``bench/``). With ``tracing``, requests are traced
     (see ``observability.tracing``); the app shuts it down, flushing its spans, when it stops.
+    ``cache_breaker_policy`` says when the Redis store's circuit breaker opens and for how long
+    (bench/ compares the shipped one with one that never opens); ``cache_clock`` is the score
+    cache's clock (tests advance a fake one).
     """
     lifecycle = Lifecycle()
     metrics = ServiceMetrics(registry)
+    metrics.add_cache_backends(STORE_NAMES)
     observers: list[BatchObserver] = [metrics.observe_batch] if instrument_requests else []
     if batch_observer is not None:
         observers.append(batch_observer)
@@ -202,7 +183,7 @@ def create_app(
             if tracing is not None:  # last out: the spans of the drained requests still go
                 resources.push_async_callback(asyncio.to_thread, tracing.shutdown)
             try:
-                engine = await _start(resources)
+                engine = await _start(app, resources)
             except Exception as exc:
                 logger.error("startup_failed", error=str(exc), error_type=type(exc).__name__)
                 raise
@@ -211,11 +192,16 @@ def create_app(
             yield
         logger.info("shutdown", pending_pairs=engine.queued_pairs)
 
-    async def _start(resources: contextlib.AsyncExitStack) -> RerankEngine:
+    async def _start(app: FastAPI, resources: contextlib.AsyncExitStack) -> RerankEngine:
         served = model if model is not None else await _load_model(settings)
         metrics.set_workers([runner.description for runner in served.runners])
         await resources.enter_async_context(_metrics_server(settings, metrics))
-        score_cache = _score_cache(settings, served, metrics)
+        score_cache = build_score_cache(
+            settings,
+            served.description,
+            StoreContext(_cache_events(metrics), cache_clock, cache_breaker_policy),
+        )
+        app.state.score_cache = score_cache
         engine = RerankEngine(
             served,
             engine_config(settings),
@@ -268,6 +254,7 @@ def create_app(
     app.state.rerank_options = RerankOptions.from_settings(settings)
     app.state.lifecycle = lifecycle
     app.state.metrics = metrics
+    app.state.score_cache = None  # built with the engine, when the model is in
     install_error_handlers(app)
     app.include_router(rerank_router)
     app.include_router(ops_router)
@@ -282,7 +269,7 @@ def _request_spans(settings: Settings, tracing: Tracing | None) -> RequestSpans 
         return None
     return RequestSpans(
         tracing.provider.get_tracer("reranker_service", __version__),
-        span_names={path: "score" if path == SCORE_PATH else "rerank" for path in RERANK_PATHS},
+        span_names=SCORING_SPANS,
         query_chars=settings.log_query_chars,
     )
 
@@ -317,6 +304,8 @@ def _install_middleware(
             spans=_request_spans(settings, tracing),
         )
         instrumentator.instrument(app)
+    else:
+        app.add_middleware(RecordMiddleware, paths=RERANK_PATHS)
     if settings.metrics_port is None:
         app.include_router(metrics_router)
     app.add_middleware(RequestIdMiddleware)

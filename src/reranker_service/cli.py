@@ -34,8 +34,27 @@ def _flag_type(annotation: Any) -> type:
 
 
 def _describe(name: str, field: FieldInfo) -> str:
-    default = "unset" if field.default is None else repr(field.default)
-    return f"{field.description} [env {ENV_PREFIX}{name.upper()}; default {default}]"
+    value = field.get_default(call_default_factory=True, validated_data={})
+    default = "unset" if value is None else repr(value)
+    return f"{field.description} [env {env_name(name)}; default {default}]"
+
+
+def env_name(name: str) -> str:
+    """The environment variable of the setting ``name``."""
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+def _flag_name(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _setting_named(location: tuple[int | str, ...]) -> str:
+    """What the operator set, as they set it: the variable and its flag (the whole
+    configuration, for a rule between settings)."""
+    if not location or str(location[0]) not in Settings.model_fields:
+        return "settings"
+    name = str(location[0])
+    return f"{env_name(name)} ({_flag_name(name)})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         if typing.get_origin(annotation) is typing.Literal:
             choices = list(typing.get_args(annotation))
         parser.add_argument(
-            f"--{name.replace('_', '-')}",
+            _flag_name(name),
             dest=name,
             type=_flag_type(annotation),
             choices=choices,
@@ -77,7 +96,7 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            where = _setting_named(error["loc"])
             shown = "" if _is_secret(error["loc"]) else f" (got {error.get('input')!r})"
             problems.append(f"{where}: {error['msg']}{shown}")
         raise SettingsError("invalid configuration: " + "; ".join(problems)) from None

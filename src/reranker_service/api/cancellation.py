@@ -15,10 +15,6 @@ from reranker_service.api.errors import ApiError
 P = ParamSpec("P")
 R = TypeVar("R")
 
-CLIENT_CLOSED_STATUS = 499
-"""nginx's status for a client that closed the connection before the answer. Nobody reads the
-response; the status tells the telemetry what happened."""
-
 
 async def _until_disconnected(receive: Receive) -> None:
     """Return once the client has gone. Once the body was read, ``receive`` has nothing left to
@@ -49,9 +45,7 @@ def with_cancellation(endpoint: Callable[P, Awaitable[R]]) -> Callable[P, Awaita
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
         if work.cancelled():  # only ever by the finally above: the client left first
-            raise ApiError(
-                CLIENT_CLOSED_STATUS, "client_disconnected", "the client closed the connection"
-            )
+            raise ApiError("client_disconnected", "the client closed the connection")
         return work.result()
 
     return cancellable

@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from reranker_service.api.errors import ApiError, unavailable
+from reranker_service.api.errors import ApiError, mark_tei, unavailable
 from reranker_service.api.lifecycle import Lifecycle
-from reranker_service.api.protocol import PRIORITY_RANGE
-from reranker_service.api.telemetry import RerankRecord, record_of
+from reranker_service.api.protocol import PRIORITY_RANGE, wire_shape
+from reranker_service.api.record import RerankRecord, required_record
 from reranker_service.engine.rerank_engine import RerankEngine
 from reranker_service.settings import Settings
 
@@ -72,7 +72,7 @@ class RerankContext:
     lifecycle: Lifecycle
     options: RerankOptions
     record: RerankRecord
-    """The record the telemetry middleware reads; a throwaway one when telemetry is off."""
+    """The request's record (``api.record``), which its telemetry reads."""
     request_id: str
     header_priority: int | None = None
     """``X-Reranker-Priority``, for clients that cannot add a field; the body's wins."""
@@ -104,7 +104,7 @@ async def get_rerank_context(
         engine=await get_engine(app_state.lifecycle),
         lifecycle=app_state.lifecycle,
         options=app_state.rerank_options,
-        record=record_of(request.scope) or RerankRecord(),
+        record=required_record(request.scope),
         request_id=str(request.state.request_id),
         header_priority=priority,
         cache_lookup=not _says_no_cache(request.headers.get("cache-control", "")),
@@ -125,13 +125,31 @@ def _is_json(content_type: str) -> bool:
     )
 
 
+TEI_PATH = "/rerank"
+"""The one path that takes TEI's shape (beside Cohere's)."""
+
+
+async def note_wire_shape(request: Request) -> None:
+    """Mark a TEI-shaped request on ``/rerank`` before anything can refuse it, so that every
+    error it gets (the API key's, the content type's, the readiness's, its fields') leaves in
+    TEI's shape. FastAPI has read and parsed the body already: this reads its copy. (A body
+    over ``RERANKER_MAX_REQUEST_BYTES`` is refused before it is read, in Cohere's shape.)"""
+    if request.scope["path"] != TEI_PATH:
+        return
+    try:
+        body = await request.json()
+    except ValueError:  # not JSON at all: the body's own check answers it
+        return
+    if wire_shape(body) == "tei":
+        mark_tei(request)
+
+
 async def require_json_body(request: Request) -> None:
     """Rerank bodies are JSON and must say so: a form or text body is refused plainly (415)
     rather than reported as a missing object."""
     content_type = request.headers.get("content-type", "")
     if not _is_json(content_type):
         raise ApiError(
-            415,
             "unsupported_media_type",
             "send the body as JSON with 'Content-Type: application/json'",
             field="Content-Type",
@@ -147,7 +165,6 @@ async def require_api_key(request: Request, settings: SettingsDep) -> None:
     expected = settings.api_key.get_secret_value().encode()
     if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), expected):
         raise ApiError(
-            401,
             "unauthorized",
             "missing or invalid API key: send 'Authorization: Bearer <key>'",
             field="Authorization",

@@ -13,34 +13,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from reranker_service.api.error_table import ERROR_TYPES, engine_error_answer, error_type
 from reranker_service.api.middleware import BodyTooLargeError
 from reranker_service.api.protocol import (
     ErrorBody,
     ErrorDetail,
     ErrorResponse,
     TeiErrorResponse,
-    wire_shape,
 )
-from reranker_service.api.telemetry import note_error
+from reranker_service.api.record import note_error
 
 logger = structlog.get_logger(__name__)
 
 _MAX_ECHOED_CHARS = 100
 
-RETRY_AFTER_BUSY_SECONDS = 1
-"""Overloaded or timed out: capacity frees up within about a forward pass or two."""
-RETRY_AFTER_UNAVAILABLE_SECONDS = 5
-"""Loading or draining: another replica should take the retry."""
-
-
-def retry_after(seconds: int) -> dict[str, str]:
-    return {"Retry-After": str(seconds)}
-
 
 class ApiError(Exception):
+    """An error answer: its status, its metric label and its TEI name come from its type's row
+    of ``ERROR_TYPES``, and so does its ``Retry-After``."""
+
     def __init__(
         self,
-        status_code: int,
         error_type: str,
         message: str,
         *,
@@ -50,36 +43,37 @@ class ApiError(Exception):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.status_code = status_code
+        row = ERROR_TYPES[error_type]
+        self.status_code = row.status
         self.body = ErrorBody(
             type=error_type, message=message, field=field, limit=limit, value=value
         )
         self.headers = dict(headers or {})
+        if row.retry_after_seconds is not None:
+            self.headers.setdefault("Retry-After", str(row.retry_after_seconds))
 
 
 def unavailable(phase: Literal["loading", "draining"]) -> ApiError:
     """The 503 for a service that is not serving: still loading, or shutting down."""
     if phase == "draining":
-        error_type, message = "draining", "the service is shutting down"
-    else:
-        error_type, message = "not_ready", "the model is still loading"
-    return ApiError(503, error_type, message, headers=retry_after(RETRY_AFTER_UNAVAILABLE_SECONDS))
+        return ApiError("draining", "the service is shutting down")
+    return ApiError("not_ready", "the model is still loading")
 
 
-_TEI_ERROR_TYPES = {
-    "overloaded": "overloaded",
-    "timeout": "overloaded",
-    "not_ready": "unhealthy",
-    "draining": "unhealthy",
-    "oom": "backend",
-    "internal": "backend",
-    "device_failed": "backend",
-}
-"""Our error types in TEI's words (its ``ErrorType``); the rest are its ``validation``."""
+def engine_error(exc: Exception) -> ApiError:
+    """The answer to an error the engine raised, from its row of ``ENGINE_ERRORS``; one the
+    table does not know is an internal error, logged with its traceback."""
+    answer = engine_error_answer(exc)
+    if answer is None:
+        logger.error("scoring_failed", exc_info=exc)
+        return ApiError("internal", "internal error while scoring")
+    return ApiError(
+        answer.type, answer.message, field=answer.field, limit=answer.limit, value=answer.value
+    )
 
 
 def mark_tei(request: Request) -> None:
-    """This request came in TEI's shape: its errors leave in TEI's."""
+    """This request came in TEI's shape: its errors leave in TEI's (``deps.note_wire_shape``)."""
     request.state.tei = True
 
 
@@ -95,7 +89,7 @@ def error_response(
     content: Any
     if _is_tei(request):
         content = TeiErrorResponse(
-            error=body.message, error_type=_TEI_ERROR_TYPES.get(body.type, "validation")
+            error=body.message, error_type=error_type(body.type, status_code).tei
         ).model_dump(mode="json")
     else:
         content = ErrorResponse(error=body).model_dump(mode="json", exclude_none=True)
@@ -155,6 +149,27 @@ def _merged(errors: list[Mapping[str, Any]]) -> str:
     return "; ".join(messages)
 
 
+def _without_mismatched_members(
+    by_field: dict[str, list[Mapping[str, Any]]],
+) -> dict[str, list[Mapping[str, Any]]]:
+    """Leave out a union's members the input is not even of the type of, where a member it is
+    of failed inside: for ``{"text": 3}`` among ``documents``, the cause is ``text`` not being
+    a string, not the object not being one."""
+
+    def nested(field: str) -> bool:
+        return any(
+            other != field and other.startswith((f"{field}.", f"{field}[")) for other in by_field
+        )
+
+    return {
+        field: grouped
+        for field, grouped in by_field.items()
+        if not (
+            nested(field) and all(str(error.get("type", "")).endswith("_type") for error in grouped)
+        )
+    }
+
+
 def _limit(error: Mapping[str, Any]) -> int | float | None:
     context = error.get("ctx") or {}
     for key in ("ge", "gt", "le", "lt", "min_length", "max_length"):
@@ -166,8 +181,6 @@ def _limit(error: Mapping[str, Any]) -> int | float | None:
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    if request.url.path == "/rerank" and wire_shape(exc.body) == "tei":
-        mark_tei(request)
     errors = exc.errors()
     malformed = next((error for error in errors if error.get("type") == "json_invalid"), None)
     if malformed is not None:
@@ -183,6 +196,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     for error in errors:
         field = _field_path(tuple(error.get("loc", ())))
         by_field.setdefault(field, []).append(error)
+    by_field = _without_mismatched_members(by_field)
     details = [
         ErrorDetail(
             field=field,

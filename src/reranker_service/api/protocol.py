@@ -369,7 +369,10 @@ class DtypeChoiceInfo(BaseModel):
 
 
 class CacheInfo(BaseModel):
-    backend: str = Field(description="`memory`, `redis`, `memory+redis`, or `off`")
+    backend: str = Field(
+        description="the stores serving, nearest first, joined by `+` (`memory`, `redis`, "
+        "`memory+redis`), or `off`"
+    )
     size: int = Field(description="in-process entries at most (0: no in-process cache)")
     ttl_seconds: float
     redis: bool = Field(description="whether replicas share scores through Redis")

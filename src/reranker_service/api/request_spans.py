@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from reranker_service.api.telemetry import RerankRecord
+from reranker_service.api.record import RerankRecord
 from reranker_service.engine.rerank_engine import RerankOutcome
 
 # Attribute names: the service's own under ``reranker.``; ``error.type`` is the semantic

@@ -11,13 +11,7 @@ from collections.abc import Awaitable, Sequence
 import structlog
 
 from reranker_service.api.deps import RerankContext, RerankOptions
-from reranker_service.api.errors import (
-    RETRY_AFTER_BUSY_SECONDS,
-    RETRY_AFTER_UNAVAILABLE_SECONDS,
-    ApiError,
-    retry_after,
-    unavailable,
-)
+from reranker_service.api.errors import ApiError, engine_error
 from reranker_service.api.protocol import (
     ApiVersion,
     BilledUnits,
@@ -34,16 +28,10 @@ from reranker_service.api.protocol import (
     TeiRerankRequest,
     Usage,
 )
-from reranker_service.api.telemetry import RerankRecord
-from reranker_service.engine.prompt import PairTooLongError, Truncation
-from reranker_service.engine.rerank_engine import RerankOutcome, TooManyPairsError
-from reranker_service.engine.runner.protocol import DeviceLostError
-from reranker_service.engine.scheduler.jobs import (
-    EngineStoppedError,
-    NonFiniteScoresError,
-    PairTooLargeError,
-    QueueFullError,
-)
+from reranker_service.api.record import RerankRecord
+from reranker_service.engine.prompt import Truncation
+from reranker_service.engine.rerank_engine import RerankOutcome
+from reranker_service.engine.scoring import probability
 
 logger = structlog.get_logger(__name__)
 
@@ -51,7 +39,6 @@ logger = structlog.get_logger(__name__)
 def _check_limits(count: int, options: RerankOptions, field: str = "documents") -> None:
     if count > options.max_documents:
         raise ApiError(
-            413,
             "payload_too_large",
             f"too many documents: {count} > {options.max_documents}",
             field=field,
@@ -65,7 +52,6 @@ def _windows(requested: int | None, options: RerankOptions) -> int:
     windows = requested or options.max_chunks_per_doc
     if windows > options.max_chunks_limit:
         raise ApiError(
-            422,
             "validation",
             f"max_chunks_per_doc: at most {options.max_chunks_limit} (RERANKER_MAX_CHUNKS_LIMIT)",
             field="max_chunks_per_doc",
@@ -89,11 +75,9 @@ async def _outcome_within(
         if not deadline.expired():
             raise
         raise ApiError(
-            504,
             "timeout",
             f"not scored within {timeout_seconds:g} s; its queued pairs were dropped",
             limit=timeout_seconds,
-            headers=retry_after(RETRY_AFTER_BUSY_SECONDS),
         ) from None
 
 
@@ -108,7 +92,7 @@ async def _run_engine(
     priority: int | None,
 ) -> RerankOutcome:
     """The engine's outcome for the request, within its deadline; the engine's errors become
-    API errors."""
+    API errors (``error_table.ENGINE_ERRORS``)."""
     options = context.options
     try:
         return await _outcome_within(
@@ -125,62 +109,9 @@ async def _run_engine(
         )
     except ApiError:
         raise
-    except PairTooLongError as exc:
-        raise ApiError(
-            413,
-            "payload_too_large",
-            f"{exc}; send truncate: true to have it cut",
-            field=f"texts.{exc.index}",
-            limit=exc.max_length,
-            value=exc.tokens,
-        ) from None
-    except TooManyPairsError as exc:
-        raise ApiError(
-            413,
-            "payload_too_large",
-            f"{exc}: fewer documents or a lower max_chunks_per_doc would fit "
-            "(RERANKER_MAX_REQUEST_PAIRS)",
-            field="documents",
-            limit=exc.limit,
-            value=exc.pairs,
-        ) from None
-    except QueueFullError as exc:
-        raise ApiError(
-            429,
-            "overloaded",
-            f"server busy: {exc.queued} pairs queued, limit {exc.limit}; retry shortly",
-            field="documents",
-            limit=exc.limit,
-            value=exc.queued + exc.requested,
-            headers=retry_after(RETRY_AFTER_BUSY_SECONDS),
-        ) from None
-    except PairTooLargeError as exc:
-        raise ApiError(
-            503,
-            "oom",
-            f"{exc}, even alone; shorter documents or a lower RERANKER_MAX_LENGTH would fit",
-            field="documents",
-            value=exc.tokens,
-        ) from None
-    except EngineStoppedError:
-        raise unavailable("draining") from None
-    except DeviceLostError as exc:
-        # Logged by the engine (device_lost); /health fails, so the replica gets restarted.
-        raise ApiError(
-            503,
-            "device_failed",
-            f"the device failed and this replica must be restarted ({exc})",
-            headers=retry_after(RETRY_AFTER_UNAVAILABLE_SECONDS),
-        ) from None
-    except NonFiniteScoresError as exc:
-        # Logged by the engine with its pass (non_finite_scores); the client gets no number.
-        raise ApiError(
-            500, "internal", f"the model gave {exc.pairs} document(s) no finite score"
-        ) from None
     except Exception as exc:
         # Answered here, inside the middleware, so the 500 still carries its request id.
-        logger.exception("scoring_failed")
-        raise ApiError(500, "internal", "internal error while scoring") from exc
+        raise engine_error(exc) from exc
 
 
 def build_response(
@@ -231,10 +162,15 @@ def _score_stddev(scores: Sequence[float]) -> float | None:
     return math.sqrt(math.fsum((score - mean) ** 2 for score in scores) / len(scores))
 
 
-def _note_outcome(record: RerankRecord, outcome: RerankOutcome) -> None:
+def _note_outcome(record: RerankRecord, outcome: RerankOutcome, *, raw_scores: bool) -> None:
+    """The outcome on the record, with the quality signals in P(yes) whatever the response
+    carries: a histogram of probabilities takes no logits."""
     record.outcome = outcome
-    record.top1_score = max(outcome.scores) if outcome.scores else None
-    record.score_stddev = _score_stddev(outcome.scores)
+    probabilities = (
+        [probability(score) for score in outcome.scores] if raw_scores else outcome.scores
+    )
+    record.top1_probability = max(probabilities) if probabilities else None
+    record.probability_stddev = _score_stddev(probabilities)
 
 
 def _start(context: RerankContext, query: str, documents: int, top_n: int | None = None) -> None:
@@ -264,7 +200,7 @@ async def rerank(body: RerankRequest, context: RerankContext, api_version: str) 
         raw_scores=body.raw_scores,
         priority=body.priority,
     )
-    _note_outcome(record, outcome)
+    _note_outcome(record, outcome, raw_scores=body.raw_scores)
     return build_response(
         body,
         outcome,
@@ -293,7 +229,7 @@ async def tei_rerank(body: TeiRerankRequest, context: RerankContext) -> list[Tei
         raw_scores=body.raw_scores,
         priority=body.priority,
     )
-    _note_outcome(record, outcome)
+    _note_outcome(record, outcome, raw_scores=body.raw_scores)
     return [
         TeiRank(
             index=index,
@@ -311,7 +247,6 @@ async def score_pairs(body: ScoreRequest, context: RerankContext) -> ScoreRespon
     _start(context, queries[0] if queries else "", len(body.text_2))
     if len(queries) not in (1, len(body.text_2)):
         raise ApiError(
-            422,
             "validation",
             f"text_1 has {len(queries)} entries: give one, or one per entry of text_2 "
             f"({len(body.text_2)})",
@@ -332,7 +267,7 @@ async def score_pairs(body: ScoreRequest, context: RerankContext) -> ScoreRespon
         raw_scores=body.raw_scores,
         priority=body.priority,
     )
-    _note_outcome(record, outcome)
+    _note_outcome(record, outcome, raw_scores=body.raw_scores)
     tokens = outcome.total_tokens
     return ScoreResponse(
         id=f"score-{context.request_id}",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gzip
-from typing import Annotated, Any
+from collections.abc import Mapping
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client.exposition import choose_encoder
 from pydantic import BaseModel, TypeAdapter
 
@@ -17,10 +19,11 @@ from reranker_service.api.deps import (
     LifecycleDep,
     RerankContextDep,
     SettingsDep,
+    note_wire_shape,
     require_api_key,
     require_json_body,
 )
-from reranker_service.api.errors import mark_tei
+from reranker_service.api.error_table import openapi_responses
 from reranker_service.api.protocol import (
     AnyRerankRequest,
     CacheInfo,
@@ -40,6 +43,8 @@ from reranker_service.api.protocol import (
     TeiRerankRequest,
 )
 from reranker_service.api.rerank import rerank, score_pairs, tei_rerank
+from reranker_service.engine.score_cache import ScoreCache
+from reranker_service.settings import Settings
 
 _JSON = "application/json"
 _TEI_RANKS = TypeAdapter(list[TeiRank])
@@ -49,24 +54,12 @@ PROBE_PATHS = frozenset({"/health", "/ready", METRICS_PATH})
 """Hit every few seconds by health checks and scrapers: left out of the HTTP latency figures,
 and their access lines are written at debug unless they fail."""
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": description}
-    for code, description in {
-        400: "Malformed JSON",
-        401: "Missing or wrong API key",
-        413: "Too many documents or too large a body",
-        415: "The body is not sent as JSON",
-        422: "Invalid field",
-        429: "Overloaded; retry after the Retry-After header",
-        503: "Loading, shutting down, one document too large for device memory (oom), or "
-        "the device failed for good (device_failed: the replica must be restarted)",
-        504: "Not scored within RERANKER_REQUEST_TIMEOUT_SECONDS; its queued pairs were dropped",
-    }.items()
-}
+_ERRORS = openapi_responses(ErrorResponse)
 
 rerank_router = APIRouter(
     tags=["rerank"],
-    dependencies=[Depends(require_api_key), Depends(require_json_body)],
+    # The body's shape first: TEI's requests get every error in TEI's shape, the key's too.
+    dependencies=[Depends(note_wire_shape), Depends(require_api_key), Depends(require_json_body)],
     responses=_ERRORS,
 )
 ops_router = APIRouter(tags=["operations"])
@@ -101,7 +94,6 @@ async def _rerank_or_tei(
     """``/rerank``: Cohere v1 / Jina, or TEI's shape when the body has ``texts``."""
     with context.lifecycle.serving():
         if isinstance(body, TeiRerankRequest):
-            mark_tei(request)
             return _json(await tei_rerank(body, context))
         return _json(await rerank(body, context, "1"))
 
@@ -117,8 +109,6 @@ _RERANK_ROUTES = (
     ("/v2/rerank", "2", "Rerank documents (Cohere v2 shape)"),
 )
 SCORE_PATH = "/score"
-RERANK_PATHS = frozenset({"/rerank", SCORE_PATH} | {path for path, _, _ in _RERANK_ROUTES})
-"""Routes that score: watched by the rerank telemetry."""
 
 rerank_router.add_api_route(
     "/rerank",
@@ -131,6 +121,7 @@ rerank_router.add_api_route(
     "Inference's, answered with a bare list of `{index, score, text?}`, best first, and errors "
     "as `{error, error_type}`.",
     operation_id="rerank",
+    name="rerank",
     # A TEI-shaped request's errors come in TEI's shape.
     responses={
         code: {**answer, "model": ErrorResponse | TeiErrorResponse}
@@ -146,6 +137,7 @@ for _path, _api_version, _summary in _RERANK_ROUTES:
         response_model_exclude_none=True,
         summary=_summary,
         operation_id="rerank" + _path.replace("/", "_").removesuffix("_rerank"),
+        name="rerank",
     )
 rerank_router.add_api_route(
     SCORE_PATH,
@@ -156,7 +148,15 @@ rerank_router.add_api_route(
     description="Each `text_2` entry against its own `text_1` entry, or all against one. "
     "Scores in request order; the same queue, batching and metrics as rerank.",
     operation_id="score",
+    name="score",
 )
+
+SCORING_SPANS: Final[Mapping[str, str]] = {
+    route.path: route.name for route in rerank_router.routes if isinstance(route, APIRoute)
+}
+"""Every route of the scoring router, with the name its span takes (``rerank``, ``score``)."""
+RERANK_PATHS: Final = frozenset(SCORING_SPANS)
+"""Routes that score: each request on them gets a record and its telemetry."""
 
 
 @ops_router.get(
@@ -188,8 +188,18 @@ async def ready(lifecycle: LifecycleDep) -> JSONResponse:
     return JSONResponse({"status": phase}, status_code=status_code)
 
 
+def _cache_info(cache: ScoreCache | None, settings: Settings) -> CacheInfo:
+    """The cache's stores as built (the names they give themselves), with its settings."""
+    return CacheInfo(
+        backend=cache.backend if cache is not None else "off",
+        size=settings.cache_size,
+        ttl_seconds=settings.cache_ttl_seconds,
+        redis=cache is not None and cache.shared,
+    )
+
+
 @ops_router.get("/info", response_model=InfoResponse, summary="What is served, with its limits")
-async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
+async def info(engine: EngineDep, settings: SettingsDep, request: Request) -> InfoResponse:
     model = engine.description
     runners = {
         status.device: RunnerInfo(
@@ -234,17 +244,7 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
         max_request_bytes=settings.max_request_bytes,
         default_instruction=settings.default_instruction,
         auth_required=settings.api_key is not None,
-        cache=CacheInfo(
-            backend="+".join(
-                name
-                for name, on in (("memory", settings.cache_size), ("redis", settings.cache_url))
-                if on
-            )
-            or "off",
-            size=settings.cache_size,
-            ttl_seconds=settings.cache_ttl_seconds,
-            redis=settings.cache_url is not None,
-        ),
+        cache=_cache_info(request.app.state.score_cache, settings),
         version=__version__,
     )
 

@@ -10,70 +10,21 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from opentelemetry import trace
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from reranker_service.api.error_table import error_type
+from reranker_service.api.record import RerankRecord, attach_record
+from reranker_service.api.request_spans import RequestSpans
 from reranker_service.engine.rerank_engine import RerankOutcome
 from reranker_service.observability.metrics import SERVER_ERROR_TYPES, ServiceMetrics
 from reranker_service.observability.tracing import sampled_trace_id
 
-if TYPE_CHECKING:
-    from reranker_service.api.request_spans import RequestSpans
-
 logger = structlog.get_logger("reranker_service.requests")
-
-_RECORD_KEY = "rerank_record"
-
-# What each error body type counts as in ``reranker_request_errors_total{type}``.
-_METRIC_ERROR_TYPE = {
-    "validation": "validation",
-    "unsupported_media_type": "validation",
-    "invalid_json": "validation",
-    "method_not_allowed": "validation",
-    "not_found": "validation",
-    "payload_too_large": "payload_too_large",
-    "unauthorized": "unauthorized",
-    "overloaded": "overloaded",
-    "timeout": "timeout",
-    "oom": "oom",
-    "internal": "internal",
-    "device_failed": "internal",
-    "not_ready": "unavailable",
-    "draining": "unavailable",
-    "client_disconnected": "client_disconnected",
-}
-
-
-@dataclass
-class RerankRecord:
-    """What one rerank request did, filled in while it runs."""
-
-    error: str | None = None
-    """The error body's ``type``, once an error response is built."""
-    model: str | None = None
-    doc_count: int | None = None
-    query: str | None = None
-    top_n: int | None = None
-    outcome: RerankOutcome | None = None
-    """What the engine did: scores, tokens, windows and where the time went."""
-    top1_score: float | None = None
-    score_stddev: float | None = None
-
-
-def record_of(scope: Scope) -> RerankRecord | None:
-    """The request's record, if its route is one the telemetry middleware watches."""
-    record = scope.get("state", {}).get(_RECORD_KEY)
-    return record if isinstance(record, RerankRecord) else None
-
-
-def note_error(scope: Scope, error_type: str) -> None:
-    record = record_of(scope)
-    if record is not None:
-        record.error = error_type
 
 
 def _error_type(record: RerankRecord, status: int | None) -> str | None:
@@ -84,11 +35,11 @@ def _error_type(record: RerankRecord, status: int | None) -> str | None:
 
 
 def metric_error_type(error: str | None, status: int | None) -> str:
+    """The failure's ``type`` label: its error type's (``ERROR_TYPES``), or, for a response
+    that never started without an error noted, the client's leaving."""
     if status is None and error is None:
         return "client_disconnected"
-    if error in _METRIC_ERROR_TYPE:
-        return _METRIC_ERROR_TYPE[error]
-    return "internal" if status is None or status >= 500 else "validation"
+    return error_type(error, status).metric
 
 
 @dataclass
@@ -141,7 +92,7 @@ def _timing_headers(outcome: RerankOutcome | None, total_seconds: float) -> dict
         headers[header] = f"{seconds * 1000:.3f}"
         server_timing.append(f"{name};dur={headers[header]}")
     if outcome is not None:
-        headers["x-compute-tokens"] = str(outcome.total_tokens)
+        headers["x-compute-tokens"] = str(outcome.computed_tokens)
         headers["x-reranker-cache"] = outcome.cache_result
         server_timing.append(f"engine;dur={outcome.engine_seconds * 1000:.3f}")
     headers["server-timing"] = ", ".join(server_timing)
@@ -180,8 +131,7 @@ class RerankTelemetryMiddleware:
     async def _watch(self, scope: Scope, receive: Receive, send: Send, span: trace.Span) -> None:
         """Run the route; ``span`` (current while it runs) ends with the response, as the HTTP
         server span does, or when the route ends without one."""
-        record = RerankRecord()
-        scope.setdefault("state", {})[_RECORD_KEY] = record
+        record = attach_record(scope)
         started = time.perf_counter()
         # When the last of the response left: the latency's end, before the span is written.
         answered: float | None = None
@@ -263,8 +213,8 @@ class RerankTelemetryMiddleware:
             latency_seconds=seconds,
             documents=record.doc_count or 0,
             tokens=outcome.total_tokens if outcome is not None else 0,
-            top1_score=record.top1_score,
-            score_stddev=record.score_stddev,
+            top1_score=record.top1_probability,
+            score_stddev=record.probability_stddev,
             windows=outcome.windows if outcome is not None else (),
             trace_id=trace_id,
         )
@@ -279,8 +229,8 @@ class RerankTelemetryMiddleware:
             tokenize_ms=_milliseconds(outcome.tokenize_seconds if outcome else None),
             queue_ms=_milliseconds(outcome.queue_seconds if outcome else None),
             inference_ms=_milliseconds(outcome.inference_seconds if outcome else None),
-            top1_score=record.top1_score,
-            score_std=record.score_stddev,  # the log key is public
+            top1_score=record.top1_probability,  # the log keys are public
+            score_std=record.probability_stddev,
             top_n=record.top_n,
             **self._log_policy.query_field(record),
         )

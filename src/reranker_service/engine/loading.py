@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import structlog
 import torch
 
@@ -73,6 +74,18 @@ _NO_HUB_HINT = (
     "; if this machine has no network, set HF_HUB_OFFLINE=1 and serve a model already in the "
     "hub cache or a local directory (reranker-make-test-model ./test-model makes a small one)"
 )
+_OFFLINE_HINT = (
+    "; HF_HUB_OFFLINE is set, so only a model already in the hub cache (HF_HOME) or a local "
+    "directory can be served (reranker-make-test-model ./test-model makes a small one)"
+)
+
+
+def _hub_hint(reason: str) -> str:
+    """What to do about a model the hub could not give: go offline, or, already offline,
+    serve what is here."""
+    if "couldn't connect" not in reason and "offline" not in reason.lower():
+        return ""
+    return _OFFLINE_HINT if huggingface_hub.is_offline_mode() else _NO_HUB_HINT
 
 
 def _looks_like_a_path(model: str) -> bool:
@@ -103,8 +116,9 @@ def load_model(options: LoadOptions) -> ServedModel:
         raise
     except Exception as exc:
         reason = first_line(exc)
-        hint = _NO_HUB_HINT if "couldn't connect" in reason or "offline" in reason.lower() else ""
-        raise ModelLoadError(f"cannot load model {options.model!r}: {reason}{hint}") from exc
+        raise ModelLoadError(
+            f"cannot load model {options.model!r}: {reason}{_hub_hint(reason)}"
+        ) from exc
     choice_fields: dict[str, Any] = {}
     if cpu_choice is not None:
         choice_fields["dtype_reason"] = cpu_choice.reason

@@ -105,6 +105,10 @@ class RerankOutcome:
     """Pairs looked up in the score cache and not found (computed, then stored)."""
     cache_lookup_seconds: float | None = None
     """Time the lookup took; None when there was none (no cache, or ``no-cache``)."""
+    computed_tokens: int = 0
+    """Tokens the model computed for this request: those of the pairs its own passes scored,
+    less the prefix tokens they read from a held prefix. 0 when the cache (or another request
+    computing the same pairs) answered every pair."""
 
     @property
     def total_tokens(self) -> int:
@@ -388,6 +392,9 @@ class RerankEngine:
             inference_seconds += result.inference_seconds
             passes += result.passes
         computed_here = len(here) + len(orphaned)
+        computed_tokens = sum(len(pairs[index]) for index in (*here, *orphaned)) - sum(
+            share.reused_tokens for share in passes
+        )
         logits = iter(
             [computed[index] if score is None else score for index, score in enumerate(found)]
         )
@@ -409,4 +416,5 @@ class RerankEngine:
             cache_hits=hits,
             cache_misses=computed_here if lookup_seconds is not None else 0,
             cache_lookup_seconds=lookup_seconds,
+            computed_tokens=computed_tokens,
         )
