@@ -114,6 +114,26 @@ def test_a_probe_abandoned_on_its_way_lets_the_next_call_probe() -> None:
     assert _state(breaker) is BreakerState.CLOSED
 
 
+def test_while_half_open_only_the_probe_decides() -> None:
+    """A call made before the breaker opened may end while the probe is out (a timeout as
+    long as the back-off): its failure neither reopens the breaker nor hides the probe's
+    answer."""
+    clock = FakeClock()
+    breaker = CircuitBreaker("redis", clock=clock)
+    calls = [breaker.allow() for _ in range(FAILURES_TO_OPEN + 1)]
+    for call in calls[:FAILURES_TO_OPEN]:
+        breaker.failed(call)
+    assert _state(breaker) is BreakerState.OPEN
+    clock.advance(FIRST_BACKOFF_SECONDS)
+    probe = breaker.allow()
+    assert probe is not None
+    assert probe.probe
+    breaker.failed(calls[-1])  # the straggler
+    assert _state(breaker) is BreakerState.HALF_OPEN
+    breaker.succeeded(probe)
+    assert _state(breaker) is BreakerState.CLOSED
+
+
 def test_answers_to_calls_made_before_it_opened_change_nothing() -> None:
     clock = FakeClock()
     breaker = _opened(clock)

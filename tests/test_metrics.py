@@ -13,9 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
-from reranker_service.engine.runner.protocol import ServedModel
+from reranker_service.engine.runner.protocol import (
+    BatchTooLargeError,
+    PassBatch,
+    PendingScores,
+    ServedModel,
+)
 from reranker_service.engine.scoring import probability
-from tests.conftest import AppFactory, GatedModel, asgi_client
+from tests.conftest import AppFactory, GatedModel, RunnerWrapper, asgi_client
 from tests.exposition import scrape
 from tests.fake_nvml import FakeGpu, FakeNvml
 
@@ -320,3 +325,38 @@ async def test_compute_tokens_counts_what_the_model_computed(app_factory: AppFac
     assert cached.headers["x-reranker-cache"] == "hit"
     assert cached.headers["x-compute-tokens"] == "0"
     assert cached.json()["usage"]["total_tokens"] == computed.json()["usage"]["total_tokens"]
+
+
+class OutOfMemoryOnce(RunnerWrapper):
+    """The real model, whose first pass of more than one pair once armed runs out of device
+    memory."""
+
+    def __init__(self, model: ServedModel) -> None:
+        super().__init__(model)
+        self.armed = self.failed = False
+
+    def launch(self, batch: PassBatch) -> PendingScores:
+        if self.armed and not self.failed and len(batch.pairs) > 1:
+            self.failed = True
+            raise BatchTooLargeError("out of memory")
+        return super().launch(batch)
+
+
+async def test_compute_tokens_count_a_pass_redone_in_halves_once(
+    app_factory: AppFactory, scoring_model: ServedModel
+) -> None:
+    """A pass that ran out of memory computed nothing its halves did not compute again: the
+    request computed what the same request computes in one pass."""
+    runner = OutOfMemoryOnce(scoring_model)
+    payload = {"query": "capital?", "documents": ["Paris.", "Berlin is in Germany.", "A", "B c"]}
+    async with asgi_client(app_factory(model=runner)) as http:
+        runner.armed = True  # after the start-up's passes
+        halved = await http.post("/v2/rerank", json=payload)
+        whole = await http.post("/v2/rerank", json=payload)
+    assert runner.failed
+    scores = [
+        {result["index"]: result["relevance_score"] for result in answer.json()["results"]}
+        for answer in (halved, whole)
+    ]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-5)
+    assert int(halved.headers["x-compute-tokens"]) == int(whole.headers["x-compute-tokens"]) > 0

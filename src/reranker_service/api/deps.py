@@ -138,8 +138,8 @@ async def note_wire_shape(request: Request) -> None:
         return
     try:
         body = await request.json()
-    except ValueError:  # not JSON at all: the body's own check answers it
-        return
+    except (ValueError, RecursionError):  # not JSON (or nested past the parser's depth):
+        return  # the body's own checks answer it
     if wire_shape(body) == "tei":
         mark_tei(request)
 

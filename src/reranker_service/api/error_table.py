@@ -2,7 +2,7 @@
 its name in TEI's error shape and its OpenAPI description; and every engine error a request can
 meet, with the error it is answered as.
 
-A new error type is one row of ``ERROR_TYPES``; a new engine error is one row of
+A new error type is one row of ``API_ERRORS``; a new engine error is one row of
 ``ENGINE_ERRORS`` (``tests/test_error_table.py`` fails for an engine exception that has none).
 """
 
@@ -48,7 +48,7 @@ class ErrorType:
     """The ``Retry-After`` it is answered with, if a retry can succeed soon."""
 
 
-ERROR_TYPES: Final[Mapping[str, ErrorType]] = {
+API_ERRORS: Final[Mapping[str, ErrorType]] = {
     "invalid_json": ErrorType(400, "validation", "validation", "Malformed JSON"),
     "unauthorized": ErrorType(401, "unauthorized", "validation", "Missing or wrong API key"),
     "not_found": ErrorType(404, "validation", "validation", "No such route"),
@@ -99,21 +99,21 @@ ERROR_TYPES: Final[Mapping[str, ErrorType]] = {
 """Keyed by the ``type`` of the error body."""
 
 UNLISTED_CLIENT_ERROR: Final = ErrorType(400, "validation", "validation", "Bad request")
-UNLISTED_SERVER_ERROR: Final = ERROR_TYPES["internal"]
+UNLISTED_SERVER_ERROR: Final = API_ERRORS["internal"]
 
 
-def error_type(name: str | None, status: int | None = None) -> ErrorType:
+def error_row(name: str | None, status: int | None = None) -> ErrorType:
     """The row of ``name``; for a name with none (an HTTP error of the framework's own), the
     row its status class falls in."""
-    if name is not None and name in ERROR_TYPES:
-        return ERROR_TYPES[name]
+    if name is not None and name in API_ERRORS:
+        return API_ERRORS[name]
     return UNLISTED_SERVER_ERROR if status is None or status >= 500 else UNLISTED_CLIENT_ERROR
 
 
 def openapi_responses(model: Any) -> dict[int | str, dict[str, Any]]:
     """The scoring routes' error responses: each status once, with what its types mean."""
     by_status: dict[int, list[str]] = {}
-    for row in ERROR_TYPES.values():
+    for row in API_ERRORS.values():
         if row.status != CLIENT_CLOSED_STATUS and row.status not in (404, 405):
             by_status.setdefault(row.status, []).append(row.description)
     return {

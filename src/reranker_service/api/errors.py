@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from reranker_service.api.error_table import ERROR_TYPES, engine_error_answer, error_type
+from reranker_service.api.error_table import API_ERRORS, engine_error_answer, error_row
 from reranker_service.api.middleware import BodyTooLargeError
 from reranker_service.api.protocol import (
     ErrorBody,
@@ -30,7 +30,7 @@ _MAX_ECHOED_CHARS = 100
 
 class ApiError(Exception):
     """An error answer: its status, its metric label and its TEI name come from its type's row
-    of ``ERROR_TYPES``, and so does its ``Retry-After``."""
+    of ``API_ERRORS``, and so does its ``Retry-After``."""
 
     def __init__(
         self,
@@ -43,7 +43,7 @@ class ApiError(Exception):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        row = ERROR_TYPES[error_type]
+        row = API_ERRORS[error_type]
         self.status_code = row.status
         self.body = ErrorBody(
             type=error_type, message=message, field=field, limit=limit, value=value
@@ -89,7 +89,7 @@ def error_response(
     content: Any
     if _is_tei(request):
         content = TeiErrorResponse(
-            error=body.message, error_type=error_type(body.type, status_code).tei
+            error=body.message, error_type=error_row(body.type, status_code).tei
         ).model_dump(mode="json")
     else:
         content = ErrorResponse(error=body).model_dump(mode="json", exclude_none=True)

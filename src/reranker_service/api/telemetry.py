@@ -17,7 +17,7 @@ from opentelemetry import trace
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from reranker_service.api.error_table import error_type
+from reranker_service.api.error_table import error_row
 from reranker_service.api.record import RerankRecord, attach_record
 from reranker_service.api.request_spans import RequestSpans
 from reranker_service.engine.rerank_engine import RerankOutcome
@@ -39,7 +39,7 @@ def metric_error_type(error: str | None, status: int | None) -> str:
     that never started without an error noted, the client's leaving."""
     if status is None and error is None:
         return "client_disconnected"
-    return error_type(error, status).metric
+    return error_row(error, status).metric
 
 
 @dataclass

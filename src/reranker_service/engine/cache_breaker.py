@@ -67,6 +67,14 @@ def _ignore(is_open: bool) -> None:
     return None
 
 
+@dataclass(frozen=True, eq=False)
+class Call:
+    """A call the breaker let through; its result is reported with it, so that while the
+    breaker is half-open only the probe's result decides, not a call made before it opened."""
+
+    probe: bool
+
+
 class CircuitBreaker:
     """Ask ``allow()`` before a call; report how it ended with ``succeeded()``, ``failed()`` or
     ``abandoned()``. ``on_open_change`` hears ``True`` when the breaker opens after working,
@@ -88,6 +96,7 @@ class CircuitBreaker:
         self._failures_in_a_row = 0
         self._backoff_seconds = policy.first_backoff_seconds
         self._probe_at = 0.0
+        self._probe: Call | None = None
         self._opened_at = 0.0
         self._refused = 0
         """Calls refused since it opened."""
@@ -100,42 +109,48 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         return self._state
 
-    def allow(self) -> bool:
-        """Whether to make the call: always while closed; once the back-off has ended, to one
+    def allow(self) -> Call | None:
+        """The call to make, or None: always while closed; once the back-off has ended, to one
         call, the probe; otherwise not (the call is counted as refused)."""
         if self._state is BreakerState.CLOSED:
-            return True
+            return Call(probe=False)
         if self._state is BreakerState.OPEN and self._clock() >= self._probe_at:
             self._state = BreakerState.HALF_OPEN
-            return True
+            self._probe = Call(probe=True)
+            return self._probe
         self._refused += 1
-        return False
+        return None
 
-    def succeeded(self) -> None:
-        """The store answered. While open, the answer is to a call made before it opened: the
-        probe decides, not a straggler."""
+    def _decides(self, call: Call | None) -> bool:
+        """Whether a half-open breaker takes this result: the probe's (or, reported without
+        its call, the one call that went out)."""
+        return self._state is BreakerState.HALF_OPEN and (call is None or call is self._probe)
+
+    def succeeded(self, call: Call | None = None) -> None:
+        """The store answered. While open, the answer is to a call made before it opened, and
+        while half-open only the probe decides, not a straggler."""
         if self._state is BreakerState.CLOSED:
             self._failures_in_a_row = 0
-        elif self._state is BreakerState.HALF_OPEN:
+        elif self._decides(call):
             self._close()
 
-    def failed(self) -> None:
+    def failed(self, call: Call | None = None) -> None:
         """The store failed or timed out."""
         if self._state is BreakerState.CLOSED:
             self._failures_in_a_row += 1
             if self._failures_in_a_row >= self._policy.failures_to_open:
                 self._open()
-        elif self._state is BreakerState.HALF_OPEN:
+        elif self._decides(call):
             self._backoff_seconds = min(
                 self._backoff_seconds * BACKOFF_GROWTH, self._policy.max_backoff_seconds
             )
             self._state = BreakerState.OPEN
             self._probe_at = self._clock() + self._backoff_seconds
 
-    def abandoned(self) -> None:
+    def abandoned(self, call: Call | None = None) -> None:
         """A call ended with neither (its request was cancelled). Were it the probe, the
         breaker would wait for its end forever: the next call probes instead."""
-        if self._state is BreakerState.HALF_OPEN:
+        if self._decides(call):
             self._state = BreakerState.OPEN
             self._probe_at = self._clock()
 

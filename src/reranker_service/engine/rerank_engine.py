@@ -107,7 +107,8 @@ class RerankOutcome:
     """Time the lookup took; None when there was none (no cache, or ``no-cache``)."""
     computed_tokens: int = 0
     """Tokens the model computed for this request: those of the pairs its own passes scored,
-    less the prefix tokens they read from a held prefix. 0 when the cache (or another request
+    less the prefix tokens they read from a held prefix (a pass that ran out of memory and was
+    redone in halves counts once, as its halves). 0 when the cache (or another request
     computing the same pairs) answered every pair."""
 
     @property
@@ -393,7 +394,7 @@ class RerankEngine:
             passes += result.passes
         computed_here = len(here) + len(orphaned)
         computed_tokens = sum(len(pairs[index]) for index in (*here, *orphaned)) - sum(
-            share.reused_tokens for share in passes
+            share.reused_tokens for share in passes if not share.failed
         )
         logits = iter(
             [computed[index] if score is None else score for index, score in enumerate(found)]

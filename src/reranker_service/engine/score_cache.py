@@ -25,7 +25,12 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from cachetools import TTLCache
 
-from reranker_service.engine.cache_breaker import BREAKER_POLICY, BreakerPolicy, CircuitBreaker
+from reranker_service.engine.cache_breaker import (
+    BREAKER_POLICY,
+    BreakerPolicy,
+    Call,
+    CircuitBreaker,
+)
 
 logger = structlog.get_logger(__name__)
 
@@ -184,9 +189,9 @@ class RedisStore:
         """Writes started and not finished: a response never waits for them."""
         return len(self._writes)
 
-    def _failed(self, operation: str, exc: BaseException) -> None:
+    def _failed(self, operation: str, exc: BaseException, call: Call) -> None:
         self._events.on_error(self.name)
-        self.breaker.failed()
+        self.breaker.failed(call)
         self._errors_unlogged += 1
         now = self._clock()
         if self._logged_at is None or now - self._logged_at >= ERROR_LOG_SECONDS:
@@ -200,34 +205,37 @@ class RedisStore:
             )
             self._logged_at, self._errors_unlogged = now, 0
 
-    def _allowed(self) -> bool:
-        """Whether the breaker lets a call through; a refused one is counted as skipped."""
-        if self.breaker.allow():
-            return True
-        self._events.on_skipped(self.name)
-        return False
+    def _allowed(self) -> Call | None:
+        """The call the breaker lets through, if it does; a refused one is counted as skipped."""
+        call = self.breaker.allow()
+        if call is None:
+            self._events.on_skipped(self.name)
+        return call
 
-    async def _send(self, operation: str, command: Callable[[], Awaitable[_T]]) -> _T | None:
+    async def _send(
+        self, operation: str, command: Callable[[], Awaitable[_T]], call: Call
+    ) -> _T | None:
         """``command``'s answer, or None when it failed or timed out; the breaker hears which."""
         try:
             async with asyncio.timeout(self._timeout):
                 answer = await command()
         except asyncio.CancelledError:
-            self.breaker.abandoned()
+            self.breaker.abandoned(call)
             raise
         except Exception as exc:
-            self._failed(operation, exc)
+            self._failed(operation, exc, call)
             return None
-        self.breaker.succeeded()
+        self.breaker.succeeded(call)
         return answer
 
     async def get_many(self, keys: Sequence[bytes]) -> list[float | None]:
         if not keys:
             return []
-        if not self._allowed():
+        call = self._allowed()
+        if call is None:
             return [None] * len(keys)
         prefixed = [self.KEY_PREFIX + key for key in keys]
-        values = await self._send("get", lambda: self._client.mget(prefixed))
+        values = await self._send("get", lambda: self._client.mget(prefixed), call)
         if values is None:
             return [None] * len(keys)
         return [
@@ -237,17 +245,24 @@ class RedisStore:
 
     async def put_many(self, entries: Sequence[tuple[bytes, float]]) -> None:
         """Written in the background: a response never waits for Redis to store."""
-        if not entries or not self._allowed():
+        if not entries:
             return
-        task = asyncio.create_task(self._write(list(entries)))
+        call = self._allowed()
+        if call is None:
+            return
+        task = asyncio.create_task(self._write(list(entries), call))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
-    async def _write(self, entries: list[tuple[bytes, float]]) -> None:
-        pipeline = self._client.pipeline(transaction=False)
-        for key, score in entries:
-            pipeline.set(self.KEY_PREFIX + key, _VALUE.pack(score), ex=self._ttl)
-        await self._send("put", pipeline.execute)
+    async def _write(self, entries: list[tuple[bytes, float]], call: Call) -> None:
+        async def write() -> list[Any]:
+            # Built inside the call: whatever fails here, the breaker hears of it.
+            pipeline = self._client.pipeline(transaction=False)
+            for key, score in entries:
+                pipeline.set(self.KEY_PREFIX + key, _VALUE.pack(score), ex=self._ttl)
+            return await pipeline.execute()
+
+        await self._send("put", write, call)
 
     async def flush_writes(self) -> None:
         """Wait for the writes started so far (tests, shutdown)."""

@@ -86,6 +86,8 @@ class PassShare:
     reused_tokens: int
     """Prefix tokens the request's pairs read from its cache instead of computing them."""
     device: str
+    failed: bool = False
+    """The pass failed (out of memory: its pairs ran again in halves); it scored nothing."""
 
 
 @dataclass(frozen=True)

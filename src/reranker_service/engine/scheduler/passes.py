@@ -137,4 +137,6 @@ class PassRecord:
 
     def share(self, job: ScoringJob) -> PassShare:
         count, reused = self.parts[id(job)]
-        return PassShare(self.started_at, self.seconds, count, self.pairs, reused, self.device)
+        return PassShare(
+            self.started_at, self.seconds, count, self.pairs, reused, self.device, self.failed
+        )
