@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
+from checkout import use_tests_support
 from reranker_service.engine.loading import LoadOptions, load_single_device_model
 from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
 from reranker_service.engine.runner.protocol import ServedModel
@@ -70,29 +71,17 @@ def replay(requests: list[Request], length: int, repeat_share: float, seed: int)
     return sequence
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+@contextlib.contextmanager
+def _redis(directory: str) -> Iterator[str | None]:
+    """The tests' redis-server on a free loopback port, its URL; None where none is installed."""
+    if shutil.which("redis-server") is None:
+        yield None
+        return
+    use_tests_support()
+    from tests.support.redis_server import redis_server
 
-
-def _start_redis(directory: str) -> tuple[subprocess.Popen[bytes], str] | None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        return None
-    port = _free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", directory],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process, f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
+    with redis_server(Path(directory)) as server:
+        yield server.url
 
 
 def _stores(kind: str, redis_url: str | None) -> list[ScoreStore]:
@@ -194,17 +183,13 @@ def main() -> None:
         checkpoint = args.model
         if checkpoint == "test":
             checkpoint = str(build_checkpoint(Path(scratch) / "test-checkpoint"))
-        redis = _start_redis(scratch)
-        try:
-            found = "yes" if redis else "not installed"
+        with _redis(scratch) as redis_url:
+            found = "yes" if redis_url else "not installed"
             print(f"model: {args.model}; {args.requests} rag requests, about "
                   f"{args.repeat_share:.0%} repeated; redis: {found}")  # fmt: skip
             print("| cache | conc. | pairs/s | p50 ms | p95 ms | hit share | lookup p50 ms |")
             print("|---|---:|---:|---:|---:|---:|---:|")
-            cells = asyncio.run(_main(args, checkpoint, redis[1] if redis else None))
-        finally:
-            if redis is not None:
-                redis[0].kill()
+            cells = asyncio.run(_main(args, checkpoint, redis_url))
     by_key = {(cell.cache, cell.concurrency): cell for cell in cells}
     print()
     for concurrency in args.concurrency:

@@ -37,6 +37,7 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
+from checkout import use_tests_support
 from reranker_service.app import create_app, load_options
 from reranker_service.engine.cache_breaker import BREAKER_POLICY, BreakerPolicy
 from reranker_service.engine.loading import load_single_device_model
@@ -66,14 +67,11 @@ VARIANTS = (
 )
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 @contextlib.contextmanager
 def _stuck_redis(directory: str) -> Iterator[str]:
     """The tests' redis-server on a free loopback port, paused once it answers; its URL."""
-    sys.path.insert(0, str(ROOT))
-    from tests.redis_server import redis_server
+    use_tests_support()
+    from tests.support.redis_server import redis_server
 
     with redis_server(Path(directory)) as server:
         server.pause()
@@ -81,7 +79,8 @@ def _stuck_redis(directory: str) -> Iterator[str]:
 
 
 def _free_port() -> int:
-    from tests.prometheus_server import free_port
+    use_tests_support()
+    from tests.support.prometheus_server import free_port
 
     return free_port()
 

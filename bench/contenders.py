@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from checkout import use_tests_support
 from http_client import HttpError, KeepAliveClient
 from reranker_service.engine.devices import resolve_device, resolve_devices, resolve_dtype
 from reranker_service.engine.loading import load_single_device_model
@@ -344,9 +344,10 @@ class BestFixedBudget:
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    use_tests_support()
+    from tests.support.prometheus_server import free_port
+
+    return free_port()
 
 
 def _server_timing(headers: dict[str, str]) -> dict[str, float]:

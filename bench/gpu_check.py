@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from checkout import use_tests_support
 from reranker_service.engine.loading import LoadOptions, load_model
 from reranker_service.engine.runner.build import PackedRunnerUpgrade, RunnerOptions
 from reranker_service.engine.runner.compiler import compile_support, compiled_entries
@@ -428,8 +429,8 @@ def _card_scores(
     report: Report, checkpoint: str, device: str, runners: dict[str, dict[str, ModelRunner]],
     encoder: Any, max_length: int,
 ) -> None:  # fmt: skip
-    sys.path.insert(0, str(ROOT))
-    from tests.model_card import ModelCardReranker
+    use_tests_support()
+    from tests.support.model_card import ModelCardReranker
 
     card = ModelCardReranker(Path(checkpoint), max_length=max_length)
     expected = card.score_alone(None, CARD_QUERY, CARD_DOCUMENTS)

@@ -3,8 +3,8 @@
 
     python bench/scheduler_replay.py --base ../main-before
 
-Each tree runs this file with its own ``src/`` (and its ``tests/fake_runner.py``) first on the
-path, the clock replaced by a counter of ticks, so that timing is the same in both: seven
+Each tree runs this file with its own ``src/`` (and its fake runner, ``tests/support/``) first on
+the path, the clock replaced by a counter of ticks, so that timing is the same in both: seven
 scenarios (padded and packed runners, prefix reuse, overlapping passes, a pass out of memory
 split in halves, priorities with aging, a tight prefix budget) of 40 requests each. It prints
 whether the two trees decided alike, scenario by scenario, and exits 1 if not. Where
@@ -80,7 +80,10 @@ def _requests(seed: int) -> list[list[list[int]]]:
 
 async def _scenario(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Imported here: the clock is replaced before the scheduler reads it."""
-    from tests.fake_runner import FakeRunner
+    try:
+        from tests.support.fake_runner import FakeRunner
+    except ImportError:  # a tree from before tests/support/
+        from tests.fake_runner import FakeRunner  # type: ignore[no-redef]
 
     from reranker_service.engine.prefix import shared_prefix
     from reranker_service.engine.scheduler.batcher import Batcher

@@ -39,13 +39,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from checkout import use_tests_support
 from reranker_service.api.record import RerankRecord
 from reranker_service.api.request_spans import RequestSpans
 from reranker_service.app import create_app, load_options
 from reranker_service.engine.loading import load_single_device_model
 from reranker_service.engine.rerank_engine import RerankOutcome
 from reranker_service.engine.scheduler.jobs import PassShare
-from reranker_service.local_server import serve_in_thread
 from reranker_service.observability.logging import configure_logging
 from reranker_service.observability.metrics import ServiceMetrics
 from reranker_service.observability.tracing import TracingConfig, sampled_trace_id, start_tracing
@@ -208,6 +208,8 @@ def main() -> None:
     parser.add_argument("--requests-per-round", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    use_tests_support()
+    from tests.support.local_server import serve_in_thread
 
     with open(os.devnull, "w") as sink, tempfile.TemporaryDirectory() as scratch:
         configure_logging("info", "json", stream=sink)

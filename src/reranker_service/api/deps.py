@@ -13,6 +13,7 @@ from reranker_service.api.lifecycle import Lifecycle
 from reranker_service.api.protocol import PRIORITY_RANGE, wire_shape
 from reranker_service.api.record import RerankRecord, required_record
 from reranker_service.engine.rerank_engine import RerankEngine
+from reranker_service.engine.score_cache import ScoreCache
 from reranker_service.settings import Settings
 
 
@@ -51,6 +52,15 @@ async def get_lifecycle(request: Request) -> Lifecycle:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_score_cache(request: Request) -> ScoreCache | None:
+    """The score cache the app was built with; None when it is off."""
+    cache: ScoreCache | None = request.app.state.score_cache
+    return cache
+
+
+ScoreCacheDep = Annotated[ScoreCache | None, Depends(get_score_cache)]
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 
 

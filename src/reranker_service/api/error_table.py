@@ -3,7 +3,7 @@ its name in TEI's error shape and its OpenAPI description; and every engine erro
 meet, with the error it is answered as.
 
 A new error type is one row of ``API_ERRORS``; a new engine error is one row of
-``ENGINE_ERRORS`` (``tests/test_error_table.py`` fails for an engine exception that has none).
+``ENGINE_ERRORS`` (``tests/unit/test_error_table.py`` fails for an engine exception that has none).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from reranker_service.api.deps import (
     EngineDep,
     LifecycleDep,
     RerankContextDep,
+    ScoreCacheDep,
     SettingsDep,
     note_wire_shape,
     require_api_key,
@@ -199,7 +200,7 @@ def _cache_info(cache: ScoreCache | None, settings: Settings) -> CacheInfo:
 
 
 @ops_router.get("/info", response_model=InfoResponse, summary="What is served, with its limits")
-async def info(engine: EngineDep, settings: SettingsDep, request: Request) -> InfoResponse:
+async def info(engine: EngineDep, settings: SettingsDep, cache: ScoreCacheDep) -> InfoResponse:
     model = engine.description
     runners = {
         status.device: RunnerInfo(
@@ -244,7 +245,7 @@ async def info(engine: EngineDep, settings: SettingsDep, request: Request) -> In
         max_request_bytes=settings.max_request_bytes,
         default_instruction=settings.default_instruction,
         auth_required=settings.api_key is not None,
-        cache=_cache_info(request.app.state.score_cache, settings),
+        cache=_cache_info(cache, settings),
         version=__version__,
     )
 
