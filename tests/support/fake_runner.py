@@ -11,18 +11,28 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 from reranker_service.engine.runner.protocol import (
     BatchTooLargeError,
     PassBatch,
     PassShape,
-    ReadyScores,
     RunnerKind,
     padded_pass_tokens,
 )
 from reranker_service.engine.scoring import DeviceMemory, ModelDescription
 
 _MODULUS = 2_147_483_647
+
+
+@dataclass(frozen=True)
+class ReadyScores:
+    """The scores of a pass that already ran: what a runner without a device hands back."""
+
+    scores: list[float]
+
+    def result(self) -> list[float]:
+        return self.scores
 
 
 def fake_logit(tokens: Sequence[int]) -> float:

@@ -11,10 +11,10 @@ from reranker_service.engine.prompt import PromptEncoder
 from reranker_service.engine.runner.protocol import (
     PassBatch,
     PendingScores,
-    ReadyScores,
     ServedModel,
 )
 from reranker_service.settings import DEFAULT_INSTRUCTION
+from tests.support.fake_runner import ReadyScores
 from tests.support.serving import RunnerWrapper, sequences_of
 
 OVERFLOW_WORD = "overflowing"

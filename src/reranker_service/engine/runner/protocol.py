@@ -97,16 +97,6 @@ class PendingScores(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class ReadyScores:
-    """The scores of a pass that already ran."""
-
-    scores: list[float]
-
-    def result(self) -> list[float]:
-        return self.scores
-
-
 class ModelRunner(Protocol):
     """Runs forward passes of one model replica on one device. While serving, every call but
     ``memory`` comes from the one worker thread that serves the replica, after it has called
