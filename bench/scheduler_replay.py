@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parents[1]
 REQUESTS = 40
 TICK_SECONDS = 1 / 1024
 PASS_COSTS = [(64, 0.002), (128, 0.0025), (1024, 0.01)]
+TIMED_REQUESTS = 2000
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     "padded": {"runner": {}, "prefix_tokens": 0, "batch_tokens": 2048},
@@ -170,10 +171,48 @@ def _replay() -> None:
     print(json.dumps(decided, sort_keys=True))
 
 
-def _decisions(tree: Path) -> dict[str, Any]:
+async def _host_seconds_per_pass(requests: int) -> tuple[float, int]:
+    """The scheduler's own time per pass, on the real clock: ``requests`` requests of eight
+    pairs through one worker whose runner costs nothing (the fake one), end to end."""
+    from reranker_service.engine.prefix import shared_prefix
+    from reranker_service.engine.scheduler.batcher import Batcher
+    from reranker_service.engine.scheduler.pass_cost import PassCostModel
+
+    try:
+        from tests.support.fake_runner import FakeRunner
+    except ImportError:  # a tree from before tests/support/
+        from tests.fake_runner import FakeRunner  # type: ignore[no-redef]
+
+    runner = FakeRunner()
+    batcher = Batcher(
+        [runner],
+        max_batch_tokens=1024,
+        max_queued_pairs=10**6,
+        pass_costs=PassCostModel(PASS_COSTS),
+        max_prefix_tokens=100_000,
+    )
+    batcher.start()
+    all_pairs = [_pairs(request, [1 + (request * 7 + doc * 13) % 90 for doc in range(8)])
+                 for request in range(requests)]  # fmt: skip
+    started = time.perf_counter()
+    jobs = [batcher.submit(pairs, shared_prefix(pairs)) for pairs in all_pairs]
+    await asyncio.gather(*(job.future for job in jobs))
+    seconds = time.perf_counter() - started
+    await batcher.stop()
+    return seconds / len(runner.batches), len(runner.batches)
+
+
+def _timing() -> None:
+    """In a tree: the best of three runs of ``_host_seconds_per_pass``, as JSON on stdout."""
+    runs = [asyncio.run(_host_seconds_per_pass(TIMED_REQUESTS)) for _ in range(3)]
+    seconds, passes = min(runs)
+    print(json.dumps({"seconds_per_pass": seconds, "passes": passes}))
+
+
+def _in_tree(tree: Path, mode: str) -> dict[str, Any]:
     environment = dict(os.environ, PYTHONPATH=f"{tree / 'src'}{os.pathsep}{tree}")
     completed = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--replay"],
+        [sys.executable, str(Path(__file__).resolve()), mode],
         env=environment,
         cwd=tree,
         check=True,
@@ -181,8 +220,8 @@ def _decisions(tree: Path) -> dict[str, Any]:
         text=True,
     )
     # The last line: the scheduler's log lines come before it.
-    decisions: dict[str, Any] = json.loads(completed.stdout.splitlines()[-1])
-    return decisions
+    answer: dict[str, Any] = json.loads(completed.stdout.splitlines()[-1])
+    return answer
 
 
 def main() -> None:
@@ -191,13 +230,18 @@ def main() -> None:
     )
     parser.add_argument("--base", type=Path, help="the tree to compare this one with")
     parser.add_argument("--replay", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--timing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.replay:
         _replay()
         return
+    if args.timing:
+        _timing()
+        return
     if args.base is None:
         parser.error("--base is required")
-    base, this = _decisions(args.base.resolve()), _decisions(HERE)
+    base_tree = args.base.resolve()
+    base, this = _in_tree(base_tree, "--replay"), _in_tree(HERE, "--replay")
     print("| scenario | passes | reports | results | the same |")
     print("|---|---:|---:|---:|---|")
     for name in SCENARIOS:
@@ -206,6 +250,18 @@ def main() -> None:
             f"| {name} | {len(this[name]['passes'])} | {len(this[name]['reports'])} "
             f"| {len(this[name]['results'])} | {'yes' if same else 'NO'} |"
         )
+    # The host's time per pass, trees alternating, the best of each: what the scheduler's own
+    # Python costs, which decisions alone do not show.
+    timings: dict[str, list[float]] = {"base": [], "this": []}
+    for _ in range(2):
+        for name, tree in (("base", base_tree), ("this", HERE)):
+            timings[name].append(_in_tree(tree, "--timing")["seconds_per_pass"])
+    base_us, this_us = (min(timings[name]) * 1e6 for name in ("base", "this"))
+    print(
+        f"\nscheduler's host time per pass ({TIMED_REQUESTS} requests of 8 pairs, a runner that "
+        f"costs nothing): base {base_us:.0f} us, this {this_us:.0f} us, "
+        f"ratio {this_us / base_us:.2f}"
+    )
     if base != this:
         raise SystemExit("the trees decided differently")
 
