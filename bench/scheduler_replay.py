@@ -79,13 +79,17 @@ def _requests(seed: int) -> list[list[list[int]]]:
     return requests
 
 
-async def _scenario(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Imported here: the clock is replaced before the scheduler reads it."""
+def _fake_runner(**options: Any) -> Any:
+    """The tree's fake runner, wherever that tree keeps it."""
     try:
         from tests.support.fake_runner import FakeRunner
     except ImportError:  # a tree from before tests/support/
         from tests.fake_runner import FakeRunner  # type: ignore[no-redef]
+    return FakeRunner(**options)
 
+
+async def _scenario(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Imported here: the clock is replaced before the scheduler reads it."""
     from reranker_service.engine.prefix import shared_prefix
     from reranker_service.engine.scheduler.batcher import Batcher
     from reranker_service.engine.scheduler.pass_cost import PassCostModel
@@ -93,7 +97,7 @@ async def _scenario(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     runner_options = dict(spec["runner"])
     if runner_options.pop("packed", False):
         runner_options["pass_tokens"] = lambda shape: shape.tokens + shape.prefix_tokens
-    runner = FakeRunner(**runner_options)
+    runner = _fake_runner(**runner_options)
     reports: list[Any] = []
     batcher = Batcher(
         [runner],
@@ -178,12 +182,7 @@ async def _host_seconds_per_pass(requests: int) -> tuple[float, int]:
     from reranker_service.engine.scheduler.batcher import Batcher
     from reranker_service.engine.scheduler.pass_cost import PassCostModel
 
-    try:
-        from tests.support.fake_runner import FakeRunner
-    except ImportError:  # a tree from before tests/support/
-        from tests.fake_runner import FakeRunner  # type: ignore[no-redef]
-
-    runner = FakeRunner()
+    runner = _fake_runner()
     batcher = Batcher(
         [runner],
         max_batch_tokens=1024,
