@@ -8,7 +8,11 @@ ports, this Prometheus, this Alertmanager), the receiver's webhook URL, and time
 ``for:`` durations and the SLO windows (up to 6 h) cannot run in minutes, so the drill runs a
 copy of the rules with every ``for:`` and range duration divided by ``DRILL_TIME_SCALE``, and
 Alertmanager's group timings with them; the scrape and evaluation intervals stay 15 s. The
-test says so in its output.
+test says so in its output. Scaled, ``RerankerDown``'s ``for:`` (6 s) is shorter than one
+scrape interval, so its ``absent()`` branch could fire at Prometheus's own start, before the
+first scrape; the drill therefore loads the rules (a configuration reload) once both instances
+have been scraped. The shipped ``for:`` of 1 min spans four scrapes, so a real start cannot
+fire it (``test_absent_alerts_outlast_the_first_scrape`` holds the shipped files to that).
 
 The faults, each while the other instance serves a steady trickle of requests:
 
@@ -72,12 +76,17 @@ _RANGE = re.compile(r"\[([^\]]+)\]")
 # -- the drill's copy of the configuration ------------------------------------------------------
 
 
-def scaled_duration(duration: str, factor: int) -> str:
-    """A Prometheus duration (``90s``, ``1h30m``) divided by ``factor``."""
+def duration_ms(duration: str) -> int:
+    """A Prometheus duration (``90s``, ``1h30m``) in milliseconds."""
     parts = _DURATION.findall(duration)
     if "".join(number + unit for number, unit in parts) != duration:
         raise ValueError(f"not a duration: {duration!r}")
-    milliseconds = sum(int(number) * _UNIT_MS[unit] for number, unit in parts) // factor
+    return sum(int(number) * _UNIT_MS[unit] for number, unit in parts)
+
+
+def scaled_duration(duration: str, factor: int) -> str:
+    """A Prometheus duration divided by ``factor``."""
+    milliseconds = duration_ms(duration) // factor
     return f"{milliseconds // 1000}s" if milliseconds % 1000 == 0 else f"{milliseconds}ms"
 
 
@@ -124,16 +133,21 @@ def drill_alertmanager_config(
     return drill
 
 
-def write_drill_prometheus(workdir: Path, targets: dict[str, list[str]], factor: int) -> Path:
+def write_drill_prometheus(
+    workdir: Path, targets: dict[str, list[str]], factor: int, with_rules: bool = True
+) -> Path:
     """The shipped ``prometheus.yml`` retargeted, beside a scaled copy of each rule file (the
-    configuration names them by a relative path, kept as it ships)."""
-    (workdir / "rules").mkdir(parents=True)
+    configuration names them by a relative path, kept as it ships). Without rules: the same
+    configuration with no rule files named, to start Prometheus scraping before it evaluates."""
+    (workdir / "rules").mkdir(parents=True, exist_ok=True)
     for rule_path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml")):
         rules = scaled_rules(yaml.safe_load(rule_path.read_text()), factor)
         (workdir / "rules" / rule_path.name).write_text(json.dumps(rules))  # JSON is YAML
-    shipped = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    config = retargeted(yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text()), targets)
+    if not with_rules:
+        config["rule_files"] = []
     config_path = workdir / "prometheus.yml"
-    config_path.write_text(json.dumps(retargeted(shipped, targets)))
+    config_path.write_text(json.dumps(config))
     return config_path
 
 
@@ -171,6 +185,27 @@ def test_the_drill_rules_differ_from_the_shipped_ones_in_durations_only(tmp_path
     assert scaled_duration("1m30s", 4) == "22500ms"
     with pytest.raises(ValueError, match="not a duration"):
         scaled_duration("5m:1m", DRILL_TIME_SCALE)
+
+
+def test_absent_alerts_outlast_the_first_scrape() -> None:
+    """An alert on ``absent(...)`` is true at Prometheus's start until the first scrape, which
+    comes within one scrape interval, and is seen at the next evaluation: its ``for:`` must be
+    longer than both together, or every restart of Prometheus pages someone."""
+    shipped = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    start_window_ms = sum(
+        duration_ms(shipped["global"][interval])
+        for interval in ("scrape_interval", "evaluation_interval")
+    )
+    absent_rules = [
+        rule
+        for rule_path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
+        for group in yaml.safe_load(rule_path.read_text())["groups"]
+        for rule in group["rules"]
+        if "absent(" in rule["expr"]
+    ]
+    assert [rule["alert"] for rule in absent_rules] == ["RerankerDown"]
+    for rule in absent_rules:
+        assert duration_ms(rule["for"]) > start_window_ms, rule
 
 
 def _without_durations(rule_file: dict[str, Any]) -> str:
@@ -430,15 +465,17 @@ def _drill(tmp_path: Path, checkpoint: Path, timeline: Timeline) -> DrillRecord:
             "localhost:9090": [f"127.0.0.1:{prometheus_port}"],
             "alertmanager:9093": [alertmanager.url.removeprefix("http://")],
         }
-        config_path = write_drill_prometheus(tmp_path / "prometheus", targets, DRILL_TIME_SCALE)
+        workdir = tmp_path / "prometheus"
+        scrape_only = write_drill_prometheus(workdir, targets, DRILL_TIME_SCALE, with_rules=False)
         prometheus = stack.enter_context(
-            start_prometheus(tmp_path / "prometheus", config_path, port=prometheus_port)
+            start_prometheus(workdir, scrape_only, port=prometheus_port)
         )
         for instance in (a, b):
             instance.wait_until_serving()
         steady = stack.enter_context(Traffic([a.url, b.url], _steady, STEADY_INTERVAL_S))
         prometheus.wait_until('count(up{job="reranker"} == 1) == 2', timeout_s=60)
-        timeline.mark("both instances scraped")
+        prometheus.reload(write_drill_prometheus(workdir, targets, DRILL_TIME_SCALE))
+        timeline.mark("both instances scraped, rules loaded")
 
         # 1. down: A is killed; RerankerDown for A, which mutes A's other alerts.
         a.kill()

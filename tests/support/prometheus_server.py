@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 SCRAPE_SECONDS = 1
 
@@ -68,6 +69,15 @@ class PrometheusServer:
         while not self.query(promql):
             assert time.monotonic() < deadline, f"Prometheus never had data for {promql}"
             time.sleep(0.2)
+
+    def reload(self, config_path: Path) -> None:
+        """Apply the configuration file Prometheus was started with again, rewritten at
+        ``config_path`` since; its rule groups, if it names any, are loaded on return."""
+        answer = self.http.post("/-/reload")
+        assert answer.status_code == 200, (config_path, answer.text)
+        if yaml.safe_load(config_path.read_text()).get("rule_files"):
+            # The reload answers once the configuration is applied, rule groups included.
+            assert self._get("/api/v1/rules", {})["groups"], f"no rules loaded: {config_path}"
 
     def exemplars(self, promql: str, start: float, end: float) -> list[dict[str, Any]]:
         """The exemplars of the series ``promql`` selects: one entry per series, each with its
@@ -153,6 +163,7 @@ def start_prometheus(
         f"--storage.tsdb.path={workdir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
+        "--web.enable-lifecycle",  # POST /-/reload: a drill loads its rules after the scrapes
         *(f"--enable-feature={feature}" for feature in features),
     ]
     server = PrometheusServer(f"http://127.0.0.1:{port}")
