@@ -38,6 +38,9 @@ class Passes:
     pairs: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
+    seconds: float = 0.0
+    """Time inside the passes, where the contender reports it (the engine's and the
+    service's); 0 otherwise."""
 
     def add(self, lengths: Sequence[int]) -> None:
         """One right-padded pass of pairs of these token lengths."""
@@ -258,6 +261,7 @@ class EngineInProcess:
             pairs=sum(r.pairs for r in reports),
             real_tokens=sum(r.real_tokens for r in reports),
             padded_tokens=sum(r.padded_tokens for r in reports),
+            seconds=sum(r.inference_seconds for r in reports),
         )
 
     def peak_memory_bytes(self) -> int | None:
@@ -495,6 +499,7 @@ class ServiceOverHttp:
                 delta("reranker_request_tokens_sum") - delta("reranker_prefix_tokens_reused_total")
             ),
             padded_tokens=int(delta("reranker_batch_tokens_sum")),
+            seconds=delta("reranker_inference_seconds_sum"),
         )
 
     def peak_memory_bytes(self) -> int | None:

@@ -61,7 +61,7 @@ from contenders import BestFixedBudget, Contender, ServiceOverHttp, model_flops_
 from plot import plot_throughput
 from reranker_service.engine.runner.names import RUNNER_NAMES
 from reranker_service.tiny_checkpoint import QWEN3_RERANKER_0_6B, build_checkpoint
-from targets import REFERENCE_NAME, judge, ratios
+from targets import REFERENCE_NAME, judge, ratios, significant
 from workloads import WORKLOADS, Request, make_requests
 
 REFERENCE_BUDGETS = {
@@ -161,7 +161,7 @@ async def _run_cell(
         requests=len(latencies),
         pairs=pairs,
         seconds=round(elapsed, 2),
-        pairs_per_second=round(pairs / elapsed, 1),
+        pairs_per_second=significant(pairs / elapsed),
         tokens_per_second=round(tokens / elapsed, 1),
         p50_ms=round(_percentile(latencies, 0.50) * 1000, 2),
         p95_ms=round(_percentile(latencies, 0.95) * 1000, 2),
@@ -238,7 +238,7 @@ async def _reference_cell(
         requests=0,
         pairs=best.passes.pairs,
         seconds=round(best.seconds, 2),
-        pairs_per_second=round(best.pairs_per_second, 1),
+        pairs_per_second=significant(best.pairs_per_second),
         tokens_per_second=round(passes.real_tokens / best.seconds, 1),
         p50_ms=0.0,
         p95_ms=0.0,

@@ -235,3 +235,14 @@ async def test_the_registry_builds_contenders_that_score(
             assert await contender.rerank(request) > 0
     finally:
         await run.stop()
+
+
+def test_a_slow_models_pairs_per_second_keeps_its_precision(bench: SimpleNamespace) -> None:
+    """A 0.6B model on a CPU runs about one pair a second: a cell rounded to one decimal would
+    put 1.013 against 0.915 as 1.0 against 0.9: a ratio of 1.11 where the two make 1.10."""
+    significant = bench.targets.significant
+    assert (significant(1.0134), significant(0.9149)) == (1.01, 0.915)
+    assert significant(912.49) == 912.0
+    ratio = bench.targets.SERVICE_VS_REFERENCE.value
+    cells = [SimpleNamespace(pairs_per_second=significant(x)) for x in (1.0134, 0.9149)]
+    assert ratio(*cells) == 1.1
