@@ -57,9 +57,7 @@ class Row:
 def _fixed_budget(
     contender: BestFixedBudget, requests: list[Request], budget: int, round_: int
 ) -> Row:
-    pairs = contender.encode(requests)
-    mean = sum(len(pair) for pair in pairs) / len(pairs)
-    run = contender.run(pairs, budget, seconds=float("inf"), seed=round_, mean_pair_tokens=mean)
+    run, _ = contender.best(requests, [budget], seconds=float("inf"), seed=round_)
     return Row(
         f"fixed budget {budget}",
         run.seconds,

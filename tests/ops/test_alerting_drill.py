@@ -133,21 +133,16 @@ def drill_alertmanager_config(
     return drill
 
 
-def write_drill_prometheus(
-    workdir: Path, targets: dict[str, list[str]], factor: int, with_rules: bool = True
-) -> Path:
+def write_drill_prometheus(workdir: Path, targets: dict[str, list[str]], factor: int) -> Path:
     """The shipped ``prometheus.yml`` retargeted, beside a scaled copy of each rule file (the
-    configuration names them by a relative path, kept as it ships). Without rules: the same
-    configuration with no rule files named, to start Prometheus scraping before it evaluates."""
-    (workdir / "rules").mkdir(parents=True, exist_ok=True)
+    configuration names them by a relative path, kept as it ships)."""
+    (workdir / "rules").mkdir(parents=True)
     for rule_path in sorted((PROMETHEUS_DIR / "rules").glob("*.yml")):
         rules = scaled_rules(yaml.safe_load(rule_path.read_text()), factor)
         (workdir / "rules" / rule_path.name).write_text(json.dumps(rules))  # JSON is YAML
-    config = retargeted(yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text()), targets)
-    if not with_rules:
-        config["rule_files"] = []
+    shipped = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config_path = workdir / "prometheus.yml"
-    config_path.write_text(json.dumps(config))
+    config_path.write_text(json.dumps(retargeted(shipped, targets)))
     return config_path
 
 
@@ -465,16 +460,19 @@ def _drill(tmp_path: Path, checkpoint: Path, timeline: Timeline) -> DrillRecord:
             "localhost:9090": [f"127.0.0.1:{prometheus_port}"],
             "alertmanager:9093": [alertmanager.url.removeprefix("http://")],
         }
-        workdir = tmp_path / "prometheus"
-        scrape_only = write_drill_prometheus(workdir, targets, DRILL_TIME_SCALE, with_rules=False)
+        config_path = write_drill_prometheus(tmp_path / "prometheus", targets, DRILL_TIME_SCALE)
+        drill_config = config_path.read_text()
+        # Scraping first: the rules come with a reload once both instances are scraped.
+        config_path.write_text(json.dumps(json.loads(drill_config) | {"rule_files": []}))
         prometheus = stack.enter_context(
-            start_prometheus(workdir, scrape_only, port=prometheus_port)
+            start_prometheus(tmp_path / "prometheus", config_path, port=prometheus_port)
         )
         for instance in (a, b):
             instance.wait_until_serving()
         steady = stack.enter_context(Traffic([a.url, b.url], _steady, STEADY_INTERVAL_S))
         prometheus.wait_until('count(up{job="reranker"} == 1) == 2', timeout_s=60)
-        prometheus.reload(write_drill_prometheus(workdir, targets, DRILL_TIME_SCALE))
+        config_path.write_text(drill_config)
+        prometheus.reload(config_path)
         timeline.mark("both instances scraped, rules loaded")
 
         # 1. down: A is killed; RerankerDown for A, which mutes A's other alerts.
