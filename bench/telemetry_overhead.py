@@ -155,13 +155,14 @@ def _part_costs() -> dict[str, float]:
     """Each per-request piece of telemetry alone, in microseconds (logging must be configured)."""
     requests_log = structlog.get_logger("reranker_service.requests")
     access_log = logging.getLogger("uvicorn.access")
-    metrics = ServiceMetrics()
+    metrics = ServiceMetrics(models=["bench"])
     with structlog.contextvars.bound_contextvars(request_id="0f8e2a41-bench"):
         return {
             "request_completed line": _microseconds_each(
                 lambda: requests_log.info(
                     "request_completed",
                     status=200,
+                    model="bench",
                     doc_count=4,
                     tokens=300,
                     latency_ms=12.3,
@@ -189,6 +190,7 @@ def _part_costs() -> dict[str, float]:
             ),
             "request metrics": _microseconds_each(
                 lambda: metrics.record_success(
+                    model="bench",
                     latency_seconds=0.012,
                     documents=4,
                     tokens=300,

@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,12 @@ from reranker_service.engine.runner.protocol import (
     ServedModel,
 )
 from reranker_service.observability.gpu import NvmlLibrary
-from reranker_service.tiny_checkpoint import CheckpointShape, build_checkpoint
+from reranker_service.tiny_checkpoint import (
+    CheckpointKind,
+    CheckpointShape,
+    build_checkpoint,
+    build_kind,
+)
 from tests.support.model_card import ModelCardReranker
 from tests.support.serving import (
     SMALL_MAX_LENGTH,
@@ -41,6 +46,20 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tied_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shape = CheckpointShape(tie_word_embeddings=True)
     return build_checkpoint(tmp_path_factory.mktemp("qwen3-reranker-tied"), shape, seed=1)
+
+
+@pytest.fixture(scope="session")
+def kind_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[CheckpointKind], Path]:
+    """The tiny checkpoint of a kind (``reranker-make-test-model --kind``), built once a
+    session when first asked for."""
+    built: dict[CheckpointKind, Path] = {}
+
+    def of_kind(kind: CheckpointKind) -> Path:
+        if kind not in built:
+            built[kind] = build_kind(tmp_path_factory.mktemp(f"tiny-{kind}"), kind)
+        return built[kind]
+
+    return of_kind
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
-"""Write what ``deploy/kubernetes/base`` carries from elsewhere in the repository, so that each
-has one source: the PrometheusRule from ``deploy/prometheus/rules/`` and the dashboard from
-``deploy/grafana/dashboards/``.
+"""Write what ``deploy/kubernetes`` carries from elsewhere in the repository, so that each has
+one source: the base's PrometheusRule from ``deploy/prometheus/rules/`` and dashboard from
+``deploy/grafana/dashboards/``, and the two-models overlay's ``models.yaml`` from
+``deploy/models.example.yaml`` (kustomize reads no file outside an overlay's folder).
 
     .venv/bin/python tools/write_kubernetes.py
 
@@ -20,7 +21,9 @@ RULE_FILES = (
     ROOT / "deploy/prometheus/rules/reranker-slo.yml",
 )
 DASHBOARD = ROOT / "deploy/grafana/dashboards/reranker.json"
+MODELS_EXAMPLE = ROOT / "deploy/models.example.yaml"
 BASE = ROOT / "deploy/kubernetes/base"
+TWO_MODELS = ROOT / "deploy/kubernetes/overlays/two-models"
 HEADER = "# Written by tools/write_kubernetes.py from {source}; do not edit.\n"
 
 
@@ -49,11 +52,18 @@ def prometheus_rule() -> str:
     return HEADER.format(source=source) + body
 
 
+def models_file() -> str:
+    """The example models file, as the two-models overlay's ConfigMap carries it."""
+    source = MODELS_EXAMPLE.relative_to(ROOT)
+    return HEADER.format(source=source) + MODELS_EXAMPLE.read_text()
+
+
 def outputs() -> dict[Path, str]:
     """Each written file and its content."""
     return {
         BASE / "prometheusrule.yaml": prometheus_rule(),
         BASE / "reranker-dashboard.json": DASHBOARD.read_text(),
+        TWO_MODELS / "models.yaml": models_file(),
     }
 
 

@@ -111,16 +111,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from reranker_service.engine.loading import load_model
     from reranker_service.engine.scoring import ModelLoadError
 
-    try:
-        served = load_model(load_options(settings))
-    except ModelLoadError as exc:
-        logger.error("model_load_failed", model=settings.model, error=str(exc))
-        return 1
+    served = {}
+    for spec in settings.model_specs:
+        try:
+            served[spec.name] = load_model(load_options(settings, spec))
+        except ModelLoadError as exc:
+            logger.error("model_load_failed", model=spec.model, name=spec.name, error=str(exc))
+            return 1
     tracing = None
     if tracing_config is not None:
         tracing = start_tracing(tracing_config, service_version=__version__)
         logger.info("tracing_enabled", protocol=tracing_config.protocol)
-    app = create_app(settings, model=served, tracing=tracing)
+    app = create_app(settings, models=served, tracing=tracing)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,12 +38,19 @@ from reranker_service.api.telemetry import (
     RequestLogPolicy,
     RerankTelemetryMiddleware,
 )
-from reranker_service.cache_stores import STORE_NAMES, StoreContext, build_score_cache
+from reranker_service.cache_stores import (
+    STORE_NAMES,
+    StoreContext,
+    build_score_cache,
+    model_identity,
+)
 from reranker_service.engine.cache_breaker import BREAKER_POLICY, BreakerPolicy
+from reranker_service.engine.model_set import ModelSet, ServedEngine
 from reranker_service.engine.rerank_engine import EngineConfig, RerankEngine
 from reranker_service.engine.runner.protocol import ServedModel
 from reranker_service.engine.scheduler.jobs import BatchObserver, BatchReport
-from reranker_service.engine.score_cache import CacheEvents
+from reranker_service.engine.score_cache import CacheEvents, ScoreCache
+from reranker_service.model_specs import ModelSpec
 from reranker_service.observability.gpu import GpuPoller, NvmlLibrary, load_nvml
 from reranker_service.observability.metrics import ServiceMetrics
 from reranker_service.observability.tracing import Tracing
@@ -59,40 +66,71 @@ class StartupError(Exception):
     """Something the service needs at start-up cannot be had; the message is for the operator."""
 
 
-def load_options(settings: Settings) -> LoadOptions:
+def load_options(settings: Settings, spec: ModelSpec | None = None) -> LoadOptions:
+    """How to load ``spec`` (the default model where None)."""
     from reranker_service.engine.loading import LoadOptions
     from reranker_service.engine.runner.build import RunnerOptions
 
+    spec = spec or settings.model_specs[0]
     return LoadOptions(
-        model=settings.model,
-        revision=settings.revision,
-        device=settings.device,
-        dtype=settings.dtype,
-        max_length=settings.max_length,
+        model=spec.model,
+        revision=spec.revision,
+        device=spec.device,
+        dtype=spec.dtype,
+        max_length=spec.max_length,
         runner=RunnerOptions(
             runner=settings.runner,
             compile=settings.compile,
             compile_cache=Path(settings.compile_cache),
-            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_tokens=spec.max_batch_tokens,
         ),
+        prompt=spec.prompt,
     )
 
 
-def engine_config(settings: Settings) -> EngineConfig:
+def engine_config(
+    settings: Settings, spec: ModelSpec | None = None, *, device_share: int = 1
+) -> EngineConfig:
+    """``device_share``: how many served models share its busiest GPU."""
+    spec = spec or settings.model_specs[0]
     return EngineConfig(
-        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_tokens=spec.max_batch_tokens,
         max_queued_pairs=settings.max_queued_pairs,
         largest_request_pairs=settings.request_pairs_limit,
         tokenizer_threads=settings.tokenizer_threads,
         prefix_reuse=settings.prefix_reuse,
         priority_max_wait_seconds=settings.priority_max_wait_seconds,
+        device_share=device_share,
     )
 
 
-async def _load_model(settings: Settings) -> ServedModel:
+def load_models(settings: Settings) -> dict[str, ServedModel]:
+    """Every served model, loaded in the settings' order (blocking: minutes for big ones)."""
     from reranker_service.engine.loading import load_model
 
-    return await asyncio.to_thread(load_model, load_options(settings))
+    return {spec.name: load_model(load_options(settings, spec)) for spec in settings.model_specs}
+
+
+def device_shares(models: Mapping[str, ServedModel]) -> dict[str, int]:
+    """For each model, how many served models have a worker on its busiest GPU: the pass
+    budget of each, where the operator set none, is that share of the GPU's (the CPU's memory
+    is not divided)."""
+    on_gpu = {
+        name: {
+            runner.description.device
+            for runner in served.runners
+            if runner.description.device_type == "cuda"
+        }
+        for name, served in models.items()
+    }
+    sharing: dict[str, int] = {}
+    for devices in on_gpu.values():
+        for device in devices:
+            sharing[device] = sharing.get(device, 0) + 1
+    return {
+        name: max((sharing[device] for device in devices), default=1)
+        for name, devices in on_gpu.items()
+    }
 
 
 def _cache_events(metrics: ServiceMetrics) -> CacheEvents:
@@ -149,6 +187,7 @@ def create_app(
     settings: Settings,
     *,
     model: ServedModel | None = None,
+    models: Mapping[str, ServedModel] | None = None,
     batch_observer: BatchObserver | None = None,
     registry: CollectorRegistry | None = None,
     nvml: NvmlLibrary | None = None,
@@ -157,9 +196,10 @@ def create_app(
     cache_breaker_policy: BreakerPolicy = BREAKER_POLICY,
     cache_clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """Build the app. Pass ``model`` to serve an already loaded one, with one runner per device
-    (the CLI loads it first so that a bad checkpoint fails before the port opens); otherwise
-    the lifespan loads it.
+    """Build the app. Pass ``models`` (by served name, every one of ``settings.model_specs``),
+    or ``model`` for the default one alone, to serve models already loaded (the CLI loads them
+    first so that a bad checkpoint fails before the port opens); otherwise the lifespan loads
+    them.
 
     Each app has its own metrics registry (``registry``, or a new one). ``nvml`` replaces
     ``pynvml``. ``instrument_requests=False`` leaves out the per-request metrics and log lines;
@@ -170,11 +210,11 @@ def create_app(
     cache's clock (tests advance a fake one).
     """
     lifecycle = Lifecycle()
-    metrics = ServiceMetrics(registry)
+    specs = settings.model_specs
+    metrics = ServiceMetrics(registry, models=[spec.name for spec in specs])
     metrics.add_cache_backends(STORE_NAMES)
-    observers: list[BatchObserver] = [metrics.observe_batch] if instrument_requests else []
-    if batch_observer is not None:
-        observers.append(batch_observer)
+    if model is not None:
+        models = {specs[0].name: model}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -183,61 +223,104 @@ def create_app(
             if tracing is not None:  # last out: the spans of the drained requests still go
                 resources.push_async_callback(asyncio.to_thread, tracing.shutdown)
             try:
-                engine = await _start(app, resources)
+                served_models = await _start(app, resources)
             except Exception as exc:
                 logger.error("startup_failed", error=str(exc), error_type=type(exc).__name__)
                 raise
             # Runs first on the way out: new work gets 503 while the engine finishes its queue.
             resources.callback(lifecycle.begin_draining)
             yield
-        logger.info("shutdown", pending_pairs=engine.queued_pairs)
+        logger.info("shutdown", pending_pairs=served_models.queued_pairs)
 
-    async def _start(app: FastAPI, resources: contextlib.AsyncExitStack) -> RerankEngine:
-        served = model if model is not None else await _load_model(settings)
-        metrics.set_workers([runner.description for runner in served.runners])
-        await resources.enter_async_context(_metrics_server(settings, metrics))
-        score_cache = build_score_cache(
-            settings,
-            served.description,
-            StoreContext(_cache_events(metrics), cache_clock, cache_breaker_policy),
-        )
-        app.state.score_cache = score_cache
+    async def _loaded() -> Mapping[str, ServedModel]:
+        if models is not None:
+            missing = [spec.name for spec in specs if spec.name not in models]
+            if missing:
+                raise StartupError(f"models {missing} were not loaded")
+            return models
+        return await asyncio.to_thread(load_models, settings)
+
+    def _engine(
+        spec: ModelSpec, served: ServedModel, cache: ScoreCache | None, share: int
+    ) -> RerankEngine:
+        observers: list[BatchObserver] = []
+        if instrument_requests:
+            observers.append(metrics.batch_observer(spec.name))
+        if batch_observer is not None:
+            observers.append(batch_observer)
+        metrics.set_workers(spec.name, [runner.description for runner in served.runners])
         engine = RerankEngine(
             served,
-            engine_config(settings),
+            engine_config(settings, spec, device_share=share),
             observer=_observe_batches(observers),
-            score_cache=score_cache,
-            runner_observer=metrics.set_runner,
+            score_cache=cache,
+            runner_observer=lambda status: metrics.set_runner(spec.name, status),
         )
         for status in engine.runner_statuses():
-            metrics.set_runner(status)
-        resources.push_async_callback(engine.stop)
+            metrics.set_runner(spec.name, status)
+        metrics.watch_queue(spec.name, lambda: engine.queued_pairs, engine.limits.max_queued_pairs)
+        return engine
+
+    async def _start(app: FastAPI, resources: contextlib.AsyncExitStack) -> ModelSet:
+        loaded = await _loaded()
+        await resources.enter_async_context(_metrics_server(settings, metrics))
+        shares = device_shares(loaded)
+        first_cache = build_score_cache(
+            settings,
+            loaded[specs[0].name].description,
+            StoreContext(_cache_events(metrics), cache_clock, cache_breaker_policy),
+        )
+        app.state.score_cache = first_cache
+        served_engines = []
+        for spec in specs:
+            served = loaded[spec.name]
+            cache = first_cache
+            if first_cache is not None and spec is not specs[0]:
+                cache = first_cache.for_model(model_identity(served.description))
+            engine = _engine(spec, served, cache, shares[spec.name])
+            resources.push_async_callback(engine.stop)
+            served_engines.append(
+                ServedEngine(spec.name, engine, spec.aliases, spec.default_instruction)
+            )
+        model_set = ModelSet(served_engines)
+        engines = [entry.engine for entry in model_set]
         gpu_poller = GpuPoller(
             metrics,
             interval_seconds=settings.gpu_poll_seconds,
             nvml=nvml if nvml is not None else load_nvml(),
-            read_device_memory=engine.device_memory,
+            read_device_memory=lambda: list(
+                {
+                    reading.device: reading
+                    for engine in engines
+                    for reading in engine.device_memory()
+                }.values()
+            ),
             served_gpus={
-                served.device_uuid: served.device
-                for served in engine.descriptions
-                if served.device_uuid is not None
+                worker.device_uuid: worker.device
+                for engine in engines
+                for worker in engine.descriptions
+                if worker.device_uuid is not None
             },
         )
         gpu_poller.start()
         resources.push_async_callback(gpu_poller.stop)
-        metrics.watch_queue(lambda: engine.queued_pairs, engine.limits.max_queued_pairs)
-        await engine.start()
-        lifecycle.engine = engine
+        for engine in engines:
+            await engine.start()
+        lifecycle.models = model_set
+        lifecycle.ready_at = time.time()
         if lifecycle.phase == "loading":  # a stop signal during start-up wins
             lifecycle.phase = "ready"
-        logger.info(
-            "service_ready",
-            max_length=engine.limits.max_length,
-            max_batch_tokens=engine.limits.max_batch_tokens,
-            max_queued_pairs=engine.limits.max_queued_pairs,
-            batch_saturation_tokens=engine.pass_costs.saturation_tokens(),
-        )
-        return engine
+        for entry in model_set:
+            engine = entry.engine
+            logger.info(
+                "service_ready",
+                model=entry.name,
+                max_length=engine.limits.max_length,
+                max_batch_tokens=engine.limits.max_batch_tokens,
+                max_queued_pairs=engine.limits.max_queued_pairs,
+                batch_saturation_tokens=engine.pass_costs.saturation_tokens(),
+            )
+        return model_set
 
     # /docs and /redoc load their JavaScript and CSS from this process, not from a CDN: they
     # work on an air-gapped machine, where rerankers often run.

@@ -82,5 +82,10 @@ def build_score_cache(
     stores = [store for store in built if store is not None]
     if not stores:
         return None
-    identity = cache_identity(model.model, model.revision, model.dtype, model.max_length)
-    return ScoreCache(identity, stores)
+    return ScoreCache(model_identity(model), stores)
+
+
+def model_identity(model: ModelDescription) -> bytes:
+    """What, beyond a pair's tokens, decides its score under ``model``: its cache keys'
+    namespace, one per served model."""
+    return cache_identity(model.model, model.revision, model.dtype, model.max_length)

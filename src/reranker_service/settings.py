@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reranker_service.engine.runner.names import RunnerChoice
+from reranker_service.model_specs import (
+    DType,
+    ModelOptions,
+    ModelSpec,
+    PromptChoice,
+    model_specs,
+    normalized_devices,
+    parse_model_pairs,
+    read_models_file,
+)
 
 ENV_PREFIX = "RERANKER_"
 DEFAULT_MODEL = "Qwen/Qwen3-Reranker-0.6B"
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
-_DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
-
 LogLevel = Literal["debug", "info", "warning", "error"]
-DType = Literal["auto", "float32", "float16", "bfloat16"]
 Compile = Literal["auto", "background", "true", "false"]
 
 
@@ -56,6 +62,23 @@ class Settings(BaseSettings):
     )
 
     model: str = Field(DEFAULT_MODEL, description="Hugging Face model id or local directory")
+    models: str | None = Field(
+        None,
+        description="several models in one process: name=checkpoint pairs separated by commas "
+        "(qwen=Qwen/Qwen3-Reranker-0.6B,bge=BAAI/bge-reranker-v2-m3); the first is the "
+        "default; a request's model picks one. Unset: RERANKER_MODEL alone",
+    )
+    models_file: str | None = Field(
+        None,
+        description="YAML file of the served models with per-model options (device, dtype, "
+        "max_length, max_batch_tokens, default_instruction, aliases, prompt); see "
+        "docs/configuration.md",
+    )
+    prompt: PromptChoice = Field(
+        "auto",
+        description="auto (a Qwen3 sequence classifier whose tokenizer has Qwen3's chat tokens "
+        "gets Qwen3-Reranker's prompt) or none (served as a plain cross-encoder)",
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
     device: str = Field(
         "auto",
@@ -191,22 +214,12 @@ class Settings(BaseSettings):
         description="aging bound: a pair waiting longer goes first whatever its priority",
     )
 
+    _model_specs: tuple[ModelSpec, ...] = PrivateAttr(default=())
+
     @field_validator("device")
     @classmethod
     def _known_devices(cls, value: str) -> str:
-        entries = [entry.strip() for entry in value.split(",")]
-        if entries in (["auto"], ["cuda:all"]):
-            return entries[0]
-        if not all(_DEVICE_PATTERN.match(entry) for entry in entries):
-            raise ValueError(
-                "must be auto, cuda:all, or a comma-separated list of cpu, cuda and cuda:N"
-            )
-        if len({entry.partition(":")[0] for entry in entries}) > 1:
-            raise ValueError("cannot mix cpu and cuda workers: the slower would hold up batches")
-        gpus = [entry for entry in entries if entry != "cpu"]
-        if len(set(gpus)) != len(gpus):
-            raise ValueError("names a GPU twice; one worker per GPU")
-        return ",".join(entries)
+        return normalized_devices(value)
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -267,6 +280,33 @@ class Settings(BaseSettings):
                 f"({self.request_pairs_limit}) or a full-size request could never be accepted"
             )
         return self
+
+    @model_validator(mode="after")
+    def _served_models(self) -> Self:
+        """``RERANKER_MODELS`` and ``RERANKER_MODELS_FILE`` read, checked and resolved once."""
+        if self.models is not None and "model" in self.model_fields_set:
+            raise ValueError("set RERANKER_MODEL or RERANKER_MODELS, not both")
+        defaults = {
+            "revision": self.revision,
+            "device": self.device,
+            "dtype": self.dtype,
+            "max_length": self.max_length,
+            "max_batch_tokens": self.max_batch_tokens,
+            "prompt": self.prompt,
+        }
+        pairs = parse_model_pairs(self.models) if self.models is not None else {}
+        entries = read_models_file(Path(self.models_file)) if self.models_file else {}
+        if not pairs and not entries:
+            pairs = {self.model: self.model}
+            entries = {self.model: ModelOptions()}
+        self._model_specs = model_specs(pairs, entries, defaults)
+        return self
+
+    @property
+    def model_specs(self) -> tuple[ModelSpec, ...]:
+        """The served models, the default first; one, named by ``model``, unless
+        ``RERANKER_MODELS`` or ``RERANKER_MODELS_FILE`` list several."""
+        return self._model_specs
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from reranker_service.cli import SettingsError, load_settings
+from tests.support.exposition import Exposition
 from tests.support.local_server import serve_in_thread
 from tests.support.prometheus_server import free_port
 from tests.support.service_process import start_service
@@ -94,7 +95,7 @@ def test_metrics_can_move_to_a_port_of_their_own(app_factory: AppFactory) -> Non
         assert http.get(f"{url}/metrics").status_code == 404
         scraped = http.get(f"http://127.0.0.1:{metrics_port}/metrics")
         assert scraped.status_code == 200
-        assert 'reranker_requests_total{status="success"} 1.0' in scraped.text
+        assert Exposition(scraped.text).value("reranker_requests_total", status="success") == 1
     with pytest.raises(httpx.ConnectError):  # closed with the app
         httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
 

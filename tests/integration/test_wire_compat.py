@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import cohere
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from reranker_service.app import create_app, load_options
+from reranker_service.engine.loading import load_model
 from reranker_service.engine.runner.protocol import ServedModel
 from reranker_service.engine.scoring import probability
-from reranker_service.settings import DEFAULT_INSTRUCTION
+from reranker_service.settings import DEFAULT_INSTRUCTION, Settings
+from reranker_service.tiny_checkpoint import CheckpointKind
 from tests.support.local_server import serve_in_thread
+from tests.support.model_card import ModelCardReranker
 from tests.support.serving import AppFactory, logits
 
 QUERY = "What is the capital of the United States?"
@@ -142,3 +150,76 @@ def test_langchain_cohere_rerank(app_factory: AppFactory, scoring_model: ServedM
     for document in ranked:
         score = document.metadata["relevance_score"]
         assert score == pytest.approx(expected[DOCS.index(document.page_content)], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def every_kind_app(
+    checkpoint: Path, kind_checkpoint: Callable[[CheckpointKind], Path]
+) -> Callable[[], FastAPI]:
+    """One service with a model of each kind: the causal Qwen3 reranker (the default), its
+    seq-cls form, and the three cross-encoders."""
+    kinds: tuple[CheckpointKind, ...] = ("qwen3-seq-cls", "bert", "xlm-roberta", "modernbert")
+    named = [f"qwen3={checkpoint}", *(f"{kind}={kind_checkpoint(kind)}" for kind in kinds)]
+    settings = Settings(
+        models=",".join(named), device="cpu", dtype="float32", host="127.0.0.1", cache_size=0
+    )
+    models = {spec.name: load_model(load_options(settings, spec)) for spec in settings.model_specs}
+    return lambda: create_app(settings, models=models)
+
+
+def _reference(kind: str, path: Path, card: ModelCardReranker) -> list[float]:
+    """The model card's P(yes) for the Qwen3 forms; ``CrossEncoder.predict`` for the others."""
+    if kind.startswith("qwen3"):
+        return card.score_alone(None, QUERY, DOCS)
+    from sentence_transformers import CrossEncoder
+
+    encoder = CrossEncoder(str(path), max_length=512, device="cpu")
+    return [float(score) for score in encoder.predict([(QUERY, document) for document in DOCS])]
+
+
+def test_every_kind_through_the_cohere_v2_and_litellm_clients(
+    every_kind_app: Callable[[], FastAPI],
+    checkpoint: Path,
+    kind_checkpoint: Callable[[CheckpointKind], Path],
+    card: ModelCardReranker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each kind's scores, picked by ``model``, through Cohere's v2 SDK and LiteLLM's rerank
+    (its cohere provider, which sends the name after ``cohere/``); a name not served is a 404
+    to both."""
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch of prices at import
+    import litellm
+
+    paths = {"qwen3": checkpoint} | {
+        kind: kind_checkpoint(kind)
+        for kind in ("qwen3-seq-cls", "bert", "xlm-roberta", "modernbert")
+    }
+    with serve_in_thread(every_kind_app()) as base_url:
+        cohere_v2 = cohere.ClientV2(api_key="unused", base_url=base_url, timeout=30)
+        for kind, path in paths.items():
+            expected = _reference(kind, path, card)
+            by_cohere = cohere_v2.rerank(model=kind, query=QUERY, documents=DOCS)
+            by_litellm = litellm.rerank(
+                model=f"cohere/{kind}", query=QUERY, documents=DOCS, api_base=base_url, api_key="x"
+            )
+            answers = {
+                "cohere": {result.index: result.relevance_score for result in by_cohere.results},
+                "litellm": {
+                    result["index"]: result["relevance_score"] for result in by_litellm.results
+                },
+            }
+            for client, scores in answers.items():
+                assert [scores[index] for index in range(len(DOCS))] == pytest.approx(
+                    expected, abs=1e-4 if kind.startswith("qwen3") else 1e-5
+                ), (kind, client)
+        with pytest.raises(cohere.core.ApiError) as refused:
+            cohere_v2.rerank(model="rerank-v3.5", query=QUERY, documents=DOCS)
+        assert refused.value.status_code == 404
+        with pytest.raises(litellm.exceptions.NotFoundError):
+            litellm.rerank(
+                model="cohere/rerank-v3.5",
+                query=QUERY,
+                documents=DOCS,
+                api_base=base_url,
+                api_key="x",
+            )

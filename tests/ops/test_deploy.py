@@ -7,7 +7,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,15 @@ import pytest
 import structlog
 import yaml
 
+from reranker_service.app import create_app
 from reranker_service.observability.metrics import EXEMPLAR_TRACE_LABEL
+from reranker_service.settings import Settings
+from reranker_service.tiny_checkpoint import CheckpointKind
+from tests.support.exposition import scrape
 from tests.support.local_server import serve_in_thread
 from tests.support.paths import DATA, ROOT
 from tests.support.prometheus_server import PrometheusServer, run_prometheus
-from tests.support.serving import AppFactory
+from tests.support.serving import AppFactory, asgi_client
 
 DEPLOY = ROOT / "deploy"
 COMPOSE_SCHEMA = DATA / "compose-spec.json"
@@ -29,6 +33,8 @@ COMPOSE_SCHEMA = DATA / "compose-spec.json"
 RULES = sorted((DEPLOY / "prometheus" / "rules").glob("*.yml"))
 RULE_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "reranker.json"
+MODELS_EXAMPLE = DEPLOY / "models.example.yaml"
+TWO_MODELS_OVERRIDE = "deploy/compose/two-models.yml"
 
 
 class _ComposeLoader(yaml.SafeLoader):
@@ -68,7 +74,9 @@ def _run(*command: str, cwd: Path = ROOT) -> str:
 # -- compose ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.cpu.yml"])
+@pytest.mark.parametrize(
+    "name", ["docker-compose.yml", "docker-compose.cpu.yml", TWO_MODELS_OVERRIDE]
+)
 def test_compose_files_follow_the_compose_spec(name: str) -> None:
     schema = json.loads(COMPOSE_SCHEMA.read_text())  # draft-07, as its $schema says
     jsonschema.Draft7Validator.check_schema(schema)
@@ -173,6 +181,35 @@ def test_cpu_override_drops_the_gpu_and_serves_the_test_model() -> None:
     assert reranker["depends_on"]["test-model"]["condition"] == "service_completed_successfully"
     assert override["test-model"]["entrypoint"] == ["reranker-make-test-model", "/models/tiny"]
     assert "whl/cpu" in reranker["build"]["args"]["TORCH_INDEX_URL"]
+
+
+def test_the_example_models_file_serves_two_models() -> None:
+    """deploy/models.example.yaml, as the service reads it: qwen (the default, alias default)
+    and bge with its own max_length."""
+    qwen, bge = Settings(models_file=str(MODELS_EXAMPLE), device="cpu").model_specs
+    assert (qwen.name, qwen.model, qwen.aliases) == (
+        "qwen",
+        "Qwen/Qwen3-Reranker-0.6B",
+        ("default",),
+    )
+    assert (bge.name, bge.model, bge.max_length) == ("bge", "BAAI/bge-reranker-v2-m3", 1024)
+
+
+def test_two_models_override_mounts_the_models_file_instead_of_one_model() -> None:
+    """deploy/compose/two-models.yml, merged over docker-compose.yml: RERANKER_MODEL reset,
+    RERANKER_MODELS_FILE naming the example file where it is mounted."""
+    reranker = _compose(TWO_MODELS_OVERRIDE)["services"]["reranker"]
+    text = (ROOT / TWO_MODELS_OVERRIDE).read_text()
+    assert re.search(r"^      RERANKER_MODEL: !reset null$", text, flags=re.MULTILINE)
+    [volume] = reranker["volumes"]
+    source, target, mode = volume.split(":")
+    # Paths in an override file are relative to the first file's folder: the repository root.
+    assert (ROOT / source).resolve() == MODELS_EXAMPLE
+    assert (target, mode) == (reranker["environment"]["RERANKER_MODELS_FILE"], "ro")
+    base = _compose("docker-compose.yml")["services"]["reranker"]
+    assert all(not mount.endswith(":" + target) for mount in base["volumes"])
+    # The base file's other settings, the image and the GPU stay as they are.
+    assert set(reranker) == {"environment", "volumes"}
 
 
 def test_dockerfile_builds_a_small_non_root_image_with_a_healthcheck() -> None:
@@ -289,8 +326,109 @@ def test_grafana_provisioning_points_at_the_dashboard_and_datasource() -> None:
             for variable in re.findall(r"\$(\w+)", expr):
                 assert variable.startswith("__") or f'=~"${variable}"' in expr, expr
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert set(variables) == {"job", "instance"}
-    assert all(v["includeAll"] and v["allValue"] == ".*" for v in variables.values())
+    assert set(variables) == {"job", "instance", "model"}
+    assert all(v["multi"] and v["includeAll"] for v in variables.values())
+    assert all(v["allValue"] == ".*" for v in variables.values())
+    # The served models' names, as reranker_model_info carries them (within the job and
+    # instance picked above it).
+    model_query = variables["model"]["query"]["query"]
+    assert re.fullmatch(r"label_values\(reranker_model_info(\{[^}]*\})?, model\)", model_query)
+    assert variables["model"]["definition"] == model_query
+
+
+# -- the model variable ------------------------------------------------------------------------
+
+MODEL_FILTER = 'model=~"$model"'
+_SELECTOR = re.compile(r"\b(reranker[_:][\w:]*)(\{[^}]*\})?")
+_SERIES_SUFFIXES = ("_bucket", "_count", "_sum", "_total")
+
+
+async def _served_model_families(app_factory: AppFactory) -> set[str]:
+    """The families the service publishes with a ``model`` label, read from its first scrape
+    (every family exists from it, with its label values)."""
+    async with asgi_client(app_factory()) as http:
+        exposition = await scrape(http)
+    return {
+        name
+        for name, family in exposition.families.items()
+        if any("model" in sample.labels for sample in family.samples)
+    }
+
+
+def _recorded_model_series() -> set[str]:
+    """The recorded series that keep the ``model`` label: their rule aggregates by it."""
+    return {
+        rule["record"]
+        for path in RULES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule and re.search(r"\bby \([^)]*\bmodel\b", rule["expr"])
+    }
+
+
+def _unfiltered_model_selectors(expr: str, model_families: set[str]) -> list[str]:
+    """The selectors of ``expr`` on a family with a ``model`` label that do not match it
+    against the dashboard's variable."""
+    missing = []
+    for found in _SELECTOR.finditer(expr):
+        name, matchers = found.group(1), found.group(2) or ""
+        family = name
+        for suffix in _SERIES_SUFFIXES:
+            if name not in model_families and name.endswith(suffix):
+                family = name.removesuffix(suffix)
+        if family in model_families and MODEL_FILTER not in matchers:
+            missing.append(found.group(0))
+    return missing
+
+
+async def test_every_query_on_a_model_labelled_family_filters_by_the_model_variable(
+    app_factory: AppFactory,
+) -> None:
+    """Several models in one process: every panel query on a family or recorded series
+    that carries ``model`` matches it with ``model=~"$model"``, selector by selector (a panel
+    that forgets it mixes models the viewer did not pick)."""
+    served = await _served_model_families(app_factory)
+    assert {"reranker_requests", "reranker_top1_score", "reranker_queue_depth"} <= served
+    assert {"reranker_model_info", "reranker_inference_seconds", "reranker_runner_info"} <= served
+    assert not {"reranker_gpu_memory_used_bytes", "reranker_inflight_requests"} & served
+    recorded = _recorded_model_series()
+    assert {"reranker:top1_score:mean_10m", "reranker:request_latency_seconds:p95_5m"} <= recorded
+    assert not {"reranker:worker_busy:ratio_rate5m", "reranker:gpu_memory_used:ratio"} & recorded
+    model_families = served | recorded
+    # The check can fail: a selector without the filter, one of two, a histogram's bucket.
+    unfiltered = 'sum(rate(reranker_requests_total{job=~"$job"}[5m]))'
+    assert _unfiltered_model_selectors(unfiltered, model_families) == [
+        'reranker_requests_total{job=~"$job"}'
+    ]
+    half = 'reranker:top1_score:mean_10m{model=~"$model"} / reranker:score_stddev:mean_10m'
+    assert _unfiltered_model_selectors(half, model_families) == ["reranker:score_stddev:mean_10m"]
+    bucket = 'sum by (le) (rate(reranker_request_latency_seconds_bucket{le="2.0"}[5m]))'
+    assert len(_unfiltered_model_selectors(bucket, model_families)) == 1
+    filtered = 0
+    for panel in _panels():
+        for expr in _expressions(panel):
+            missing = _unfiltered_model_selectors(expr, model_families)
+            assert not missing, f"{panel['title']}: {missing} without {MODEL_FILTER}"
+            filtered += MODEL_FILTER in expr
+    assert filtered >= 25
+
+
+def test_panels_that_compare_models_split_by_model() -> None:
+    """Latency, throughput and quality: one line per model, named in the legend."""
+    for title in (
+        "Success rate (target 99.5 %)",
+        "Latency p50 / p95 / p99",
+        "Throughput",
+        "Queue wait (p95 per pair)",
+        "Inference time per forward pass",
+        "Top-1 score (mean, 10m)",
+        "Score spread (mean stddev, 10m)",
+        "Errors/s by type",
+        "Requests/s by status",
+    ):
+        [panel] = [panel for panel in _panels() if panel["title"] == title]
+        for target in panel["targets"]:
+            assert "{{model}}" in target["legendFormat"], (title, target["legendFormat"])
 
 
 def test_dashboard_has_the_panels_users_need() -> None:
@@ -325,12 +463,28 @@ def test_dashboard_has_the_panels_users_need() -> None:
     assert steps[-1]["value"] == 0.995
 
 
+SERVED_MODELS = ("qwen", "bert")
+"""The live stack's models: the tiny Qwen3 reranker and a tiny BERT cross-encoder, in one
+process, as RERANKER_MODELS serves them."""
+
+
 @pytest.fixture
-def scraped_service(tmp_path: Path, app_factory: AppFactory) -> Iterator[PrometheusServer]:
-    """A real Prometheus with the shipped rules, after it scraped the service under traffic."""
-    app = app_factory(api_key="k", max_documents=20)
+def scraped_service(
+    tmp_path: Path, checkpoint: Path, kind_checkpoint: Callable[[CheckpointKind], Path]
+) -> Iterator[PrometheusServer]:
+    """A real Prometheus with the shipped rules, after it scraped a service of two models under
+    traffic to both (and requests refused before a model was chosen)."""
+    settings = Settings(
+        models=f"qwen={checkpoint},bert={kind_checkpoint('bert')}",
+        device="cpu",
+        dtype="float32",
+        host="127.0.0.1",
+        cache_size=0,
+        api_key="k",
+        max_documents=20,
+    )
     with (
-        serve_in_thread(app) as base_url,
+        serve_in_thread(create_app(settings)) as base_url,
         run_prometheus(tmp_path, base_url.removeprefix("http://"), RULES) as prometheus,
         httpx.Client(base_url=base_url, timeout=30) as http,
     ):
@@ -340,23 +494,29 @@ def scraped_service(tmp_path: Path, app_factory: AppFactory) -> Iterator[Prometh
         sent = 0
         while time.monotonic() < deadline or sent < 20:
             docs = [f"document {sent} number {j} " * (j + 1) for j in range(1 + sent % 6)]
-            http.post("/rerank", json={"query": f"query {sent}", "documents": docs}, headers=auth)
+            body = {"query": f"query {sent}", "documents": docs}
+            model = SERVED_MODELS[sent % 2]
+            answer = http.post("/rerank", json=body | {"model": model}, headers=auth)
+            assert answer.status_code == 200, answer.text
             if sent % 5 == 0:
                 http.post("/rerank", json={"query": "q", "documents": ["d"]})  # 401
                 http.post("/v2/rerank", json={"query": "q", "documents": "x"}, headers=auth)
+                unknown = body | {"model": "no-such-model"}
+                assert http.post("/rerank", json=unknown, headers=auth).status_code == 404
             sent += 1
-        prometheus.wait_until("reranker:pairs:rate5m > 0")
-        prometheus.wait_until("reranker:score_stddev:mean_10m > 0")
+        prometheus.wait_until("count(reranker:pairs:rate5m > 0) == 2")
+        prometheus.wait_until("count(reranker:score_stddev:mean_10m > 0) == 2")
         yield prometheus
 
 
-def _substitute(expr: str) -> str:
-    """What Grafana sends for 'All' and its interval variables."""
+def _substitute(expr: str, model: str = ".*") -> str:
+    """What Grafana sends for 'All' (or the model picked) and its interval variables."""
     return (
         expr.replace("$__rate_interval", "10s")
         .replace("$__interval", "2s")
         .replace("$job", ".*")
         .replace("$instance", ".*")
+        .replace("$model", model)
     )
 
 
@@ -378,3 +538,36 @@ def test_dashboard_queries_and_alert_rules_run_on_live_data(
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:
                 scraped_service.query(rule["expr"])
+
+
+@pytest.mark.slow  # starts real server processes
+def test_the_model_variable_picks_one_models_series_on_live_data(
+    scraped_service: PrometheusServer,
+) -> None:
+    """Two models in one process: the recorded quality, latency and throughput series are
+    one per model, and with one model picked every panel shows that model's series only (or
+    a total over it)."""
+    for record in (
+        "reranker:top1_score:mean_10m",
+        "reranker:score_stddev:mean_10m",
+        "reranker:request_latency_seconds:p95_5m",
+        "reranker:pairs:rate5m",
+        "reranker:request_success:ratio_rate5m",
+    ):
+        recorded = [series["metric"]["model"] for series in scraped_service.query(record)]
+        assert sorted(recorded) == sorted(SERVED_MODELS), record
+    # The requests refused before a model was chosen are counted without a model label.
+    refused = scraped_service.query('reranker:request_errors:rate5m{model=""} > 0')
+    assert {series["metric"]["type"] for series in refused} >= {"unauthorized", "validation"}
+    end = time.time()
+    for picked in SERVED_MODELS:
+        seen: set[str | None] = set()
+        for panel in _panels():
+            for expr in _expressions(panel):
+                if MODEL_FILTER not in expr:
+                    continue
+                result = scraped_service.query_range(_substitute(expr, picked), end - 60, end, 2)
+                shown = {series["metric"].get("model") for series in result}
+                assert shown <= {picked, None}, (panel["title"], picked, shown)
+                seen |= shown
+        assert picked in seen

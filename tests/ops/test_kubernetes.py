@@ -26,7 +26,7 @@ from tests.support.script_modules import load_module
 from tests.support.service_process import start_service
 
 KUBERNETES = ROOT / "deploy/kubernetes"
-OVERLAYS = ("gpu", "cpu", "hpa", "cache")
+OVERLAYS = ("gpu", "cpu", "hpa", "cache", "two-models")
 TARGET_VERSION = "1.32.0"
 """The Kubernetes release the manifests target (kubectl's own, here)."""
 CRDS = ROOT / "tests/data/kubernetes"
@@ -265,17 +265,15 @@ def test_the_pieces_are_wired_together(objects: list[dict[str, Any]]) -> None:
 
 
 def test_each_overlay_is_what_it_says() -> None:
-    gpu, cpu, hpa, cache = (build(overlay) for overlay in OVERLAYS)
+    built = {overlay: build(overlay) for overlay in OVERLAYS}
+    gpu, cpu = built["gpu"], built["cpu"]
     assert _container(gpu)["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "nvidia.com/gpu" not in _container(cpu)["resources"].get("limits", {})
     assert _env(_container(cpu))["RERANKER_DEVICE"] == "cpu"
     [init] = _one(cpu, "Deployment")["spec"]["template"]["spec"]["initContainers"]
     assert init["command"][:1] == ["reranker-make-test-model"]
     assert _env(_container(cpu))["RERANKER_MODEL"] == init["command"][1]
-    kinds = {
-        overlay: {obj["kind"] for obj in objects}
-        for overlay, objects in zip(OVERLAYS, (gpu, cpu, hpa, cache), strict=True)
-    }
+    kinds = {overlay: {obj["kind"] for obj in objects} for overlay, objects in built.items()}
     assert "ScaledObject" in kinds["gpu"]
     assert "HorizontalPodAutoscaler" not in kinds["gpu"]
     assert "ScaledObject" not in kinds["cpu"]
@@ -299,6 +297,47 @@ def test_each_overlay_is_what_it_says() -> None:
         "RERANKER_COMPILE_CACHE", "/compile-cache"
     )
     assert not [obj for obj in cpu if obj["kind"] == "PersistentVolumeClaim"]
+
+
+def test_the_two_models_overlay_serves_the_example_models_file(tmp_path: Path) -> None:
+    """The GPU overlay with RERANKER_MODELS_FILE in place of RERANKER_MODEL, pointing at the
+    models.yaml of a ConfigMap mounted where the setting says; that file, as the service reads
+    it, serves qwen (the default, alias default) and bge."""
+    gpu, two = build("gpu"), build("two-models")
+    env = _env(_container(two))
+    assert "RERANKER_MODEL" not in env
+    assert {k: v for k, v in env.items() if k != "RERANKER_MODELS_FILE"} == {
+        k: v for k, v in _env(_container(gpu)).items() if k != "RERANKER_MODEL"
+    }
+    folder, _, file_name = env["RERANKER_MODELS_FILE"].rpartition("/")
+    mounts = _container(two)["volumeMounts"]
+    [mount] = [m for m in mounts if m["mountPath"] == folder]
+    assert mount.get("readOnly")
+    # Not inside another volume's folder (the API key's is read-only): kubelet could not make
+    # the mount point there.
+    others = [m["mountPath"] for m in mounts if m is not mount]
+    assert not [path for path in others if folder.startswith(path + "/")]
+    volumes = _one(two, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    [volume] = [v for v in volumes if v["name"] == mount["name"]]
+    config_map = _named(two, "ConfigMap", volume["configMap"]["name"])
+    models_file = tmp_path / file_name
+    models_file.write_text(config_map["data"][file_name])
+    qwen, bge = Settings(models_file=str(models_file), device="cpu").model_specs
+    assert (qwen.name, qwen.model, qwen.aliases) == (
+        "qwen",
+        "Qwen/Qwen3-Reranker-0.6B",
+        ("default",),
+    )
+    assert (bge.name, bge.model, bge.max_length) == ("bge", "BAAI/bge-reranker-v2-m3", 1024)
+    assert yaml.safe_load(config_map["data"][file_name]) == yaml.safe_load(
+        (ROOT / "deploy/models.example.yaml").read_text()
+    )
+    # Only patches the GPU overlay: the same objects, and the models' ConfigMap.
+    names = {(obj["kind"], obj["metadata"]["name"]) for obj in gpu}
+    assert {(obj["kind"], obj["metadata"]["name"]) for obj in two} - names == {
+        ("ConfigMap", config_map["metadata"]["name"])
+    }
+    assert _container(two)["resources"] == _container(gpu)["resources"]
 
 
 def _named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

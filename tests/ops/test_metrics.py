@@ -83,11 +83,14 @@ async def test_every_family_exists_before_the_first_request(
     described = scoring_model.description
     [info] = exposition.samples("reranker_model_info")
     assert info.value == 1
+    # One model served alone is named by its checkpoint.
     assert info.labels == {
         "model": described.model,
         "revision": described.revision,
         "device": "cpu",
         "dtype": "float32",
+        "checkpoint": described.model,
+        "kind": described.kind,
     }
     latency_bounds = set(exposition.histogram("reranker_request_latency_seconds").buckets)
     assert {0.005, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, float("inf")} <= latency_bounds

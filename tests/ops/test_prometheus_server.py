@@ -69,9 +69,10 @@ def service_url(app_factory: AppFactory, scripted: ScriptedModel) -> Iterator[st
 def test_promql_over_scraped_data_gives_rate_error_ratio_and_p95(
     service_url: str, prometheus: PrometheusServer, scripted: ScriptedModel
 ) -> None:
-    # A first scrape with every series at zero, before any traffic.
+    # A first scrape with every series at zero, before any traffic: success and fail for the
+    # served model, and for the requests refused before a model is chosen (model="").
     prometheus.wait_for('sum(up{job="reranker"})', 1)
-    prometheus.wait_for("count(reranker_requests_total)", 2)
+    prometheus.wait_for("count(reranker_requests_total)", 4)
     payload = {"query": "q", "documents": ["a short document"]}
     auth = {"Authorization": "Bearer k"}
     with httpx.Client(base_url=service_url, timeout=30) as http:

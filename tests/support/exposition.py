@@ -32,15 +32,18 @@ class Exposition:
         return list(self.families[family].samples)
 
     def value(self, sample_name: str, **labels: str) -> float:
+        """The samples of ``sample_name`` that carry ``labels``, summed (as PromQL's ``sum``
+        would over the labels not given: ``model`` with one model served); a ``KeyError``
+        where there is none."""
         family = self.families[_family_name(sample_name)]
         matches = [
             sample.value
             for sample in family.samples
-            if sample.name == sample_name and sample.labels == labels
+            if sample.name == sample_name and labels.items() <= sample.labels.items()
         ]
-        if len(matches) != 1:
-            raise KeyError(f"{sample_name}{labels}: {len(matches)} samples")
-        return matches[0]
+        if not matches:
+            raise KeyError(f"{sample_name}{labels}: no sample")
+        return sum(matches)
 
     def histogram(self, name: str, **labels: str) -> Histogram:
         """The histogram's series that carry ``labels``, summed (as PromQL's ``sum`` would):

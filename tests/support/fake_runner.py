@@ -82,6 +82,7 @@ class FakeRunner:
         ``keeps_prefixes`` it packs, as the packed runner: every pass computes each prefix its
         pairs start with, and keeps none."""
         self.keeps_prefixes = keeps_prefixes
+        self.reads_prefixes = True
         self._description = fake_description(name)
         self._overlaps = overlaps
         self._pass_tokens = pass_tokens

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 
-from reranker_service.engine.prompt import PromptEncoder
+from reranker_service.engine.pairs import PairEncoder
 from reranker_service.engine.runner.protocol import (
     PassBatch,
     PendingScores,
@@ -21,7 +21,7 @@ OVERFLOW_WORD = "overflowing"
 SLOW_WORD = "sluggish"
 
 
-def word_token(encoder: PromptEncoder, word: str) -> int:
+def word_token(encoder: PairEncoder, word: str) -> int:
     """A token that a document holding ``word`` has and a plain one has not."""
     marked, plain = encoder.encode(DEFAULT_INSTRUCTION, "q", [word, "fine"])
     return next(token for token in marked if token not in plain)

@@ -126,6 +126,10 @@ class RunnerWrapper:
         return self._runner.keeps_prefixes
 
     @property
+    def reads_prefixes(self) -> bool:
+        return self._runner.reads_prefixes
+
+    @property
     def overlaps_passes(self) -> bool:
         return self._runner.overlaps_passes
 

@@ -7,8 +7,11 @@ from dataclasses import replace
 
 import pytest
 
+from reranker_service.app import device_shares
 from reranker_service.engine.rerank_engine import EngineConfig, choose_limits
+from reranker_service.engine.runner.protocol import ServedModel
 from reranker_service.engine.scoring import ModelDescription
+from tests.support.fake_runner import FakeRunner
 
 
 def _described(device: str, max_length: int = 8192) -> ModelDescription:
@@ -46,3 +49,26 @@ def test_the_operator_wins() -> None:
         123,
         8192,
     )
+
+
+def test_models_sharing_a_gpu_share_its_default_budget() -> None:
+    """Two models on one GPU each get half its default pass budget, so that their passes
+    together fit as one model's would; one set by the operator stands, and a full pair always
+    fits."""
+    shared = replace(UNSET, device_share=2)
+    assert choose_limits(shared, _described("cuda:0", 512)).max_batch_tokens == 16384
+    assert choose_limits(shared, _described("cuda:0", 20000)).max_batch_tokens == 20000
+    operator = replace(shared, max_batch_tokens=30000)
+    assert choose_limits(operator, _described("cuda:0", 512)).max_batch_tokens == 30000
+
+
+def test_the_share_counts_the_models_on_each_gpu(scoring_model: ServedModel) -> None:
+    """Per model, the most models on any of its GPUs; the CPU's budget is not divided."""
+    models = {
+        "a": ServedModel(scoring_model.encoder, (FakeRunner("cuda:0"), FakeRunner("cuda:1"))),
+        "b": ServedModel(scoring_model.encoder, (FakeRunner("cuda:1"),)),
+        "c": ServedModel(scoring_model.encoder, (FakeRunner("cuda:2"),)),
+        "d": ServedModel(scoring_model.encoder, (FakeRunner("cpu"),)),
+        "e": ServedModel(scoring_model.encoder, (FakeRunner("cpu"),)),
+    }
+    assert device_shares(models) == {"a": 2, "b": 2, "c": 1, "d": 1, "e": 1}

@@ -17,7 +17,8 @@ from reranker_service.api.error_table import (
     engine_error_answer,
 )
 from reranker_service.api.errors import ApiError, engine_error
-from reranker_service.engine.prompt import PairTooLongError
+from reranker_service.engine.model_set import UnknownModelError
+from reranker_service.engine.pairs import PairTooLongError
 from reranker_service.engine.rerank_engine import TooManyPairsError
 from reranker_service.engine.runner.protocol import DeviceLostError
 from reranker_service.engine.scheduler.jobs import (
@@ -48,6 +49,7 @@ ANSWERS: dict[type[Exception], tuple[Exception, int, str, str | None]] = {
     EngineStoppedError: (EngineStoppedError(), 503, "draining", "5"),
     DeviceLostError: (DeviceLostError("cuda:0: illegal access"), 503, "device_failed", "5"),
     NonFiniteScoresError: (NonFiniteScoresError(2, "cuda:0"), 500, "internal", None),
+    UnknownModelError: (UnknownModelError("gpt", ["qwen", "bge"]), 404, "model_not_found", None),
 }
 """Each engine error with the status, type and Retry-After the API promises for it
 (docs/api.md's table), written out here rather than read from the table under test."""

@@ -11,6 +11,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from reranker_service.app import StartupError
+from reranker_service.engine.prompt import PromptEncoder
 from reranker_service.engine.runner.protocol import PassBatch, PendingScores, ServedModel
 from tests.support.prometheus_server import free_port, taken_port
 from tests.support.serving import AppFactory, RunnerWrapper, sequences_of
@@ -22,6 +23,7 @@ class FailsOnRealPairs(RunnerWrapper):
     tokenizer threads have all started."""
 
     def launch(self, batch: PassBatch) -> PendingScores:
+        assert isinstance(self.encoder, PromptEncoder)
         suffix = self.encoder.suffix_ids
         if any(tuple(seq[-len(suffix) :]) == suffix for seq in sequences_of(batch)):
             raise RuntimeError("injected warm-up failure")

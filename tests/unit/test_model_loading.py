@@ -75,18 +75,18 @@ def test_other_architecture_is_refused(tmp_path: Path, checkpoint: Path) -> None
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(checkpoint / name, tmp_path / name)
-    with pytest.raises(ModelLoadError, match="not a Qwen3 reranker"):
+    with pytest.raises(ModelLoadError, match="neither Qwen3-Reranker"):
         load_single_device_model(_options(tmp_path))
 
 
-def test_sequence_classification_conversion_is_refused(tmp_path: Path, checkpoint: Path) -> None:
+def test_a_classifier_of_two_labels_is_refused(tmp_path: Path, checkpoint: Path) -> None:
     config = Qwen3Config.from_pretrained(checkpoint)
     config.architectures = ["Qwen3ForSequenceClassification"]
-    config.num_labels = 1
+    config.num_labels = 2
     Qwen3ForSequenceClassification(config).save_pretrained(tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(checkpoint / name, tmp_path / name)
-    with pytest.raises(ModelLoadError, match="Qwen3ForCausalLM"):
+    with pytest.raises(ModelLoadError, match="has 2 output labels; a reranker's classifier"):
         load_single_device_model(_options(tmp_path))
 
 

@@ -92,7 +92,7 @@ def test_the_grid_runs_on_the_real_model_within_its_budget(
     scoring_model: ServedModel,
 ) -> None:
     recorder = PassRecorder(scoring_model)
-    measured = measure_pass_costs(recorder, scoring_model.encoder.prefix_ids, 1024, 30.0)
+    measured = measure_pass_costs(recorder, scoring_model.encoder.filler_ids, 1024, 30.0)
     sizes = [tokens for tokens, _ in measured.points]
     assert sizes == [16, 32, 64, 128, 256, 512, 1024]  # the tiny model is fast: every size
     assert len(recorder.passes) == 1 + GRID_REPEATS * len(sizes)
@@ -101,7 +101,7 @@ def test_the_grid_runs_on_the_real_model_within_its_budget(
 
 def test_the_grid_stops_before_overrunning_its_budget(scoring_model: ServedModel) -> None:
     started = time.perf_counter()
-    runner, prefix_ids = scoring_model.runner, scoring_model.encoder.prefix_ids
+    runner, prefix_ids = scoring_model.runner, scoring_model.encoder.filler_ids
     measured = measure_pass_costs(runner, prefix_ids, 1 << 20, 0.0)
     assert time.perf_counter() - started < 5
     assert [tokens for tokens, _ in measured.points] == [GRID_SMALLEST]

@@ -8,11 +8,11 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from reranker_service.api.errors import ApiError, mark_tei, unavailable
+from reranker_service.api.errors import ApiError, engine_error, mark_tei, unavailable
 from reranker_service.api.lifecycle import Lifecycle
 from reranker_service.api.protocol import PRIORITY_RANGE, wire_shape
 from reranker_service.api.record import RerankRecord, required_record
-from reranker_service.engine.rerank_engine import RerankEngine
+from reranker_service.engine.model_set import ModelSet, ServedEngine, UnknownModelError
 from reranker_service.engine.score_cache import ScoreCache
 from reranker_service.settings import Settings
 
@@ -64,13 +64,13 @@ ScoreCacheDep = Annotated[ScoreCache | None, Depends(get_score_cache)]
 LifecycleDep = Annotated[Lifecycle, Depends(get_lifecycle)]
 
 
-async def get_engine(lifecycle: LifecycleDep) -> RerankEngine:
-    if lifecycle.phase != "ready" or lifecycle.engine is None:
+async def get_models(lifecycle: LifecycleDep) -> ModelSet:
+    if lifecycle.phase != "ready" or lifecycle.models is None:
         raise unavailable("draining" if lifecycle.phase == "draining" else "loading")
-    return lifecycle.engine
+    return lifecycle.models
 
 
-EngineDep = Annotated[RerankEngine, Depends(get_engine)]
+ModelsDep = Annotated[ModelSet, Depends(get_models)]
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class RerankContext:
     """Everything a rerank call needs besides its body, gathered by one dependency: each
     dependency FastAPI solves costs the request tens of microseconds."""
 
-    engine: RerankEngine
+    models: ModelSet
     lifecycle: Lifecycle
     options: RerankOptions
     record: RerankRecord
@@ -89,6 +89,16 @@ class RerankContext:
     cache_lookup: bool = True
     """False when the request says ``Cache-Control: no-cache``: its scores are computed (and
     still stored)."""
+
+    def pick(self, requested: str | None) -> ServedEngine:
+        """The model the request's ``model`` names (see ``ModelSet.pick``), noted on its
+        record; a name not served is a 404 naming the served ones."""
+        try:
+            served = self.models.pick(requested)
+        except UnknownModelError as exc:
+            raise engine_error(exc) from None
+        self.record.model = served.name
+        return served
 
     def priority(self, requested: int | None) -> int:
         """The request's priority: its body's, else its header's, else 0."""
@@ -111,7 +121,7 @@ async def get_rerank_context(
 ) -> RerankContext:
     app_state = request.app.state
     return RerankContext(
-        engine=await get_engine(app_state.lifecycle),
+        models=await get_models(app_state.lifecycle),
         lifecycle=app_state.lifecycle,
         options=app_state.rerank_options,
         record=required_record(request.scope),

@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from reranker_service.engine.prompt import PairTooLongError
+from reranker_service.engine.model_set import UnknownModelError
+from reranker_service.engine.pairs import PairTooLongError
 from reranker_service.engine.rerank_engine import TooManyPairsError
 from reranker_service.engine.runner.protocol import DeviceLostError
 from reranker_service.engine.scheduler.jobs import (
@@ -52,6 +53,9 @@ API_ERRORS: Final[Mapping[str, ErrorType]] = {
     "invalid_json": ErrorType(400, "validation", "validation", "Malformed JSON"),
     "unauthorized": ErrorType(401, "unauthorized", "validation", "Missing or wrong API key"),
     "not_found": ErrorType(404, "validation", "validation", "No such route"),
+    "model_not_found": ErrorType(
+        404, "validation", "validation", "The request's model is not served here"
+    ),
     "method_not_allowed": ErrorType(405, "validation", "validation", "Wrong HTTP method"),
     "payload_too_large": ErrorType(
         413, "payload_too_large", "validation", "Too many documents or too large a body"
@@ -110,11 +114,17 @@ def error_row(name: str | None, status: int | None = None) -> ErrorType:
     return UNLISTED_SERVER_ERROR if status is None or status >= 500 else UNLISTED_CLIENT_ERROR
 
 
+_NOT_FROM_SCORING_ROUTES: Final = frozenset(
+    {"not_found", "method_not_allowed", "client_disconnected"}
+)
+"""Answered by the framework around the routes, or to nobody."""
+
+
 def openapi_responses(model: Any) -> dict[int | str, dict[str, Any]]:
     """The scoring routes' error responses: each status once, with what its types mean."""
     by_status: dict[int, list[str]] = {}
-    for row in API_ERRORS.values():
-        if row.status != CLIENT_CLOSED_STATUS and row.status not in (404, 405):
+    for name, row in API_ERRORS.items():
+        if name not in _NOT_FROM_SCORING_ROUTES:
             by_status.setdefault(row.status, []).append(row.description)
     return {
         status: {"model": model, "description": "; ".join(descriptions)}
@@ -189,6 +199,10 @@ def _non_finite_scores(exc: NonFiniteScoresError) -> EngineErrorAnswer:
     return EngineErrorAnswer("internal", f"the model gave {exc.pairs} document(s) no finite score")
 
 
+def _unknown_model(exc: UnknownModelError) -> EngineErrorAnswer:
+    return EngineErrorAnswer("model_not_found", str(exc), field="model")
+
+
 ENGINE_ERRORS: Final[Mapping[type[Exception], Callable[[Any], EngineErrorAnswer]]] = {
     PairTooLongError: _pair_too_long,
     TooManyPairsError: _too_many_pairs,
@@ -197,6 +211,7 @@ ENGINE_ERRORS: Final[Mapping[type[Exception], Callable[[Any], EngineErrorAnswer]
     EngineStoppedError: _engine_stopped,
     DeviceLostError: _device_lost,
     NonFiniteScoresError: _non_finite_scores,
+    UnknownModelError: _unknown_model,
 }
 """The engine errors a scoring call can raise, each with the answer it gets."""
 

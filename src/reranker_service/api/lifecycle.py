@@ -1,5 +1,5 @@
-"""What the HTTP layer needs to know about the service's life: its phase, its engine, and the
-rerank requests in flight (which a drain waits for)."""
+"""What the HTTP layer needs to know about the service's life: its phase, its models' engines,
+and the rerank requests in flight (which a drain waits for)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
+from reranker_service.engine.model_set import ModelSet
 from reranker_service.engine.rerank_engine import RerankEngine
 
 Phase = Literal["loading", "ready", "draining"]
@@ -17,10 +18,18 @@ Phase = Literal["loading", "ready", "draining"]
 @dataclass
 class Lifecycle:
     phase: Phase = "loading"
-    engine: RerankEngine | None = None
+    models: ModelSet | None = None
+    """The served models, once all are loaded and warm."""
+    ready_at: float | None = None
+    """When they were (Unix seconds)."""
     in_flight: int = 0
     """Rerank requests past admission and not yet answered."""
     _idle: asyncio.Event | None = field(default=None, repr=False)
+
+    @property
+    def engine(self) -> RerankEngine | None:
+        """The default model's engine (the only one's, with one model served)."""
+        return self.models.default.engine if self.models is not None else None
 
     def begin_draining(self) -> None:
         """Stop taking new work; safe to call from a signal handler."""

@@ -29,6 +29,12 @@ _EXAMPLE_REQUEST: dict[str, JsonValue] = {
 }
 
 
+_MODEL_FIELD = (
+    "With several models served, the one to score with (a name or alias of GET /v1/models; "
+    "absent: the first; any other: 404). With one, informational: that model answers."
+)
+
+
 class DocumentObject(BaseModel):
     """A document as an object (Cohere v1 / Jina style); only ``text`` is scored."""
 
@@ -77,7 +83,7 @@ class RerankRequest(BaseModel):
     instruction: str | None = Field(
         None, min_length=1, description="Task instruction; the service default when absent."
     )
-    model: str | None = Field(None, description="Informational; the served model answers.")
+    model: str | None = Field(None, description=_MODEL_FIELD)
     max_tokens_per_doc: int | None = _MAX_TOKENS_PER_DOC
     max_chunks_per_doc: int | None = Field(
         None,
@@ -178,11 +184,7 @@ class ScoreRequest(BaseModel):
         },
     )
 
-    model: str | None = Field(
-        None,
-        description="Informational; the served model answers.",
-        examples=["Qwen/Qwen3-Reranker-0.6B"],
-    )
+    model: str | None = Field(None, description=_MODEL_FIELD, examples=["Qwen/Qwen3-Reranker-0.6B"])
     text_1: str | list[str] = Field(
         description="One query, or one per entry of text_2.",
         examples=[["What is the capital of France?", "Where is Berlin?"]],
@@ -317,86 +319,3 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
-
-
-class HealthResponse(BaseModel):
-    status: Literal["ok", "failed"]
-    failed_devices: dict[str, str] | None = Field(
-        None,
-        description="devices that failed for good (a sticky CUDA error), and why: the process "
-        "must be restarted",
-    )
-
-
-class ReadyResponse(BaseModel):
-    status: Literal["ready", "loading", "draining", "failed"]
-
-
-class RunnerInfo(BaseModel):
-    name: str = Field(description="the runner serving now: `padded` or `packed`")
-    compiled: bool
-    cuda_graphs: bool = Field(description="whether its small passes replay CUDA graphs")
-    compile_state: Literal["off", "compiling", "compiled", "fallback"] = Field(
-        description="off: nothing to compile; compiling: in the background, the eager runner "
-        "serves meanwhile; compiled: the compiled runner serves; fallback: it failed, the "
-        "eager runner serves on"
-    )
-    compile_seconds: float | None = Field(
-        None, description="from the start of compiling to serving, or to the failure"
-    )
-    compile_stage: str | None = Field(
-        None,
-        description="where compiling is (compiling) or where it failed (fallback): build, "
-        "compile, capture, self_check, pass_costs, swap",
-    )
-    compile_error: str | None = Field(None, description="why it fell back: the error's first line")
-
-
-class ServedDevice(BaseModel):
-    name: str = Field(description="the worker's device: cuda:N, cpu, or cpu:N with several")
-    uuid: str | None = Field(description="the GPU's UUID, as NVML and nvidia-smi give it")
-    runner: RunnerInfo | None = Field(None, description="what serves on it now")
-
-
-class DtypeChoiceInfo(BaseModel):
-    reason: str = Field(description="why this number format (auto on a CPU)")
-    cpu_flags: list[str] = Field(
-        description="the CPU's flags that compute bf16 natively, as Linux lists them"
-    )
-    self_check_max_difference: float | None = Field(
-        description="largest |score - fp32 score| over the start-up self-check's pairs"
-    )
-
-
-class CacheInfo(BaseModel):
-    backend: str = Field(
-        description="the stores serving, nearest first, joined by `+` (`memory`, `redis`, "
-        "`memory+redis`), or `off`"
-    )
-    size: int = Field(description="in-process entries at most (0: no in-process cache)")
-    ttl_seconds: float
-    redis: bool = Field(description="whether replicas share scores through Redis")
-
-
-class InfoResponse(BaseModel):
-    model: str
-    revision: str
-    device: str = Field(description="the served devices, comma-separated")
-    devices: list[ServedDevice] = Field(description="one entry per worker and model replica")
-    dtype: str
-    dtype_choice: DtypeChoiceInfo | None = Field(
-        None, description="why a CPU serves this format, where auto chose it"
-    )
-    max_length: int
-    max_documents: int
-    max_chunks_per_doc: int = Field(description="windows per document when a request asks none")
-    max_chunks_limit: int = Field(description="the most windows a request may ask for")
-    max_request_pairs: int = Field(description="pairs (documents and windows) per request")
-    max_batch_tokens: int
-    max_queued_pairs: int
-    prefix_reuse: bool
-    max_request_bytes: int
-    default_instruction: str
-    auth_required: bool
-    cache: CacheInfo = Field(description="the pair-score cache")
-    version: str

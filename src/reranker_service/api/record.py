@@ -24,6 +24,7 @@ class RerankRecord:
     error: str | None = None
     """The error body's ``type``, once an error response is built."""
     model: str | None = None
+    """The served model's name, once the request has been given one."""
     doc_count: int | None = None
     query: str | None = None
     top_n: int | None = None

@@ -29,7 +29,8 @@ from reranker_service.api.protocol import (
     Usage,
 )
 from reranker_service.api.record import RerankRecord
-from reranker_service.engine.prompt import Truncation
+from reranker_service.engine.model_set import ServedEngine
+from reranker_service.engine.pairs import Truncation
 from reranker_service.engine.rerank_engine import RerankOutcome
 from reranker_service.engine.scoring import probability
 
@@ -81,8 +82,23 @@ async def _outcome_within(
         ) from None
 
 
+def _instruction(served: ServedEngine, requested: str | None, options: RerankOptions) -> str:
+    """The request's instruction, else the model's default, else the service's; a model without
+    a prompt takes none, and says so rather than ignore it."""
+    if requested is None:
+        return served.default_instruction or options.default_instruction
+    if not served.engine.takes_instruction:
+        raise ApiError(
+            "validation",
+            f"model {served.name!r} is a cross-encoder without a prompt: it reads no instruction",
+            field="instruction",
+        )
+    return requested
+
+
 async def _run_engine(
     context: RerankContext,
+    served: ServedEngine,
     instruction: str | None,
     query: str | list[str],
     documents: list[str],
@@ -96,8 +112,8 @@ async def _run_engine(
     options = context.options
     try:
         return await _outcome_within(
-            context.engine.rerank(
-                instruction or options.default_instruction,
+            served.engine.rerank(
+                _instruction(served, instruction, options),
                 query,
                 documents,
                 truncation=truncation,
@@ -173,19 +189,27 @@ def _note_outcome(record: RerankRecord, outcome: RerankOutcome, *, raw_scores: b
     record.probability_stddev = _score_stddev(probabilities)
 
 
-def _start(context: RerankContext, query: str, documents: int, top_n: int | None = None) -> None:
+def _start(
+    context: RerankContext,
+    model: str | None,
+    query: str,
+    documents: int,
+    top_n: int | None = None,
+) -> ServedEngine:
+    """The request's model (see ``RerankContext.pick``), and what it asks on its record."""
     record = context.record
-    record.model = context.engine.description.model
     record.doc_count = documents
     record.query = query
     record.top_n = top_n
-    logger.debug("rerank_started", doc_count=documents)
+    served = context.pick(model)
+    logger.debug("rerank_started", doc_count=documents, model=served.name)
+    return served
 
 
 async def rerank(body: RerankRequest, context: RerankContext, api_version: str) -> RerankResponse:
     """Cohere v1 / v2 and Jina."""
     record = context.record
-    _start(context, body.query, len(body.documents), body.top_n)
+    served = _start(context, body.model, body.query, len(body.documents), body.top_n)
     _check_limits(len(body.documents), context.options)
     truncation = Truncation(
         max_document_tokens=body.max_tokens_per_doc,
@@ -193,6 +217,7 @@ async def rerank(body: RerankRequest, context: RerankContext, api_version: str) 
     )
     outcome = await _run_engine(
         context,
+        served,
         body.instruction,
         body.query,
         body.document_texts(),
@@ -205,7 +230,7 @@ async def rerank(body: RerankRequest, context: RerankContext, api_version: str) 
         body,
         outcome,
         request_id=context.request_id,
-        model_name=context.engine.description.model,
+        model_name=served.name,
         api_version=api_version,
     )
 
@@ -213,7 +238,7 @@ async def rerank(body: RerankRequest, context: RerankContext, api_version: str) 
 async def tei_rerank(body: TeiRerankRequest, context: RerankContext) -> list[TeiRank]:
     """Text Embeddings Inference's shape: a bare list of ranks, best first."""
     record = context.record
-    _start(context, body.query, len(body.texts))
+    served = _start(context, None, body.query, len(body.texts))
     _check_limits(len(body.texts), context.options, field="texts")
     truncation = Truncation(
         max_windows=context.options.max_chunks_per_doc,
@@ -222,6 +247,7 @@ async def tei_rerank(body: TeiRerankRequest, context: RerankContext) -> list[Tei
     )
     outcome = await _run_engine(
         context,
+        served,
         None,
         body.query,
         body.texts,
@@ -244,7 +270,7 @@ async def score_pairs(body: ScoreRequest, context: RerankContext) -> ScoreRespon
     """vLLM's ``/score``: pairs scored as they come, in request order."""
     record = context.record
     queries = body.queries()
-    _start(context, queries[0] if queries else "", len(body.text_2))
+    served = _start(context, body.model, queries[0] if queries else "", len(body.text_2))
     if len(queries) not in (1, len(body.text_2)):
         raise ApiError(
             "validation",
@@ -257,6 +283,7 @@ async def score_pairs(body: ScoreRequest, context: RerankContext) -> ScoreRespon
     _check_limits(len(body.text_2), context.options, field="text_2")
     outcome = await _run_engine(
         context,
+        served,
         body.instruction,
         queries[0] if len(queries) == 1 else queries,
         body.text_2,
@@ -272,7 +299,7 @@ async def score_pairs(body: ScoreRequest, context: RerankContext) -> ScoreRespon
     return ScoreResponse(
         id=f"score-{context.request_id}",
         created=int(time.time()),
-        model=context.engine.description.model,
+        model=served.name,
         data=[ScoreData(index=index, score=score) for index, score in enumerate(outcome.scores)],
         usage=ScoreUsage(prompt_tokens=tokens, total_tokens=tokens),
     )

@@ -15,8 +15,8 @@ from pydantic import BaseModel, TypeAdapter
 from reranker_service import __version__
 from reranker_service.api.cancellation import with_cancellation
 from reranker_service.api.deps import (
-    EngineDep,
     LifecycleDep,
+    ModelsDep,
     RerankContextDep,
     ScoreCacheDep,
     SettingsDep,
@@ -25,25 +25,32 @@ from reranker_service.api.deps import (
     require_json_body,
 )
 from reranker_service.api.error_table import openapi_responses
-from reranker_service.api.protocol import (
-    AnyRerankRequest,
+from reranker_service.api.ops_protocol import (
     CacheInfo,
     DtypeChoiceInfo,
-    ErrorResponse,
     HealthResponse,
     InfoResponse,
+    ModelCard,
+    ModelInfo,
+    ModelList,
     ReadyResponse,
+    RunnerInfo,
+    ServedDevice,
+)
+from reranker_service.api.protocol import (
+    AnyRerankRequest,
+    ErrorResponse,
     RerankRequest,
     RerankResponse,
-    RunnerInfo,
     ScoreRequest,
     ScoreResponse,
-    ServedDevice,
     TeiErrorResponse,
     TeiRank,
     TeiRerankRequest,
 )
 from reranker_service.api.rerank import rerank, score_pairs, tei_rerank
+from reranker_service.engine.model_set import ServedEngine
+from reranker_service.engine.rerank_engine import RerankEngine
 from reranker_service.engine.score_cache import ScoreCache
 from reranker_service.settings import Settings
 
@@ -167,7 +174,7 @@ RERANK_PATHS: Final = frozenset(SCORING_SPANS)
     summary="Liveness: 200 while the process serves; 503 once a device has failed for good",
 )
 async def health(lifecycle: LifecycleDep) -> JSONResponse:
-    lost = lifecycle.engine.lost_devices if lifecycle.engine is not None else {}
+    lost = lifecycle.models.lost_devices if lifecycle.models is not None else {}
     if lost:
         # A sticky device error fails every later pass on it: only a restart serves again.
         body = HealthResponse(status="failed", failed_devices=lost)
@@ -183,7 +190,7 @@ async def health(lifecycle: LifecycleDep) -> JSONResponse:
 )
 async def ready(lifecycle: LifecycleDep) -> JSONResponse:
     phase = lifecycle.phase
-    if phase == "ready" and lifecycle.engine is not None and lifecycle.engine.lost_devices:
+    if phase == "ready" and lifecycle.models is not None and lifecycle.models.lost_devices:
         return JSONResponse({"status": "failed"}, status_code=503)
     status_code = 200 if phase == "ready" else 503
     return JSONResponse({"status": phase}, status_code=status_code)
@@ -199,9 +206,7 @@ def _cache_info(cache: ScoreCache | None, settings: Settings) -> CacheInfo:
     )
 
 
-@ops_router.get("/info", response_model=InfoResponse, summary="What is served, with its limits")
-async def info(engine: EngineDep, settings: SettingsDep, cache: ScoreCacheDep) -> InfoResponse:
-    model = engine.description
+def _devices(engine: RerankEngine) -> list[ServedDevice]:
     runners = {
         status.device: RunnerInfo(
             name=status.runner.name,
@@ -214,16 +219,51 @@ async def info(engine: EngineDep, settings: SettingsDep, cache: ScoreCacheDep) -
         )
         for status in engine.runner_statuses()
     }
+    return [
+        ServedDevice(name=served.device, uuid=served.device_uuid, runner=runners.get(served.device))
+        for served in engine.descriptions
+    ]
+
+
+def _model_info(served: ServedEngine, default_instruction: str) -> ModelInfo:
+    engine = served.engine
+    model = engine.description
+    memory = engine.device_memory()
+    return ModelInfo(
+        name=served.name,
+        aliases=list(served.aliases),
+        checkpoint=model.model,
+        kind=model.kind,
+        architecture=model.architecture,
+        revision=model.revision,
+        dtype=model.dtype,
+        devices=_devices(engine),
+        max_length=engine.limits.max_length,
+        max_batch_tokens=engine.limits.max_batch_tokens,
+        max_queued_pairs=engine.limits.max_queued_pairs,
+        prefix_reuse=engine.prefix_reuse,
+        takes_instruction=engine.takes_instruction,
+        default_instruction=(
+            served.default_instruction or default_instruction if engine.takes_instruction else None
+        ),
+        weight_bytes=model.weight_bytes,
+        device_memory_allocated_bytes=(
+            sum(reading.allocated_bytes for reading in memory) if memory else None
+        ),
+    )
+
+
+@ops_router.get("/info", response_model=InfoResponse, summary="What is served, with its limits")
+async def info(models: ModelsDep, settings: SettingsDep, cache: ScoreCacheDep) -> InfoResponse:
+    default = models.default
+    engine = default.engine
+    model = engine.description
     return InfoResponse(
-        model=model.model,
+        model=default.name,
+        models=[_model_info(served, settings.default_instruction) for served in models],
         revision=model.revision,
         device=",".join(served.device for served in engine.descriptions),
-        devices=[
-            ServedDevice(
-                name=served.device, uuid=served.device_uuid, runner=runners.get(served.device)
-            )
-            for served in engine.descriptions
-        ],
+        devices=_devices(engine),
         dtype=model.dtype,
         dtype_choice=(
             DtypeChoiceInfo(
@@ -243,10 +283,32 @@ async def info(engine: EngineDep, settings: SettingsDep, cache: ScoreCacheDep) -
         prefix_reuse=engine.prefix_reuse,
         max_queued_pairs=engine.limits.max_queued_pairs,
         max_request_bytes=settings.max_request_bytes,
-        default_instruction=settings.default_instruction,
+        default_instruction=default.default_instruction or settings.default_instruction,
         auth_required=settings.api_key is not None,
         cache=_cache_info(cache, settings),
         version=__version__,
+    )
+
+
+@ops_router.get(
+    "/v1/models",
+    response_model=ModelList,
+    summary="The served models, in OpenAI's list shape (LiteLLM, Open WebUI, vLLM clients)",
+)
+async def list_models(models: ModelsDep, lifecycle: LifecycleDep) -> ModelList:
+    created = int(lifecycle.ready_at or 0)
+    return ModelList(
+        data=[
+            ModelCard(
+                id=name,
+                created=created,
+                root=served.engine.description.model,
+                parent=None if name == served.name else served.name,
+                max_model_len=served.engine.limits.max_length,
+            )
+            for served in models
+            for name in served.names
+        ]
     )
 
 

@@ -21,7 +21,7 @@ from reranker_service.api.error_table import error_row
 from reranker_service.api.record import RerankRecord, attach_record
 from reranker_service.api.request_spans import RequestSpans
 from reranker_service.engine.rerank_engine import RerankOutcome
-from reranker_service.observability.metrics import SERVER_ERROR_TYPES, ServiceMetrics
+from reranker_service.observability.metrics import SERVER_ERROR_TYPES, UNROUTED, ServiceMetrics
 from reranker_service.observability.tracing import sampled_trace_id
 
 logger = structlog.get_logger("reranker_service.requests")
@@ -186,9 +186,10 @@ class RerankTelemetryMiddleware:
             self._finish_success(record, status, seconds, trace_id)
             return
         assert error_type is not None
-        self._metrics.record_error(error_type)
+        self._metrics.record_error(error_type, record.model or UNROUTED)
         fields: dict[str, Any] = {
             "status": status,
+            "model": record.model,
             "error_type": error_type,
             "error": record.error,
             "doc_count": record.doc_count,
@@ -205,11 +206,13 @@ class RerankTelemetryMiddleware:
         self, record: RerankRecord, status: int, seconds: float, trace_id: str | None
     ) -> None:
         outcome = record.outcome
+        model = record.model or UNROUTED
         if outcome is not None and outcome.cache_lookup_seconds is not None:
             self._metrics.record_cache_lookup(
-                outcome.cache_hits, outcome.cache_misses, outcome.cache_lookup_seconds
+                model, outcome.cache_hits, outcome.cache_misses, outcome.cache_lookup_seconds
             )
         self._metrics.record_success(
+            model=model,
             latency_seconds=seconds,
             documents=record.doc_count or 0,
             tokens=outcome.total_tokens if outcome is not None else 0,
@@ -223,6 +226,7 @@ class RerankTelemetryMiddleware:
         logger.info(
             "request_completed",
             status=status,
+            model=record.model,
             doc_count=record.doc_count,
             tokens=outcome.total_tokens if outcome is not None else None,
             latency_ms=_milliseconds(seconds),

@@ -1,9 +1,8 @@
-"""Load a Qwen3 reranker checkpoint: check that it is one, read the tokenizer and the weights
-once, choose the CPU's number format, and build one runner per device."""
+"""Load a reranker checkpoint: tell which kind it is (``checkpoint``), read the tokenizer and
+the weights once, choose the CPU's number format, and build one runner per device."""
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import huggingface_hub
 import structlog
 import torch
 
+from reranker_service.engine.checkpoint import Checkpoint, PromptChoice, Replica, open_checkpoint
 from reranker_service.engine.devices import (
     device_uuid,
     resolve_devices,
@@ -28,14 +28,7 @@ from reranker_service.engine.precision import (
     read_cpu_flags,
     timed_scores,
 )
-from reranker_service.engine.prompt import PromptEncoder
-from reranker_service.engine.runner.build import (
-    RunnerOptions,
-    build_runner,
-    plan_runner,
-    prepare_compiler,
-)
-from reranker_service.engine.runner.padded import PaddedRunner
+from reranker_service.engine.runner.build import RunnerOptions, plan_runner, prepare_compiler
 from reranker_service.engine.runner.protocol import (
     ModelRunner,
     RunnerUpgrade,
@@ -48,8 +41,6 @@ from reranker_service.engine.scoring import ModelDescription, ModelLoadError
 
 logger = structlog.get_logger(__name__)
 
-_ARCHITECTURE = "Qwen3ForCausalLM"
-
 
 @dataclass(frozen=True)
 class LoadOptions:
@@ -59,15 +50,9 @@ class LoadOptions:
     dtype: str
     max_length: int
     runner: RunnerOptions = field(default_factory=RunnerOptions)
-
-
-def _single_token_id(tokenizer: Any, word: str) -> int:
-    ids = tokenizer.encode(word, add_special_tokens=False)
-    if len(ids) != 1 or tokenizer.convert_tokens_to_ids(word) != ids[0]:
-        raise ModelLoadError(
-            f"tokenizer has no single {word!r} token (encodes to {ids}); not a Qwen3 reranker"
-        )
-    return int(ids[0])
+    prompt: PromptChoice = "auto"
+    """Whether a Qwen3 sequence classifier gets Qwen3-Reranker's prompt (``auto``: where its
+    tokenizer has Qwen3's chat tokens) or is served as a plain cross-encoder (``none``)."""
 
 
 _NO_HUB_HINT = (
@@ -138,6 +123,8 @@ def load_model(options: LoadOptions) -> ServedModel:
             device_uuid=described.device_uuid,
             dtype=described.dtype,
             runner=runner.kind.name,
+            kind=described.kind,
+            architecture=described.architecture,
             compile=compiles,
             load_seconds=round(described.load_seconds, 3),
             **choice_fields,
@@ -155,117 +142,67 @@ def load_single_device_model(options: LoadOptions) -> ServedModel:
     return model
 
 
-@dataclass(frozen=True)
-class _Checkpoint:
-    """What the loader needs to read the weights again."""
-
-    options: LoadOptions
-    config: Any
-    yes_id: int
-    no_id: int
-
-    def decoder(self, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.Tensor]:
-        """The decoder in ``dtype``, and the yes - no direction of the LM head in fp32."""
-        from transformers import AutoModelForCausalLM
-
-        loaded: Any = AutoModelForCausalLM.from_pretrained(
-            self.options.model,
-            revision=self.options.revision,
-            config=self.config,
-            dtype=dtype,
-            output_loading_info=True,
-        )
-        causal_lm, loading_info = loaded
-        missing = [key for key in loading_info.get("missing_keys", []) if key]
-        if missing:
-            raise ModelLoadError(
-                f"{self.options.model!r} lacks weights {sorted(missing)[:3]}; "
-                "not a complete Qwen3 reranker"
-            )
-        lm_head = causal_lm.get_output_embeddings().weight
-        direction = lm_head[self.yes_id].float() - lm_head[self.no_id].float()
-        # Keep the decoder only: an untied LM head is vocabulary x hidden of memory never used.
-        decoder = causal_lm.get_decoder().eval()
-        del causal_lm, lm_head
-        return decoder, direction
-
-
-def _cpu_precision(
-    checkpoint: _Checkpoint,
-    encoder: PromptEncoder,
-    pad_token_id: int,
-) -> tuple[torch.nn.Module, torch.Tensor, CpuDtypeChoice]:
-    """``auto`` on the CPU: the decoder in the number format chosen, measured against fp32 on
+def _cpu_precision(checkpoint: Checkpoint) -> tuple[Replica, CpuDtypeChoice]:
+    """``auto`` on the CPU: the weights in the number format chosen, measured against fp32 on
     the self-check's pairs."""
-    decoder, direction = checkpoint.decoder(torch.float32)
-    pairs = check_pairs(encoder.encode)
+    replica = checkpoint.read(torch.float32)
+    pairs = check_pairs(checkpoint.encoder.encode)
     description = ModelDescription(
-        model=checkpoint.options.model,
+        model=checkpoint.name,
         revision="self-check",
         device="cpu",
         dtype="self-check",
-        max_length=checkpoint.options.max_length,
+        max_length=checkpoint.encoder.max_length,
         load_seconds=0.0,
+        kind=checkpoint.kind,
+        architecture=checkpoint.architecture,
     )
 
-    def scores_of(backbone: torch.nn.Module) -> TimedScores:
-        runner = PaddedRunner(backbone, direction, pad_token_id, description)
+    def scores() -> TimedScores:
+        runner = replica.eager_runner(description)
         with torch.inference_mode():
             return timed_scores(lambda sequences: run_pass(runner, sequences), pairs)
 
     # Without native bf16 the check does not run, and neither does its fp32 pass.
     def bf16_check() -> PrecisionCheck:
-        """Score the check's pairs in fp32, convert the decoder to bf16 in place (no second
-        copy of the weights), score them again."""
-        reference = scores_of(decoder)
-        decoder.to(torch.bfloat16)
-        return PrecisionCheck.of(reference, scores_of(decoder))
+        """Score the check's pairs in fp32, convert the weights to bf16 in place (no second
+        copy of them), score them again."""
+        reference = scores()
+        replica.module.to(torch.bfloat16)
+        return PrecisionCheck.of(reference, scores())
 
     choice = choose_auto_cpu_dtype(read_cpu_flags(), bf16_check)
     if choice.dtype == "float32" and choice.check is not None:
         # The check rounded the weights to bf16: read them again.
-        decoder, direction = checkpoint.decoder(torch.float32)
-    return decoder, direction, choice
+        replica = checkpoint.read(torch.float32)
+    return replica, choice
 
 
 def _load(options: LoadOptions) -> tuple[ServedModel, CpuDtypeChoice | None]:
-    from transformers import AutoConfig, AutoTokenizer
-
     started = time.perf_counter()
     devices = resolve_devices(options.device)
     on_cpu = all(device.type == "cpu" for device in devices)
-    config = AutoConfig.from_pretrained(options.model, revision=options.revision)
-    architectures = list(getattr(config, "architectures", None) or [])
-    if config.model_type != "qwen3" or _ARCHITECTURE not in architectures:
-        raise ModelLoadError(
-            f"{options.model!r} is a {config.model_type} model with architectures "
-            f"{architectures}, not a Qwen3 reranker ({_ARCHITECTURE})"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(options.model, revision=options.revision)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelLoadError(f"{options.model!r} has no fast tokenizer (tokenizer.json)")
-    yes_id = _single_token_id(tokenizer, "yes")
-    no_id = _single_token_id(tokenizer, "no")
-    pad_token_id = tokenizer.pad_token_id
-    if pad_token_id is None:
-        pad_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    encoder = PromptEncoder.from_pretrained_tokenizer(tokenizer, options.max_length)
-    checkpoint = _Checkpoint(options, config, yes_id, no_id)
-
+    checkpoint = open_checkpoint(
+        options.model, options.revision, options.max_length, options.prompt
+    )
+    encoder = checkpoint.encoder
     cpu_choice: CpuDtypeChoice | None = None
     if on_cpu and options.dtype == "auto":
-        decoder, direction, cpu_choice = _cpu_precision(checkpoint, encoder, int(pad_token_id))
+        replica, cpu_choice = _cpu_precision(checkpoint)
         dtype_name = cpu_choice.dtype
     else:
         dtype = resolve_dtype(options.dtype, devices)
-        decoder, direction = checkpoint.decoder(dtype)
+        replica = checkpoint.read(dtype)
         dtype_name = str(dtype).removeprefix("torch.")
-    revision = str(getattr(config, "_commit_hash", None) or "local")
+    revision = str(getattr(checkpoint.config, "_commit_hash", None) or "local")
+    weight_bytes = sum(
+        parameter.numel() * parameter.element_size() for parameter in replica.module.parameters()
+    )
     plan = plan_runner(options.runner, devices[0].type)
     probe = []
-    if plan.compile != "never":
+    if plan.compile != "never" and checkpoint.compilable:
         prepare_compiler(options.runner)
-        probe = probe_requests(encoder.encode, options.max_length)
+        probe = probe_requests(encoder.encode, encoder.max_length)
 
     runners: list[ModelRunner] = []
     upgrades: list[RunnerUpgrade | None] = []
@@ -273,27 +210,21 @@ def _load(options: LoadOptions) -> tuple[ServedModel, CpuDtypeChoice | None]:
         # CPU workers share the one set of weights (a pass only reads them); each GPU gets its
         # own copy, and the last takes the loaded weights themselves.
         last = index == len(devices) - 1
-        backbone = decoder if device.type == "cpu" or last else copy.deepcopy(decoder)
-        backbone = backbone.to(device)
+        on_device = replica.on(device, copied=device.type != "cpu" and not last)
         description = ModelDescription(
             model=options.model,
             revision=revision,
             device=name,
             dtype=dtype_name,
-            max_length=options.max_length,
+            max_length=encoder.max_length,
             load_seconds=time.perf_counter() - started,
             device_uuid=device_uuid(device),
             dtype_choice=cpu_choice.described() if cpu_choice is not None else None,
+            kind=checkpoint.kind,
+            architecture=checkpoint.architecture,
+            weight_bytes=weight_bytes,
         )
-        runner, upgrade = build_runner(
-            backbone,
-            direction.to(device),
-            int(pad_token_id),
-            description,
-            plan,
-            options.runner,
-            probe,
-        )
+        runner, upgrade = on_device.runners(description, plan, options.runner, probe)
         runners.append(runner)
         upgrades.append(upgrade)
     return ServedModel(encoder, tuple(runners), tuple(upgrades)), cpu_choice

@@ -1,12 +1,19 @@
-"""The Qwen3-Reranker prompt (from the model card) and its token-level truncation."""
+"""The Qwen3-Reranker prompt (from the model card) and its token-level truncation: the pair
+encoder of Qwen3-Reranker, in its causal-LM and its sequence-classification form."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from tokenizers import Tokenizer
+
+from reranker_service.engine.pairs import (
+    PairTooLongError,
+    Truncation,
+    cut_documents,
+    text_after,
+)
 
 PROMPT_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
@@ -18,42 +25,6 @@ PROMPT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 
 def format_pair(instruction: str, query: str, document: str) -> str:
     return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {document}"
-
-
-@dataclass(frozen=True)
-class Truncation:
-    """What to do with a document that does not fit a pair's token budget. The default is the
-    model card's: its end is cut."""
-
-    max_document_tokens: int | None = None
-    """Cut the document's own tokens to this many before the prompt is built (Cohere v2's
-    ``max_tokens_per_doc``)."""
-    max_windows: int = 1
-    """Score a document that does not fit as up to this many consecutive windows (Cohere v1's
-    ``max_chunks_per_doc``): the first is the model card's truncated pair, each next one the
-    document from where the one before it stopped, again truncated as the card does."""
-    keep: Literal["start", "end"] = "start"
-    """Which part of a document too long for one pair is kept: its start (the card's) or its
-    end (TEI's ``truncation_direction: Left``)."""
-    refuse_over_length: bool = False
-    """Refuse a pair over the budget instead of cutting it (TEI's ``truncate: false``)."""
-
-    @property
-    def cuts_like_the_card(self) -> bool:
-        """An over-long pair is cut at its end, once, and nothing else: the model card's."""
-        return self.max_windows == 1 and self.keep == "start" and not self.refuse_over_length
-
-
-class PairTooLongError(ValueError):
-    """A pair does not fit ``max_length`` and the request asked not to truncate."""
-
-    def __init__(self, index: int, tokens: int, max_length: int) -> None:
-        super().__init__(
-            f"document {index} makes a pair of {tokens} tokens, more than max_length {max_length}"
-        )
-        self.index = index
-        self.tokens = tokens
-        self.max_length = max_length
 
 
 class PromptEncoder:
@@ -73,13 +44,29 @@ class PromptEncoder:
         self.suffix_ids: tuple[int, ...] = tuple(
             backend.encode(PROMPT_SUFFIX, add_special_tokens=False).ids
         )
-        self.max_length = max_length
+        self._max_length = max_length
         self.text_budget = max_length - len(self.prefix_ids) - len(self.suffix_ids)
         if self.text_budget < 1:
             raise ValueError(
                 f"max_length {max_length} leaves no room for text after the "
                 f"{len(self.prefix_ids) + len(self.suffix_ids)}-token prompt template"
             )
+
+    takes_instruction = True
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def filler_ids(self) -> Sequence[int]:
+        return self.prefix_ids
+
+    def single_token_id(self, word: str) -> int | None:
+        """The id of ``word`` where it is one token of the vocabulary, and encodes as it."""
+        ids = self._backend.encode(word, add_special_tokens=False).ids
+        token = self._backend.token_to_id(word)
+        return token if len(ids) == 1 and ids[0] == token else None
 
     @classmethod
     def from_pretrained_tokenizer(cls, tokenizer: Any, max_length: int) -> PromptEncoder:
@@ -94,17 +81,6 @@ class PromptEncoder:
         encodings = self._backend.encode_batch(texts, add_special_tokens=False)
         prefix, suffix, budget = list(self.prefix_ids), list(self.suffix_ids), self.text_budget
         return [prefix + encoding.ids[:budget] + suffix for encoding in encodings]
-
-    def cut_documents(self, documents: Sequence[str], max_tokens: int) -> list[str]:
-        """Each document cut after its first ``max_tokens`` tokens (tokenized on its own), at
-        the end of that token's characters."""
-        encodings = self._backend.encode_batch(list(documents), add_special_tokens=False)
-        return [
-            document
-            if len(encoding.ids) <= max_tokens
-            else document[: encoding.offsets[max_tokens - 1][1]]
-            for document, encoding in zip(documents, encodings, strict=True)
-        ]
 
     def document_windows(
         self, instruction: str, query: str, document: str, truncation: Truncation
@@ -135,12 +111,12 @@ class PromptEncoder:
                 )
                 if first_own + excess > len(offsets):
                     return windows  # the query alone overflows: the card's cut applies
-                windows[-1] = _after(windows[-1], offsets[first_own + excess - 1][1] - header)
+                windows[-1] = text_after(windows[-1], offsets[first_own + excess - 1][1] - header)
                 continue
             if len(windows) >= truncation.max_windows:
                 return windows
             kept_end = offsets[budget - 1][1] - header
-            rest = _after(windows[-1], kept_end) if kept_end > 0 else ""
+            rest = text_after(windows[-1], kept_end) if kept_end > 0 else ""
             if not rest:
                 return windows
             windows.append(rest)
@@ -155,12 +131,12 @@ class PromptEncoder:
         """Per document, the token ids of each of its pairs (see ``document_windows``); with
         the default ``Truncation``, one pair each, equal to ``encode``'s."""
         if truncation.max_document_tokens is not None:
-            documents = self.cut_documents(documents, truncation.max_document_tokens)
+            documents = cut_documents(self._backend, documents, truncation.max_document_tokens)
         pairs = self.encode(instruction, query, documents)
         result: list[list[list[int]]] = []
         for index, (document, ids) in enumerate(zip(documents, pairs, strict=True)):
             # Under the budget, or cut as the card cuts: ``encode`` already made the one pair.
-            if len(ids) < self.max_length or truncation.cuts_like_the_card:
+            if len(ids) < self.max_length or truncation.cuts_by_default:
                 result.append([ids])
                 continue
             try:
@@ -172,8 +148,3 @@ class PromptEncoder:
             else:  # the first window is the card's pair, made above
                 result.append([ids, *self.encode(instruction, query, windows[1:])])
         return result
-
-
-def _after(text: str, end: int) -> str:
-    """``text`` after its first ``end`` characters, leading whitespace skipped."""
-    return text[end:].lstrip()

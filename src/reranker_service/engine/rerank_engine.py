@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import structlog
 
 from reranker_service.engine.in_flight import Claim, InFlightScores, shared_scores
+from reranker_service.engine.pairs import Truncation
 from reranker_service.engine.prefix import shared_prefix
-from reranker_service.engine.prompt import Truncation
 from reranker_service.engine.runner.protocol import ServedModel, run_pass
 from reranker_service.engine.scheduler.batcher import Batcher
 from reranker_service.engine.scheduler.jobs import BatchObserver, JobResult, PassShare
@@ -61,6 +61,10 @@ class EngineConfig:
     request has pairs waiting, for at most ``max_batch_tokens`` prefix tokens at a time."""
     priority_max_wait_seconds: float = 10.0
     """The aging bound: a pair waiting longer goes first whatever its priority."""
+    device_share: int = 1
+    """Served models with a worker on this one's busiest GPU: where the operator set no pass
+    budget, each gets this share of the device's default, so that their passes together fit
+    as one model's would."""
     pass_costs: tuple[tuple[float, float], ...] | None = None
     """``(tokens, seconds)`` of forward passes to start the batch policy from, instead of
     measuring them at start-up; given another engine's ``pass_costs``, two engines start
@@ -133,8 +137,9 @@ class EngineLimits:
 def choose_limits(config: EngineConfig, model: ModelDescription) -> EngineLimits:
     """The operator's limits, and the engine's choice where the operator set none: the one
     place the defaults live."""
-    max_batch_tokens = config.max_batch_tokens or default_batch_tokens(
-        model.device_type, model.max_length
+    max_batch_tokens = config.max_batch_tokens or max(
+        default_batch_tokens(model.device_type, model.max_length) // config.device_share,
+        model.max_length,
     )
     max_queued_pairs = config.max_queued_pairs or max(
         _QUEUED_REQUESTS * config.largest_request_pairs, _MIN_QUEUED_PAIRS
@@ -161,11 +166,15 @@ class RerankEngine:
             raise ValueError("the replicas must all be on GPUs or all on the CPU")
         self.limits = choose_limits(config, model.description)
         self._encoder = model.encoder
+        # An encoder's pairs cannot share a prefix computed apart: its runner says so.
+        self.prefix_reuse = config.prefix_reuse and all(
+            runner.reads_prefixes for runner in model.runners
+        )
         self._batcher = Batcher(
             model.runners,
             max_batch_tokens=self.limits.max_batch_tokens,
             max_queued_pairs=self.limits.max_queued_pairs,
-            max_prefix_tokens=self.limits.max_batch_tokens if config.prefix_reuse else 0,
+            max_prefix_tokens=self.limits.max_batch_tokens if self.prefix_reuse else 0,
             priority_max_wait_seconds=config.priority_max_wait_seconds,
         )
         self._upgrader = RunnerUpgrader(
@@ -175,12 +184,11 @@ class RerankEngine:
                 for index, runner in enumerate(model.runners)
                 if (upgrade := model.upgrade_of(index)) is not None
             ],
-            pass_cost_token_ids=self._encoder.prefix_ids,
+            pass_cost_token_ids=self._encoder.filler_ids,
             max_batch_tokens=self.limits.max_batch_tokens,
             pinned_pass_costs=config.pass_costs,
             observer=runner_observer,
         )
-        self.prefix_reuse = config.prefix_reuse
         self._largest_request_pairs = config.largest_request_pairs
         self._pinned_pass_costs = config.pass_costs
         self._observer = observer  # attached after the warm-up, which is not client traffic
@@ -193,6 +201,11 @@ class RerankEngine:
         self.description: ModelDescription = model.description
         self.descriptions: list[ModelDescription] = descriptions
         """One per worker."""
+
+    @property
+    def takes_instruction(self) -> bool:
+        """Whether the served model reads an instruction (a prompted one, Qwen3-Reranker)."""
+        return self._encoder.takes_instruction
 
     @property
     def queued_pairs(self) -> int:
@@ -247,7 +260,7 @@ class RerankEngine:
                 await asyncio.to_thread(
                     measure_pass_costs,
                     self._batcher.runners[0],
-                    self._encoder.prefix_ids,
+                    self._encoder.filler_ids,
                     self.limits.max_batch_tokens,
                     CALIBRATION_BUDGET_SECONDS,
                 )

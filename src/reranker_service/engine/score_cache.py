@@ -279,11 +279,19 @@ class ScoreCache:
     missed, and fills the nearer stores with what a farther one had; scores computed are kept
     in all."""
 
-    def __init__(self, identity: bytes, stores: Sequence[ScoreStore]) -> None:
+    def __init__(
+        self, identity: bytes, stores: Sequence[ScoreStore], *, owns_stores: bool = True
+    ) -> None:
         if not stores:
             raise ValueError("a score cache needs a store")
         self._identity = identity
         self.stores = tuple(stores)
+        self._owns_stores = owns_stores
+
+    def for_model(self, identity: bytes) -> ScoreCache:
+        """The cache of another served model: the same stores, its own keys. It leaves
+        closing the stores to this one."""
+        return ScoreCache(identity, self.stores, owns_stores=False)
 
     @property
     def backend(self) -> str:
@@ -318,5 +326,8 @@ class ScoreCache:
             await store.put_many(entries)
 
     async def close(self) -> None:
+        """Close the stores, if this cache owns them."""
+        if not self._owns_stores:
+            return
         for store in self.stores:
             await store.close()

@@ -6,6 +6,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Final, Literal
+
+ModelKind = Literal["qwen3", "qwen3-seq-cls", "seq-cls"]
+"""How a checkpoint scores a pair: Qwen3-Reranker as a causal LM (the prompt, P(yes) from the
+yes and no logits), Qwen3-Reranker's sequence-classification form (the same prompt, its one
+logit), or a cross-encoder (the tokenizer's pair template, its one logit)."""
+
+MODEL_KINDS: Final[tuple[ModelKind, ...]] = ("qwen3", "qwen3-seq-cls", "seq-cls")
 
 
 class ModelLoadError(Exception):
@@ -13,7 +21,8 @@ class ModelLoadError(Exception):
 
 
 def probability(logit: float) -> float:
-    """P(yes) from the yes - no logit: the model card's softmax over the two logits."""
+    """P(yes) from the yes - no logit: the model card's softmax over the two logits; for a
+    one-label classifier, ``CrossEncoder``'s default activation of its logit (a sigmoid)."""
     if logit >= 0:
         return 1.0 / (1.0 + math.exp(-logit))
     odds = math.exp(logit)
@@ -60,6 +69,11 @@ class ModelDescription:
     NVML number GPUs differently, the UUID names one card for both. None on the CPU."""
     dtype_choice: DtypeChoice | None = None
     """Why this format, on a CPU under ``auto``; None where it was asked for."""
+    kind: ModelKind = "qwen3"
+    architecture: str = "Qwen3ForCausalLM"
+    """The checkpoint's transformers class."""
+    weight_bytes: int = 0
+    """Memory the replica's weights take."""
 
     @property
     def device_type(self) -> str:

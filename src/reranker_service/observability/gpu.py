@@ -69,7 +69,7 @@ class GpuPoller:
         served_gpus: Mapping[str, str] | None = None,
     ) -> None:
         """``served_gpus``: the torch device this process serves on each GPU, by UUID."""
-        self._metrics = metrics
+        self._metrics = metrics.gpu
         self._served_gpus = {uuid.lower(): device for uuid, device in (served_gpus or {}).items()}
         self._interval_seconds = interval_seconds
         self._nvml = nvml

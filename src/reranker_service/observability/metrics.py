@@ -21,6 +21,8 @@ from prometheus_client import (
 )
 from prometheus_client.gc_collector import GCCollector
 
+from reranker_service.observability.gpu_metrics import GpuMetrics
+
 if TYPE_CHECKING:
     from reranker_service.engine.scheduler.jobs import BatchReport
     from reranker_service.engine.scoring import ModelDescription
@@ -55,6 +57,9 @@ SERVER_ERROR_TYPES: Final = (
 )
 """Accepted requests that got no answer: ``reranker_requests_total{status="fail"}``."""
 ERROR_TYPES: Final = CLIENT_ERROR_TYPES + SERVER_ERROR_TYPES
+UNROUTED: Final = ""
+"""The ``model`` label of a request refused before a model was chosen for it (no key, a body
+too large, a model not served, not ready): Prometheus stores the series without the label."""
 
 EXEMPLAR_TRACE_LABEL: Final = "trace_id"
 """The label of the trace id on the latency buckets' exemplars (Grafana's Prometheus datasource
@@ -86,14 +91,18 @@ SCORE_SPREAD_BUCKETS: Final = (
 
 class ServiceMetrics:
     """The published catalog (docs/observability.md; dashboards and alert rules depend on its
-    names) plus torch's view of device memory.
+    names), the GPU families in ``gpu``. Request, queue, batch and score families carry the
+    served model's name as ``model``: configured names only, so the label stays bounded.
 
     HTTP outcomes are recorded by the rerank telemetry middleware, batches by the engine's
     observer (on the worker thread; prometheus_client is thread-safe), GPU gauges by the NVML
     poller.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, models: Sequence[str] = ()
+    ) -> None:
+        """``models``: the served models' names, the ``model`` label's values."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         registry = self.registry
         ProcessCollector(registry=registry)
@@ -103,30 +112,33 @@ class ServiceMetrics:
         self.requests = Counter(
             "reranker_requests",
             "Rerank requests that passed validation, by outcome; fail = accepted but not answered",
-            ["status"],
+            ["status", "model"],
             registry=registry,
         )
         self.request_errors = Counter(
             "reranker_request_errors",
             "Rerank requests answered with a non-2xx status (or not at all), by cause",
-            ["type"],
+            ["type", "model"],
             registry=registry,
         )
         self.request_latency = Histogram(
             "reranker_request_latency_seconds",
             "End-to-end server time of successful rerank requests",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.request_documents = Histogram(
             "reranker_request_documents",
             "Documents per successful rerank request",
+            ["model"],
             buckets=DOCUMENT_BUCKETS,
             registry=registry,
         )
         self.request_tokens = Histogram(
             "reranker_request_tokens",
             "Tokens fed to the model per successful request: prompt-wrapped, truncated pairs",
+            ["model"],
             buckets=REQUEST_TOKEN_BUCKETS,
             registry=registry,
         )
@@ -134,21 +146,21 @@ class ServiceMetrics:
             "reranker_queue_wait_seconds",
             "Time a pair waits in the batching queue before its forward pass starts, by its "
             "request's priority class (high < 0, normal 0, low > 0)",
-            ["priority"],
+            ["priority", "model"],
             buckets=QUEUE_WAIT_BUCKETS,
             registry=registry,
         )
         self.inference = Histogram(
             "reranker_inference_seconds",
             "Forward-pass time per batch, by the worker's device",
-            ["device"],
+            ["device", "model"],
             buckets=INFERENCE_BUCKETS,
             registry=registry,
         )
         self.batch_size = Histogram(
             "reranker_batch_size",
             "Pairs per forward pass, by the worker's device",
-            ["device"],
+            ["device", "model"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         )
@@ -157,14 +169,14 @@ class ServiceMetrics:
             "Tokens computed per forward pass as its model runner costs them, padding included "
             "where it pads (shared prefixes computed in the pass count once, cached ones not at "
             "all), by the worker's device",
-            ["device"],
+            ["device", "model"],
             buckets=BATCH_TOKEN_BUCKETS,
             registry=registry,
         )
         self.cache_lookups = Counter(
             "reranker_cache_lookups",
             "Pairs looked up in the score cache, by result",
-            ["result"],
+            ["result", "model"],
             registry=registry,
         )
         self.cache_errors = Counter(
@@ -206,20 +218,23 @@ class ServiceMetrics:
             "reranker_document_windows",
             "Pairs each document of a successful request was scored as: 1, or the windows a long "
             "document was split into (max_chunks_per_doc)",
+            ["model"],
             buckets=DOCUMENT_WINDOW_BUCKETS,
             registry=registry,
         )
         self.prefix_tokens_reused = Counter(
             "reranker_prefix_tokens_reused",
             "Prompt tokens not recomputed: read from the request's shared-prefix cache",
+            ["model"],
             registry=registry,
         )
         self.queue_depth = Gauge(
-            "reranker_queue_depth", "Pairs waiting for a forward pass", registry=registry
+            "reranker_queue_depth", "Pairs waiting for a forward pass", ["model"], registry=registry
         )
         self.max_queued_pairs = Gauge(
             "reranker_max_queued_pairs",
             "Pairs that may wait before new requests get 429 (RERANKER_MAX_QUEUED_PAIRS)",
+            ["model"],
             registry=registry,
         )
         self.inflight_requests = Gauge(
@@ -228,57 +243,21 @@ class ServiceMetrics:
         self.top1_score = Histogram(
             "reranker_top1_score",
             "Best relevance score of each successful request (watch for quality drift)",
+            ["model"],
             buckets=TOP1_SCORE_BUCKETS,
             registry=registry,
         )
         self.score_stddev = Histogram(
             "reranker_score_stddev",
             "Standard deviation of each request's scores (requests with two or more documents)",
+            ["model"],
             buckets=SCORE_SPREAD_BUCKETS,
-            registry=registry,
-        )
-        self.gpu_memory_used = Gauge(
-            "reranker_gpu_memory_used_bytes",
-            "GPU memory in use, all processes (NVML)",
-            ["gpu"],
-            registry=registry,
-        )
-        self.gpu_memory_total = Gauge(
-            "reranker_gpu_memory_total_bytes", "GPU memory installed (NVML)", ["gpu"],
-            registry=registry,
-        )  # fmt: skip
-        self.gpu_utilization = Gauge(
-            "reranker_gpu_utilization_ratio",
-            "Share of the last sample period in which a kernel ran on the GPU (NVML), 0-1",
-            ["gpu"],
-            registry=registry,
-        )
-        self.nvml_up = Gauge(
-            "reranker_nvml_up", "1 if the last NVML poll worked, 0 otherwise", registry=registry
-        )
-        self.torch_memory_allocated = Gauge(
-            "reranker_torch_memory_allocated_bytes",
-            "Device memory held by live tensors of this process (torch.cuda)",
-            ["device"],
-            registry=registry,
-        )
-        self.torch_memory_reserved = Gauge(
-            "reranker_torch_memory_reserved_bytes",
-            "Device memory held by this process's caching allocator (torch.cuda)",
-            ["device"],
-            registry=registry,
-        )
-        self.gpu_info = Gauge(
-            "reranker_gpu_info",
-            "Each GPU NVML sees (gpu is NVML's index), its UUID and name, and the torch device "
-            "this process serves on it (device, empty if none); always 1",
-            ["gpu", "uuid", "name", "device"],
             registry=registry,
         )
         self.model_info = Gauge(
             "reranker_model_info",
             "The model being served, one series per worker; always 1",
-            ["model", "revision", "device", "dtype"],
+            ["model", "revision", "device", "dtype", "checkpoint", "kind"],
             registry=registry,
         )
 
@@ -286,14 +265,14 @@ class ServiceMetrics:
             "reranker_runner_info",
             "The runner serving now on each worker: padded or packed, compiled, replaying CUDA "
             "graphs (changes when a background compile swaps in, or falls back); always 1",
-            ["device", "runner", "compiled", "cuda_graphs"],
+            ["model", "device", "runner", "compiled", "cuda_graphs"],
             registry=registry,
         )
         self.runner_compile_state = Enum(
             "reranker_runner_compile_state",
             "Where each worker's compiled runner stands: off, compiling (the eager runner "
             "serves), compiled (it serves), fallback (it failed; the eager runner serves on)",
-            ["device"],
+            ["model", "device"],
             states=list(COMPILE_STATES),
             registry=registry,
         )
@@ -301,77 +280,114 @@ class ServiceMetrics:
             "reranker_runner_compile_seconds",
             "Seconds each worker's compiled runner took from the start of compiling to serving "
             "(or to its failure); 0 until then",
-            ["device"],
+            ["model", "device"],
             registry=registry,
         )
 
-        self._gpu_info_labels: dict[str, tuple[str, str, str, str]] = {}
-        self._runner_info_labels: dict[str, tuple[str, str, str, str]] = {}
+        self.gpu = GpuMetrics(registry)
+        self._runner_info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
         self._runner_info_lock = threading.Lock()
-        for status in REQUEST_STATUSES:
-            self.requests.labels(status=status)
-        for priority in PRIORITY_CLASSES:
-            self.queue_wait.labels(priority=priority)
-        for result in ("hit", "miss"):
-            self.cache_lookups.labels(result=result)
+        self._model_info_labels: dict[str, list[tuple[str, ...]]] = {}
+        for model in (UNROUTED, *models):
+            self._add_model(model)
+
+    def _add_model(self, model: str) -> None:
+        """A model's series at zero: its requests' (``UNROUTED``: requests refused before one
+        was chosen: errors only), and a served model's queue and score families."""
         for error_type in ERROR_TYPES:
-            self.request_errors.labels(type=error_type)
+            self.request_errors.labels(type=error_type, model=model)
+        for status in REQUEST_STATUSES:
+            self.requests.labels(status=status, model=model)
+        if model == UNROUTED:
+            return
+        for priority in PRIORITY_CLASSES:
+            self.queue_wait.labels(priority=priority, model=model)
+        for result in ("hit", "miss"):
+            self.cache_lookups.labels(result=result, model=model)
+        for family in (
+            self.request_latency,
+            self.request_documents,
+            self.request_tokens,
+            self.document_windows,
+            self.prefix_tokens_reused,
+            self.top1_score,
+            self.score_stddev,
+        ):
+            family.labels(model=model)
 
-    # -- facts from the engine ---------------------------------------------------------------
+    # -- facts from the engines --------------------------------------------------------------
 
-    def observe_batch(self, report: BatchReport) -> None:
-        """Batch observer for the engine's worker threads."""
-        self.batch_size.labels(device=report.device).observe(report.pairs)
-        self.batch_tokens.labels(device=report.device).observe(report.padded_tokens)
-        self.prefix_tokens_reused.inc(report.reused_tokens)
-        self.inference.labels(device=report.device).observe(report.inference_seconds)
-        priorities = report.queue_wait_priorities or (0,) * len(report.queue_wait_seconds)
-        for wait, priority in zip(report.queue_wait_seconds, priorities, strict=True):
-            self.queue_wait.labels(priority=priority_class(priority)).observe(wait)
+    def batch_observer(self, model: str) -> Callable[[BatchReport], None]:
+        """The batch observer of ``model``'s engine, called on its worker threads."""
 
-    def set_runner(self, status: RunnerStatus) -> None:
+        def observe(report: BatchReport) -> None:
+            device = report.device
+            self.batch_size.labels(device=device, model=model).observe(report.pairs)
+            self.batch_tokens.labels(device=device, model=model).observe(report.padded_tokens)
+            self.inference.labels(device=device, model=model).observe(report.inference_seconds)
+            self.prefix_tokens_reused.labels(model=model).inc(report.reused_tokens)
+            priorities = report.queue_wait_priorities or (0,) * len(report.queue_wait_seconds)
+            for wait, priority in zip(report.queue_wait_seconds, priorities, strict=True):
+                waits = self.queue_wait.labels(priority=priority_class(priority), model=model)
+                waits.observe(wait)
+
+        return observe
+
+    def set_runner(self, model: str, status: RunnerStatus) -> None:
         """A worker's runner and compile state now (from any thread)."""
         runner = status.runner
         labels = (
+            model,
             status.device,
             runner.name,
             str(runner.compiled).lower(),
             str(runner.cuda_graphs).lower(),
         )
+        worker = (model, status.device)
         with self._runner_info_lock:
-            previous = self._runner_info_labels.get(status.device)
+            previous = self._runner_info_labels.get(worker)
             if previous not in (None, labels):
                 self.runner_info.remove(*previous)
-            self._runner_info_labels[status.device] = labels
+            self._runner_info_labels[worker] = labels
             self.runner_info.labels(*labels).set(1)
-        self.runner_compile_state.labels(device=status.device).state(status.compile.state)
+        self.runner_compile_state.labels(model=model, device=status.device).state(
+            status.compile.state
+        )
         seconds = status.compile.seconds
-        self.runner_compile_seconds.labels(device=status.device).set(seconds or 0.0)
+        self.runner_compile_seconds.labels(model=model, device=status.device).set(seconds or 0.0)
 
-    def watch_queue(self, read_queued_pairs: Callable[[], int], max_queued_pairs: int) -> None:
+    def watch_queue(
+        self, model: str, read_queued_pairs: Callable[[], int], max_queued_pairs: int
+    ) -> None:
         """Depth is read at scrape time, so the gauge is never stale."""
-        self.queue_depth.set_function(read_queued_pairs)
-        self.max_queued_pairs.set(max_queued_pairs)
+        self.queue_depth.labels(model=model).set_function(read_queued_pairs)
+        self.max_queued_pairs.labels(model=model).set(max_queued_pairs)
 
-    def set_workers(self, workers: Sequence[ModelDescription]) -> None:
-        """What each worker serves: a ``reranker_model_info`` series per worker, and its
-        per-pass families at zero before its first pass."""
-        self.model_info.clear()
+    def set_workers(self, model: str, workers: Sequence[ModelDescription]) -> None:
+        """What each worker of ``model`` serves: a ``reranker_model_info`` series per worker,
+        and its per-pass families at zero before its first pass."""
+        for labels in self._model_info_labels.pop(model, []):
+            self.model_info.remove(*labels)
         for worker in workers:
-            self.model_info.labels(
-                model=worker.model,
-                revision=worker.revision,
-                device=worker.device,
-                dtype=worker.dtype,
-            ).set(1)
+            labels = (
+                model,
+                worker.revision,
+                worker.device,
+                worker.dtype,
+                worker.model,
+                worker.kind,
+            )
+            self.model_info.labels(*labels).set(1)
+            self._model_info_labels.setdefault(model, []).append(labels)
             for family in (self.inference, self.batch_size, self.batch_tokens):
-                family.labels(device=worker.device)
+                family.labels(device=worker.device, model=model)
 
     # -- facts from the HTTP layer ------------------------------------------------------------
 
     def record_success(
         self,
         *,
+        model: str,
         latency_seconds: float,
         documents: int,
         tokens: int,
@@ -382,24 +398,25 @@ class ServiceMetrics:
     ) -> None:
         """``trace_id``: the request's sampled trace, kept as the latency bucket's exemplar
         (served in the OpenMetrics format only)."""
-        self.requests.labels(status="success").inc()
+        self.requests.labels(status="success", model=model).inc()
+        document_windows = self.document_windows.labels(model=model)
         for count in windows:
-            self.document_windows.observe(count)
-        self.request_latency.observe(
+            document_windows.observe(count)
+        self.request_latency.labels(model=model).observe(
             latency_seconds,
             exemplar={EXEMPLAR_TRACE_LABEL: trace_id} if trace_id is not None else None,
         )
-        self.request_documents.observe(documents)
-        self.request_tokens.observe(tokens)
+        self.request_documents.labels(model=model).observe(documents)
+        self.request_tokens.labels(model=model).observe(tokens)
         if top1_score is not None:
-            self.top1_score.observe(top1_score)
+            self.top1_score.labels(model=model).observe(top1_score)
         if score_stddev is not None:
-            self.score_stddev.observe(score_stddev)
+            self.score_stddev.labels(model=model).observe(score_stddev)
 
-    def record_cache_lookup(self, hits: int, misses: int, seconds: float) -> None:
+    def record_cache_lookup(self, model: str, hits: int, misses: int, seconds: float) -> None:
         """One request's lookup: its pairs found and not, and what it took."""
-        self.cache_lookups.labels(result="hit").inc(hits)
-        self.cache_lookups.labels(result="miss").inc(misses)
+        self.cache_lookups.labels(result="hit", model=model).inc(hits)
+        self.cache_lookups.labels(result="miss", model=model).inc(misses)
         self.cache_lookup_seconds.observe(seconds)
 
     def watch_cache_entries(self, read_entries: Callable[[], int]) -> None:
@@ -411,36 +428,9 @@ class ServiceMetrics:
             for family in (self.cache_errors, self.cache_skipped, self.cache_breaker_open):
                 family.labels(backend=backend)
 
-    def record_error(self, error_type: str) -> None:
-        """Count a non-2xx outcome; ``error_type`` must be one of ``ERROR_TYPES``."""
-        self.request_errors.labels(type=error_type).inc()
+    def record_error(self, error_type: str, model: str = UNROUTED) -> None:
+        """Count a non-2xx outcome; ``error_type`` must be one of ``ERROR_TYPES``, ``model``
+        a served model's name or ``UNROUTED``."""
+        self.request_errors.labels(type=error_type, model=model).inc()
         if error_type in SERVER_ERROR_TYPES:
-            self.requests.labels(status="fail").inc()
-
-    # -- facts from the NVML poller -----------------------------------------------------------
-
-    def set_gpu(self, gpu: str, *, used_bytes: int, total_bytes: int) -> None:
-        self.gpu_memory_used.labels(gpu=gpu).set(used_bytes)
-        self.gpu_memory_total.labels(gpu=gpu).set(total_bytes)
-
-    def set_gpu_info(self, gpu: str, *, uuid: str, name: str, device: str) -> None:
-        labels = (gpu, uuid, name, device)
-        if self._gpu_info_labels.get(gpu) not in (None, labels):
-            self.gpu_info.remove(*self._gpu_info_labels[gpu])
-        self._gpu_info_labels[gpu] = labels
-        self.gpu_info.labels(*labels).set(1)
-
-    def set_gpu_utilization(self, gpu: str, ratio: float) -> None:
-        self.gpu_utilization.labels(gpu=gpu).set(ratio)
-
-    def forget_gpu(self, gpu: str) -> None:
-        """Drop a GPU's series, so that a dead NVML leaves gaps rather than stale values."""
-        for family in (self.gpu_memory_used, self.gpu_memory_total, self.gpu_utilization):
-            family.remove(gpu)
-        info = self._gpu_info_labels.pop(gpu, None)
-        if info is not None:
-            self.gpu_info.remove(*info)
-
-    def set_torch_memory(self, device: str, *, allocated_bytes: int, reserved_bytes: int) -> None:
-        self.torch_memory_allocated.labels(device=device).set(allocated_bytes)
-        self.torch_memory_reserved.labels(device=device).set(reserved_bytes)
+            self.requests.labels(status="fail", model=model).inc()

@@ -19,7 +19,6 @@ import contextlib
 import itertools
 import math
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,6 @@ from reranker_service.engine.runner.packing import (
     stream_tokens,
 )
 from reranker_service.engine.runner.protocol import (
-    BatchTooLargeError,
     CompileSummary,
     PassBatch,
     PassShape,
@@ -54,8 +52,7 @@ from reranker_service.engine.runner.readout import (
     HostScores,
     bind_thread,
     device_memory,
-    first_line,
-    raise_device_loss,
+    guarded_pass,
     to_host,
 )
 from reranker_service.engine.runner.staging import InputStaging
@@ -127,6 +124,7 @@ class PackedRunner:
     """The ``ModelRunner`` that packs: the compiled one a GPU serves on."""
 
     keeps_prefixes = False
+    reads_prefixes = True
 
     def __init__(
         self,
@@ -293,29 +291,20 @@ class PackedRunner:
         """Pack the batch, copy the stream to the device and queue its pass (a graph's replay
         where its bucket has one). On a GPU this returns once the pass is queued; on the CPU
         the pass has run."""
-        try:
-            with torch.inference_mode():
-                stream = pack(batch, self._stream_length(stream_tokens(batch)), self._pad_token_id)
-                pairs = len(stream.last_tokens)
-                graphed = self._graphs.get(stream.length)
-                if graphed is not None:
-                    self._staging.to_device(stream, into=graphed.inputs)
-                    graphed.captured.graph.replay()
-                    # The copy to the host is queued behind the replay, before any later
-                    # replay can overwrite the graph's output.
-                    return to_host(graphed.captured.output[:pairs], self._device)
-                logits = self._forward(self._staging.to_device(stream), pairs)
-                return to_host(logits, self._device)
-        except torch.OutOfMemoryError as exc:
-            # As the padded runner: the traceback holds the failed pass's activations.
-            message = first_line(exc)
-            traceback.clear_frames(exc.__traceback__)
-        except Exception as exc:
-            raise_device_loss(exc, self._device)
-            raise
-        if self._on_gpu:
-            torch.cuda.empty_cache()
-        raise BatchTooLargeError(message)
+        return guarded_pass(self._device, lambda: self._run(batch))
+
+    def _run(self, batch: PassBatch) -> HostScores:
+        stream = pack(batch, self._stream_length(stream_tokens(batch)), self._pad_token_id)
+        pairs = len(stream.last_tokens)
+        graphed = self._graphs.get(stream.length)
+        if graphed is not None:
+            self._staging.to_device(stream, into=graphed.inputs)
+            graphed.captured.graph.replay()
+            # The copy to the host is queued behind the replay, before any later
+            # replay can overwrite the graph's output.
+            return to_host(graphed.captured.output[:pairs], self._device)
+        logits = self._forward(self._staging.to_device(stream), pairs)
+        return to_host(logits, self._device)
 
     def _forward(self, inputs: torch.Tensor, pairs: int) -> torch.Tensor:
         """The first ``pairs`` read tokens' logits, fp32, from the ``[5, T]`` inputs on the

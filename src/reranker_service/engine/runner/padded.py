@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import traceback
 from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache
 
 from reranker_service.engine.runner.protocol import (
-    BatchTooLargeError,
     PassBatch,
     PassPair,
     PassShape,
@@ -29,8 +27,7 @@ from reranker_service.engine.runner.readout import (
     HostScores,
     bind_thread,
     device_memory,
-    first_line,
-    raise_device_loss,
+    guarded_pass,
     to_host,
 )
 from reranker_service.engine.scoring import DeviceMemory, ModelDescription
@@ -73,6 +70,7 @@ class PaddedRunner:
     rows: the ``ModelRunner`` of the CPU."""
 
     keeps_prefixes = True
+    reads_prefixes = True
 
     def __init__(
         self,
@@ -133,26 +131,16 @@ class PaddedRunner:
         values (computed first, in one pass, for the batch's new prefixes). On a GPU this
         returns once the pass is queued, and the host is free to prepare the next one; on the
         CPU the pass has run by then."""
-        try:
-            with torch.inference_mode():
-                if any(pair.prefix_id is not None for pair in batch.pairs):
-                    computed = self._compute_prefixes(batch)
-                    pending = self._score_after_prefixes(batch.pairs, computed)
-                    # Kept only once the whole pass is queued: a failed pass keeps none.
-                    self._prefixes.update(computed)
-                    return pending
-                return self._score([pair.tokens for pair in batch.pairs])
-        except torch.OutOfMemoryError as exc:
-            # The traceback's frames hold the failed pass's activations: clear them, and let
-            # the error go with this block, before the cache is freed and a retry may come.
-            message = first_line(exc)
-            traceback.clear_frames(exc.__traceback__)
-        except Exception as exc:
-            raise_device_loss(exc, self._device)
-            raise
-        if self._device.type == "cuda":
-            torch.cuda.empty_cache()
-        raise BatchTooLargeError(message)
+        return guarded_pass(self._device, lambda: self._run(batch))
+
+    def _run(self, batch: PassBatch) -> HostScores:
+        if any(pair.prefix_id is not None for pair in batch.pairs):
+            computed = self._compute_prefixes(batch)
+            pending = self._score_after_prefixes(batch.pairs, computed)
+            # Kept only once the whole pass is queued: a failed pass keeps none.
+            self._prefixes.update(computed)
+            return pending
+        return self._score([pair.tokens for pair in batch.pairs])
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(self._device, non_blocking=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from reranker_service.engine.prompt import PromptEncoder
+from reranker_service.engine.pairs import PairEncoder
 from reranker_service.engine.scoring import DeviceMemory, ModelDescription
 
 
@@ -111,6 +111,14 @@ class ModelRunner(Protocol):
     @property
     def kind(self) -> RunnerKind:
         """What it is: its name, whether it is compiled, whether it replays graphs."""
+        ...
+
+    @property
+    def reads_prefixes(self) -> bool:
+        """Whether a pair may start with a shared prefix computed apart from its own tokens:
+        true of a causal decoder, whose tokens never see the ones after them; false of an
+        encoder, whose every token sees every other. A runner that does not is given no
+        prefixes (every ``PassPair.prefix_id`` None)."""
         ...
 
     @property
@@ -235,10 +243,10 @@ def run_pass(runner: ModelRunner, sequences: Iterable[Sequence[int]]) -> list[fl
 
 @dataclass(frozen=True)
 class ServedModel:
-    """A loaded checkpoint: its prompt encoder, one runner per worker, and for each worker the
+    """A loaded checkpoint: its pair encoder, one runner per worker, and for each worker the
     compiled runner that is to take over from it, if any."""
 
-    encoder: PromptEncoder
+    encoder: PairEncoder
     runners: tuple[ModelRunner, ...]
     upgrades: tuple[RunnerUpgrade | None, ...] = ()
     """Aligned with ``runners``; empty: none."""

@@ -4,12 +4,13 @@ device's memory."""
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from reranker_service.engine.runner.protocol import DeviceLostError
+from reranker_service.engine.runner.protocol import BatchTooLargeError, DeviceLostError
 from reranker_service.engine.scoring import DeviceMemory
 
 
@@ -52,6 +53,26 @@ def raise_device_loss(
         synchronize(device)
     except Exception as again:
         raise DeviceLostError(f"{device}: {first_line(error)}") from again
+
+
+def guarded_pass(device: torch.device, run: Callable[[], HostScores]) -> HostScores:
+    """``run``'s pass, under inference mode, its failures told apart: out of device memory it
+    raises ``BatchTooLargeError`` (a smaller pass may fit), on a device that serves nothing more
+    ``DeviceLostError``, anything else as it came."""
+    try:
+        with torch.inference_mode():
+            return run()
+    except torch.OutOfMemoryError as exc:
+        # The traceback's frames hold the failed pass's activations: clear them, and let the
+        # error go with this block, before the cache is freed and a retry may come.
+        message = first_line(exc)
+        traceback.clear_frames(exc.__traceback__)
+    except Exception as exc:
+        raise_device_loss(exc, device)
+        raise
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    raise BatchTooLargeError(message)
 
 
 def to_host(logits: torch.Tensor, device: torch.device) -> HostScores:
