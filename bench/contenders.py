@@ -27,6 +27,7 @@ from reranker_service.engine.runner.build import RunnerOptions
 from reranker_service.engine.runner.protocol import run_pass
 from reranker_service.engine.scheduler.jobs import BatchReport
 from reranker_service.settings import DEFAULT_INSTRUCTION
+from reranker_service.tiny_checkpoint import convert_causal_checkpoint
 from workloads import Request
 
 
@@ -405,13 +406,20 @@ class ServiceOverHttp:
     """Per request: client-side latency minus the engine's wall time for it (``engine`` in the
     response's Server-Timing): what HTTP, JSON and the app add to the engine."""
     _bodies: dict[int, bytes] = field(default_factory=dict)
+    models: str | None = None
+    """Several models in one process (``RERANKER_MODELS``: ``name=checkpoint,...``), each
+    request naming its own (``Request.model``); None serves ``checkpoint`` alone."""
+    server_timings: list[dict[str, float]] = field(default_factory=list)
+    """Each answered request's ``Server-Timing`` in ms (tokenize, queue, inference, engine,
+    total), in order, over the contender's life: a cell's are those it added."""
 
     async def start(self) -> None:
         port = _free_port()
         started = time.perf_counter()
         cache = ["--compile-cache", self.compile_cache] if self.compile_cache else []
         self._process = subprocess.Popen(  # noqa: ASYNC220 - once, before any measurement
-            [sys.executable, "-m", "reranker_service", "--model", self.checkpoint,
+            [sys.executable, "-m", "reranker_service",
+             *(["--models", self.models] if self.models else ["--model", self.checkpoint]),
              "--device", self.device, "--dtype", self.dtype, "--max-length", str(self.max_length),
              "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
              "--max-queued-pairs", "1000000", "--request-timeout-seconds", "0",
@@ -463,6 +471,8 @@ class ServiceOverHttp:
         body = self._bodies.get(id(request))
         if body is None:
             document = {"query": request.query, "documents": request.documents}
+            if request.model is not None:
+                document["model"] = request.model
             body = self._bodies[id(request)] = json.dumps(document).encode()
         started = time.perf_counter()
         response = await self._client.request(
@@ -471,9 +481,17 @@ class ServiceOverHttp:
         elapsed = time.perf_counter() - started
         if response.status != 200:
             raise HttpError(f"/rerank answered {response.status}: {response.body[:200]!r}")
-        self.overhead_seconds.append(elapsed - _server_timing(response.headers)["engine"] / 1000)
+        timings = _server_timing(response.headers)
+        self.server_timings.append(timings)
+        self.overhead_seconds.append(elapsed - timings["engine"] / 1000)
         tokens: int = response.json()["usage"]["total_tokens"]
         return tokens
+
+    async def info(self) -> dict[str, Any]:
+        """Its ``/info``: the models served, the format ``auto`` chose, the batch budget."""
+        assert self._client is not None
+        served: dict[str, Any] = (await self._client.get("/info")).json()
+        return served
 
     def start_cell(self) -> None:
         self.overhead_seconds.clear()
@@ -521,31 +539,10 @@ def model_flops_per_token(config: Any, sequence_length: int) -> float:
 
 def build_seq_cls_checkpoint(checkpoint: str, directory: str) -> str:
     """The sequence-classification form of a Qwen3 reranker, as Infinity and TEI-style servers
-    take it: the same decoder, and one score row, ``w_yes - w_no`` of the LM head, so that its
-    logit is the reranker's raw score. Written with ``save_pretrained`` into ``directory``."""
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        Qwen3Config,
-        Qwen3ForSequenceClassification,
-    )
-
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    causal = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
-    yes = tokenizer.convert_tokens_to_ids("yes")
-    no = tokenizer.convert_tokens_to_ids("no")
-    config = Qwen3Config.from_pretrained(checkpoint)
-    config.num_labels = 1
-    config.architectures = ["Qwen3ForSequenceClassification"]
-    config.pad_token_id = tokenizer.pad_token_id
-    classifier = Qwen3ForSequenceClassification(config)
-    classifier.model.load_state_dict(causal.model.state_dict())
-    head = causal.get_output_embeddings().weight
-    with torch.no_grad():
-        classifier.score.weight.copy_((head[yes] - head[no]).unsqueeze(0))
-    classifier.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    take it (``reranker_service.tiny_checkpoint.convert_causal_checkpoint``): the same decoder,
+    and one score row, ``w_yes - w_no`` of the LM head, so that its logit is the reranker's raw
+    score. Written with ``save_pretrained`` into ``directory``."""
+    return str(convert_causal_checkpoint(checkpoint, directory))
 
 
 class CrossEncoderLoop(_OneRequestAtATime):
@@ -609,6 +606,23 @@ class CrossEncoderLoop(_OneRequestAtATime):
             lengths = self._pair_lengths(request, self.text_pairs(request))
             self._passes.add_batches(lengths, self.BATCH)
         return sum(lengths)
+
+
+class EncoderCrossEncoderLoop(CrossEncoderLoop):
+    """sentence-transformers' ``CrossEncoder`` on an encoder cross-encoder checkpoint (BERT,
+    XLM-RoBERTa, ...) as its users call it: ``predict`` on the (query, document) pairs, batches
+    of 32, fp32 on the CPU, one request at a time."""
+
+    @staticmethod
+    def text_pairs(request: Request) -> list[tuple[str, str]]:
+        return [(request.query, doc) for doc in request.documents]
+
+    def _pair_lengths(self, request: Request, pairs: list[tuple[str, str]]) -> list[int]:
+        """In the order ``predict`` batches them: longest first by characters, so that the
+        passes counted are its passes."""
+        lengths = super()._pair_lengths(request, pairs)
+        order = sorted(range(len(pairs)), key=lambda i: -len(pairs[i][0]) - len(pairs[i][1]))
+        return [lengths[i] for i in order]
 
 
 class _LogitsOf(torch.nn.Module):

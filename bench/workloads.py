@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,8 @@ WORKLOADS = {
 class Request:
     query: str
     documents: list[str]
+    model: str | None = None
+    """The served model a request names (a service with several); None names none."""
 
 
 def _text_of_tokens(tokenizer: Any, rng: random.Random, tokens: int) -> str:
@@ -56,6 +58,45 @@ def make_requests(tokenizer: Any, workload: Workload, count: int, seed: int) -> 
             documents=[
                 _text_of_tokens(tokenizer, rng, workload.draw_length(rng))
                 for _ in range(workload.documents)
+            ],
+        )
+        for _ in range(count)
+    ]
+
+
+@dataclass(frozen=True)
+class WordWorkload:
+    """Requests drawn in words, not in a tokenizer's tokens: the same texts for checkpoints whose
+    tokenizers differ (a BERT and an XLM-RoBERTa cross-encoder, say). Each range is inclusive."""
+
+    name: str
+    query_words: tuple[int, int]
+    documents: tuple[int, int]
+    document_words: tuple[int, int]
+    description: str
+
+
+RAG_WORDS = WordWorkload(
+    "rag-words", (8, 12), (20, 50), (60, 200), "a ~10-word query, 20-50 docs of 60-200 words"
+)
+"""A retrieval-augmented generation request as a cross-encoder sees it."""
+
+
+def make_word_requests(
+    workload: WordWorkload, vocabulary: Sequence[str], count: int, seed: int
+) -> list[Request]:
+    """``count`` distinct requests of words drawn from ``vocabulary``; the same seed and
+    vocabulary give the same texts."""
+    rng = random.Random(f"{workload.name}-{seed}")
+
+    def text(words: tuple[int, int]) -> str:
+        return " ".join(rng.choice(vocabulary) for _ in range(rng.randint(*words)))
+
+    return [
+        Request(
+            query=text(workload.query_words),
+            documents=[
+                text(workload.document_words) for _ in range(rng.randint(*workload.documents))
             ],
         )
         for _ in range(count)

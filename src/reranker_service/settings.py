@@ -284,8 +284,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _served_models(self) -> Self:
         """``RERANKER_MODELS`` and ``RERANKER_MODELS_FILE`` read, checked and resolved once."""
-        if self.models is not None and "model" in self.model_fields_set:
-            raise ValueError("set RERANKER_MODEL or RERANKER_MODELS, not both")
+        if (self.models or self.models_file) and "model" in self.model_fields_set:
+            raise ValueError(
+                "set RERANKER_MODEL, or RERANKER_MODELS and RERANKER_MODELS_FILE, not both"
+            )
         defaults = {
             "revision": self.revision,
             "device": self.device,

@@ -83,7 +83,8 @@ def test_the_file_alone_lists_the_models(tmp_path: Path) -> None:
     [
         (["--models", "qwen"], None, "'qwen' is not name=checkpoint"),
         (["--models", "a=x,a=y"], None, "names model 'a' twice"),
-        (["--models", "a=x", "--model", "y"], None, "set RERANKER_MODEL or RERANKER_MODELS"),
+        (["--models", "a=x", "--model", "y"], None, "set RERANKER_MODEL, or RERANKER_MODELS"),
+        (["--model", "y"], "models:\n  a:\n    model: x\n", "set RERANKER_MODEL, or"),
         (["--models", "a=x"], "models:\n  b:\n    max_length: 512\n", "sets options for ['b']"),
         ([], "models:\n  a:\n    max_length: 512\n", "model 'a' names no checkpoint"),
         ([], "models:\n  a:\n    model: x\n    colour: red\n", "colour: Extra inputs"),
