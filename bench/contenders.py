@@ -487,6 +487,14 @@ class ServiceOverHttp:
         tokens: int = response.json()["usage"]["total_tokens"]
         return tokens
 
+    def cpu_seconds(self) -> float:
+        """User and system CPU time of the service's process so far, every thread's (Linux)."""
+        assert self._process is not None
+        with open(f"/proc/{self._process.pid}/stat") as stat:
+            # After the command's closing parenthesis: utime and stime are fields 14 and 15.
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def info(self) -> dict[str, Any]:
         """Its ``/info``: the models served, the format ``auto`` chose, the batch budget."""
         assert self._client is not None
