@@ -90,6 +90,20 @@ class DrainingServer(uvicorn.Server):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["batch"]:
+        from reranker_service.offline.batch_command import main as batch
+
+        return batch(argv[1:])
+    if argv[:1] == ["eval"]:
+        from reranker_service.offline.eval_command import main as evaluate
+
+        return evaluate(argv[1:])
+    return serve(argv)
+
+
+def serve(argv: Sequence[str]) -> int:
+    """The server: settings -> logging -> models -> uvicorn."""
     try:
         settings = load_settings(argv)
         # The standard OTEL_* variables, read here once; the SDK reads the rest of them as

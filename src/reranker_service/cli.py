@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import SecretStr, ValidationError
@@ -62,10 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reranker-service",
         description=(
             "Serve Qwen3-Reranker over HTTP. Every flag can also be given as an environment "
-            "variable; flags win over the environment."
+            "variable; flags win over the environment. Subcommands: 'reranker-service batch "
+            "IN.jsonl OUT.jsonl' scores a JSONL file, 'reranker-service eval' measures ranking "
+            "quality (each with --help)."
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_settings_arguments(parser)
+    return parser
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """A flag for every ``Settings`` field (``--max-length`` for ``max_length``), whose value
+    lands under the field's name, absent unless given."""
     for name, field in Settings.model_fields.items():
         choices = None
         annotation = field.annotation
@@ -79,7 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,
             help=_describe(name, field),
         )
-    return parser
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("give 1 or more")
+    return value
+
+
+def settings_flags(arguments: argparse.Namespace) -> dict[str, Any]:
+    """The settings among parsed ``arguments`` (those ``add_settings_arguments`` added)."""
+    return {name: value for name, value in vars(arguments).items() if name in Settings.model_fields}
 
 
 def _is_secret(location: tuple[int | str, ...]) -> bool:
@@ -90,7 +111,12 @@ def _is_secret(location: tuple[int | str, ...]) -> bool:
 
 def load_settings(argv: Sequence[str] | None = None) -> Settings:
     """Environment first, flags on top; raise ``SettingsError`` naming every bad value."""
-    flags = vars(build_parser().parse_args(argv))
+    return settings_from(vars(build_parser().parse_args(argv)))
+
+
+def settings_from(flags: Mapping[str, Any]) -> Settings:
+    """The environment's settings with ``flags`` (by field name) on top; ``SettingsError``
+    names every bad value."""
     try:
         return Settings(**flags)
     except ValidationError as exc:

@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 
 from reranker_service.cli import build_parser
+from reranker_service.offline.batch_command import build_parser as build_batch_parser
+from reranker_service.offline.eval_command import build_parser as build_eval_parser
 from reranker_service.settings import Settings
 from tests.support.paths import ROOT
 
@@ -69,8 +71,18 @@ def test_documented_programs_and_files_exist() -> None:
             assert (ROOT / path).exists(), f"{line!r}: no {path}"
 
 
+_SUBCOMMANDS = {"batch": build_batch_parser, "eval": build_eval_parser}
+
+
+def _service_flags(words: list[str]) -> set[str]:
+    """The flags of the command ``words`` runs: the server's, or a subcommand's."""
+    at = next(index for index, word in enumerate(words) if word.endswith("bin/reranker-service"))
+    subcommand = words[at + 1] if at + 1 < len(words) else ""
+    parser = _SUBCOMMANDS.get(subcommand, build_parser)()
+    return set(parser._option_string_actions)
+
+
 def test_documented_flags_exist() -> None:
-    service_flags = set(build_parser()._option_string_actions)
     script_help: dict[str, str] = {}
     for line in _bash_lines():
         if not re.search(r"reranker-service|(bench|tools)/\S+\.py", line):
@@ -78,7 +90,7 @@ def test_documented_flags_exist() -> None:
         words = shlex.split(line.split("&&")[-1].split(">")[0])
         flags = {word.split("=")[0] for word in words if word.startswith("--")}
         if any(word.endswith("bin/reranker-service") for word in words):
-            assert flags <= service_flags, line
+            assert flags <= _service_flags(words), line
         script = next((word for word in words if re.match(r"(bench|tools)/.*\.py$", word)), None)
         if script is not None and flags:
             if script not in script_help:

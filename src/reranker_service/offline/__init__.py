@@ -1,0 +1,1 @@
+"""Offline work: the batch and eval commands."""
