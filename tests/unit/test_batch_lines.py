@@ -92,6 +92,17 @@ def test_error_objects_come_from_either_wire_shape() -> None:
     assert error_object("<html>", 502) == {"type": "http_error", "message": "HTTP 502"}
 
 
+def test_an_answer_line_carries_any_text_the_route_echoed_even_a_lone_surrogate() -> None:
+    body = {"results": [{"index": 0, "document": {"text": "caf\u00e9 \ud800"}}]}
+    answer = Answer(BatchLine(4, "s", "/rerank", b"{}", 1), 200, body)
+
+    written = answer.output_line()
+
+    assert written.count(b"\n") == 1
+    assert written.endswith(b"\n")
+    assert json.loads(written)["response"]["body"] == body
+
+
 def _written(path: Path, *answers: Answer) -> None:
     with path.open("wb") as output:
         for answer in answers:

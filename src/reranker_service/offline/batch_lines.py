@@ -151,7 +151,9 @@ class Answer:
             "response": response,
             "error": self.error,
         }
-        return json.dumps(shown, ensure_ascii=False).encode() + b"\n"
+        # ASCII with escapes: a text may hold a lone surrogate (valid in JSON's \u escapes, which
+        # the routes accept and echo), which UTF-8 cannot encode.
+        return json.dumps(shown).encode() + b"\n"
 
 
 def error_object(body: Any, status_code: int) -> dict[str, Any]:
